@@ -1,0 +1,6 @@
+"""Storage nodes: immutable, checksummed blocks in files with an LMDB index,
+replicated down a write pipeline, scrubbed, reported to the metadata leader.
+
+May import: cistern.core, cistern.metadata (its client, for reports), grpc,
+lmdb, xxhash, prometheus_client.
+"""

@@ -1,0 +1,6 @@
+"""Shared foundations of every Cistern role: the error table (POSIX errno <->
+gRPC status), limits and config helpers, RPC helpers, metrics helpers.
+
+May import: the standard library, grpc, prometheus_client. Never another
+cistern package: everything else depends on this one.
+"""

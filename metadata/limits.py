@@ -1,0 +1,27 @@
+"""Every limit of the metadata service, with its unit in its name, in one place.
+
+The relations between limits are asserted at import, so a bad edit fails fast.
+"""
+
+name_length_max_bytes = 255          # POSIX NAME_MAX
+path_length_max_bytes = 4096         # POSIX PATH_MAX
+symlink_follow_max = 40              # Linux's MAXSYMLINKS: ELOOP beyond it
+symlink_target_length_max_bytes = 4096
+xattr_name_length_max_bytes = 255    # Linux XATTR_NAME_MAX
+xattr_value_size_max_bytes = 65536   # Linux XATTR_SIZE_MAX
+xattr_count_max = 1024               # per inode; keeps one inode's xattrs small
+readdir_page_entries_max = 4096      # one READDIR reply at most
+txn_ops_max = 128                    # operations in one TXN
+txn_conditions_max = 128
+batch_ops_max = 4096                 # operations in one Raft entry (group commit)
+batch_bytes_max = 4 * 1024 * 1024    # one Raft entry at most
+op_args_bytes_max = 256 * 1024       # one encoded operation at most
+layout_blocks_max = 1 << 20          # blocks in one file's layout
+file_size_max_bytes = 1 << 60
+lease_ttl_s = 30                     # a write lease lapses when not renewed for this long
+lease_renew_interval_s = 5
+session_ttl_s = 3600                 # a client's dedupe table is dropped after an hour idle
+
+assert lease_renew_interval_s * 3 < lease_ttl_s
+assert name_length_max_bytes < path_length_max_bytes
+assert batch_ops_max * 64 <= batch_bytes_max

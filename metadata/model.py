@@ -1,0 +1,133 @@
+"""The metadata operations: codes, argument shapes, results. The contract
+between the client, the wire, the Raft log and the state machine.
+
+One encoding travels end to end (msgpack, never pickle): the client encodes an
+operation's arguments once, the leader copies those bytes unparsed into the
+Raft entry, and every replica's state machine decodes them. So this module is
+the schema; ``state.py`` interprets it and ``client`` produces it.
+
+Operation
+    ``(code, args)`` where ``args`` is a msgpack-encoded list whose first item
+    is always the caller's credentials ``[uid, gid, [supplementary gids]]``.
+    uid 0 passes every permission check, as on a local filesystem.
+
+References
+    A *path* is absolute bytes (``b"/a/b"``), at most ``path_length_max_bytes``;
+    components are separated by ``/``; ``.`` and ``..`` are resolved by the
+    state machine; symlinks in intermediate components are always followed
+    (absolute targets are relative to the Cistern root). A *ref* is a path or
+    an int inode number (root is 1).
+
+Result
+    ``(errno, message, value)``: errno 0 and a value on success; a POSIX errno
+    and a one-line message on failure. A failed write changed nothing.
+
+Raft entry (built by the replica, applied by every replica)
+    msgpack ``[time_ns, [[client_id, seq, acked_below, code, args_bytes], ...]]``.
+    ``time_ns`` is the leader's clock when it built the entry: the only clock
+    the state machine sees. ``client_id`` (16 bytes, or b"" for internal ops)
+    and ``seq`` make a retried write apply once; every seq below
+    ``acked_below`` has its reply in the client's hands and may be forgotten.
+"""
+
+from __future__ import annotations
+
+import enum
+import stat
+from typing import NamedTuple
+
+import msgpack
+
+# Dirent kinds in READDIR replies: the S_IFMT bits of the child's mode.
+KIND_DIR = stat.S_IFDIR
+KIND_REG = stat.S_IFREG
+KIND_LNK = stat.S_IFLNK
+
+ROOT_INO = 1
+
+
+class Op(enum.IntEnum):
+    """Operation codes. 1-99 read, 100-999 namespace writes; 1000+ belong to
+    other state machines hosted on the same log (the scheduler)."""
+
+    # Reads: answered by the leader after a read barrier (linearizable), or by
+    # any replica from its applied state when the caller accepts stale reads.
+    GETATTR = 1        # (cred, ref, follow: bool) -> attr
+    READDIR = 2        # (cred, ref, after: bytes|None, limit: int) -> [[[name, ino, kind], ...], done: bool]
+    READLINK = 3       # (cred, ref) -> target bytes
+    GETXATTR = 4       # (cred, ref, name: bytes) -> value bytes
+    LISTXATTR = 5      # (cred, ref) -> [name bytes, ...]
+    STATFS = 6         # (cred,) -> {"files": n, "dirs": n, "bytes": n, "inodes_free": n}
+    ACCESS = 7         # (cred, ref, mask: int R_OK|W_OK|X_OK|F_OK) -> None
+    LOOKUP = 8         # (cred, parent ino, name bytes) -> attr   (no symlink follow)
+    DIGEST = 9         # (cred,) -> [applied_index, digest bytes]  (replica-answered)
+
+    # Namespace writes: committed through Raft.
+    MKDIR = 100        # (cred, path, mode) -> attr
+    CREATE = 101       # (cred, path, mode, exclusive: bool) -> attr (existing file's attr when not exclusive)
+    SYMLINK = 102      # (cred, path, target bytes) -> attr
+    LINK = 103         # (cred, existing path, new path) -> attr of the inode
+    UNLINK = 104       # (cred, path) -> None
+    RMDIR = 105        # (cred, path) -> None
+    RENAME = 106       # (cred, src path, dst path, flags RENAME_NOREPLACE|RENAME_EXCHANGE) -> None
+    SETATTR = 107      # (cred, ref, {"mode","uid","gid","size","atime","mtime"}) -> attr; times in ns, TIME_NOW for the entry's time
+    SETXATTR = 108     # (cred, ref, name, value, flags XATTR_CREATE|XATTR_REPLACE) -> None
+    REMOVEXATTR = 109  # (cred, ref, name) -> None
+    OPEN_LEASE = 110   # (cred, ref, holder bytes) -> [ino, lease_id]; EBUSY while another holder's lease lives
+    RENEW_LEASES = 111 # (cred, holder) -> number of leases renewed
+    RELEASE_LEASE = 112  # (cred, ino, lease_id) -> None
+    COMMIT_WRITE = 113 # (cred, ino, lease_id, layout, size, mtime_ns|TIME_NOW) -> attr; ESTALE/EBUSY when the lease is not held
+    TXN = 114          # (cred, conditions, ops) -> [result, ...]; all or nothing
+    NOOP = 115         # (cred,) -> None: the read barrier and leadership probe
+
+
+READ_OPS = frozenset(op for op in Op if op < 100)
+TIME_NOW = -1
+
+# RENAME flags, as renameat2(2).
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+# SETXATTR flags, as setxattr(2).
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+# TXN conditions: [kind, ref, value]. The txn applies only if every condition holds.
+COND_EXISTS = "exists"        # [COND_EXISTS, ref, None]
+COND_ABSENT = "absent"        # [COND_ABSENT, path, None]
+COND_VERSION = "version"      # [COND_VERSION, ref, version]: the inode's version equals value
+# TXN operations: [code, args-without-cred]; the txn's cred applies to all.
+# A layout is a list of blocks: [[block_id bytes(16), length, checksum bytes, [node_id, ...]], ...]
+
+
+class Attr(NamedTuple):
+    """An inode's attributes as replies carry them (a msgpack list on the wire)."""
+
+    ino: int
+    mode: int            # type bits and permission bits, as st_mode
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    generation: int      # inode number reuse counter (never reused today: always 0 or 1)
+    version: int         # bumped by every change to the inode; TXN's COND_VERSION compares it
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes):
+    # Lists, not tuples, so a decoded value compares equal to what was packed
+    # in every language; strict_map_key off because xattr maps key by bytes.
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def encode_args(cred: tuple[int, int, list[int]] | list, *args) -> bytes:
+    """Encode one operation's arguments, credentials first."""
+    return pack([list(cred), *args])
+
+
+ROOT_CRED = (0, 0, [])
