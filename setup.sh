@@ -27,7 +27,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 case "${1:-}" in
   demo)
-    exec bash bench/demo.sh
+    exec .venv/bin/cistern demo
     ;;
   test)
     shift

@@ -1,0 +1,89 @@
+"""``cistern status``: the cluster's health at a glance; exit 0 only when a
+leader exists and a majority of the metadata replicas answer."""
+
+from __future__ import annotations
+
+import json
+
+from cistern.core import cluster as cluster_spec
+from cistern.core.errors import CisternError
+
+status_timeout_s = 2.0
+
+
+def register(commands) -> None:
+    p = commands.add_parser("status", help="leader, term, members and their indexes; exit 0 when healthy")
+    p.add_argument("--cluster", default=None, help="cluster.json path or comma-separated metadata addresses")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def collect(addresses: list[str]) -> dict:
+    """Ask every known replica for its status; the membership is the union of
+    the addresses given and the members the replicas report."""
+    from cistern.metadata.client import MetaClient
+
+    known = list(dict.fromkeys(addresses))
+    answers: dict[str, dict | None] = {}
+    with MetaClient(known, timeout_s=status_timeout_s) as client:
+        pending = list(known)
+        while pending:
+            address = pending.pop(0)
+            try:
+                answers[address] = client.status(address, timeout_s=status_timeout_s)
+            except (CisternError, OSError):
+                answers[address] = None
+                continue
+            for member in answers[address].get("members", []):
+                rpc = member.get("rpc")
+                if rpc and rpc not in answers and rpc not in pending:
+                    pending.append(rpc)
+    return summarize(answers)
+
+
+def summarize(answers: dict[str, dict | None]) -> dict:
+    """Pure: the health verdict from each address's status (None = no answer)."""
+    up = {a: s for a, s in answers.items() if s is not None}
+    leaders = [s for s in up.values() if s.get("role") == "leader"]
+    # With two replicas claiming leadership (a stale one in an old term), the
+    # higher term is the real one.
+    leader = max(leaders, key=lambda s: s.get("term", 0)) if leaders else None
+    members = [{"address": a, "up": s is not None, **({k: s.get(k) for k in (
+        "id", "role", "term", "commit_index", "applied_index", "last_log_index", "digest")} if s else {})}
+        for a, s in answers.items()]
+    majority = len(up) * 2 > len(answers)
+    return {
+        "healthy": leader is not None and majority,
+        "leader": leader.get("id") if leader else None,
+        "leader_rpc": leader.get("leader_rpc") if leader else None,
+        "term": leader.get("term") if leader else max((s.get("term", 0) for s in up.values()), default=None),
+        "members_total": len(answers),
+        "members_up": len(up),
+        "members": sorted(members, key=lambda m: (m.get("id") or "", m["address"])),
+    }
+
+
+def render(summary: dict) -> str:
+    lines = [
+        f"leader:  {summary['leader'] or 'none'}" + (f" ({summary['leader_rpc']})" if summary['leader_rpc'] else ""),
+        f"term:    {summary['term']}",
+        f"members: {summary['members_up']}/{summary['members_total']} up",
+        "",
+        f"{'ID':<6} {'ROLE':<10} {'ADDRESS':<22} {'COMMIT':>8} {'APPLIED':>8}  DIGEST",
+    ]
+    for m in summary["members"]:
+        if m["up"]:
+            lines.append(f"{m.get('id') or '?':<6} {m.get('role') or '?':<10} {m['address']:<22} "
+                         f"{m.get('commit_index', ''):>8} {m.get('applied_index', ''):>8}  {(m.get('digest') or '')[:16]}")
+        else:
+            lines.append(f"{'?':<6} {'down':<10} {m['address']:<22}")
+    lines += ["", "healthy" if summary["healthy"] else "NOT healthy: " + (
+        "no leader" if summary["leader"] is None else "no majority up")]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    spec = cluster_spec.resolve(args.cluster)
+    summary = collect(list(spec.meta_addresses))
+    print(json.dumps(summary, indent=2) if args.json else render(summary))
+    return 0 if summary["healthy"] else 1
