@@ -1,0 +1,375 @@
+"""MetaClient: the batched metadata client.
+
+Contract
+    ``submit(code, args)`` returns a ``concurrent.futures.Future`` that resolves
+    to the operation's decoded value or raises ``CisternError`` with the
+    reply's errno and message; ``call`` is its blocking form and ``acall`` its
+    asyncio form. Any number of threads may call them at once.
+
+How operations travel
+    One long-lived bidirectional stream to the leader. Operations wait in a
+    queue; whenever the stream can take a message, every waiting operation
+    (up to ``limits.batch_ops_max``) rides one ``RequestBatch``, so
+    concurrent callers share messages and the leader commits them as one Raft
+    entry. A receiver thread resolves futures by ``seq`` as replies arrive.
+
+Leader discovery and retries
+    Every operation gets a ``seq`` from one per-client counter;
+    ``acked_below`` is the lowest seq still waiting for its reply, so the
+    replica's session table may forget everything below it. When the stream
+    breaks or the replica says it is not the leader, the client reconnects to
+    the hinted leader (or the next address, with backoff) and resends every
+    unanswered operation with the SAME seq, so a write that the old leader
+    already committed is applied once. An operation fails with ``Unavailable``
+    (ETIMEDOUT) only when ``timeout_s`` passes without an answer: a caller
+    never sees an election.
+
+Threads: one receiver ("metaclient-recv") that also reconnects, one reaper
+that expires overdue operations, and gRPC's own thread that pulls batches
+from ``_requests``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+import grpc
+
+from cistern.core import rpc
+from cistern.core.errors import CisternError, Unavailable, errno_for_grpc_status
+from cistern.metadata import limits, model
+from cistern.metadata.proto import metadata_pb2 as pb
+from cistern.metadata.proto import metadata_pb2_grpc as pb_grpc
+from cistern.metadata.service import status_dict
+
+log = logging.getLogger(__name__)
+
+reaper_interval_s = 0.05
+message_bytes_max = limits.batch_bytes_max + 1024 * 1024   # a full batch plus envelope
+batch_envelope_bytes = 16                                   # per-request protobuf overhead, generously
+
+
+class _Op:
+    __slots__ = ("seq", "code", "args", "stale", "future", "deadline")
+
+    def __init__(self, seq, code, args, stale, future, deadline):
+        self.seq = seq
+        self.code = code
+        self.args = args
+        self.stale = stale
+        self.future = future
+        self.deadline = deadline
+
+
+class _Connection:
+    """One stream to one address; ``alive`` turns False exactly once."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.alive = True
+        self.call = None
+
+
+class MetaClient:
+    def __init__(self, addresses: list[str], *, client_id: bytes | None = None,
+                 timeout_s: float = 30.0):
+        if not addresses:
+            raise CisternError(errno.EINVAL, "MetaClient needs at least one metadata address")
+        self.addresses = list(addresses)
+        self.client_id = client_id or os.urandom(16)
+        assert len(self.client_id) == 16, "client_id must be 16 bytes"
+        self.timeout_s = timeout_s
+        self._seqs = itertools.count(1)
+        self._cond = threading.Condition(threading.Lock())
+        self._ops: dict[int, _Op] = {}        # every unanswered operation, by seq
+        self._unsent: deque[int] = deque()    # seqs to send on the current stream, in order
+        self._conn: _Connection | None = None
+        self._closed = False
+        self._channels: dict[str, grpc.Channel] = {}
+        self._channels_lock = threading.Lock()
+        self._next_address = 0
+        self._leader_hint = ""
+        self._backoff = rpc.Backoff(initial_s=0.02, max_s=0.5)
+        self.batches_sent = 0                 # statistics, for tests and benchmarks
+        self.reconnects = 0
+        self._receiver = threading.Thread(target=self._run, name="metaclient-recv", daemon=True)
+        self._reaper = threading.Thread(target=self._reap, name="metaclient-reaper", daemon=True)
+        self._receiver.start()
+        self._reaper.start()
+
+    # -- public API ------------------------------------------------------
+
+    def submit(self, code: int, args: bytes, *, stale: bool = False,
+               timeout_s: float | None = None) -> Future:
+        """Queue one operation; the future holds its decoded value or raises
+        CisternError (Unavailable when no leader answered in time)."""
+        future: Future = Future()
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        with self._cond:
+            if self._closed:
+                future.set_exception(CisternError(errno.ESHUTDOWN, "MetaClient is closed"))
+                return future
+            seq = next(self._seqs)
+            self._ops[seq] = _Op(seq, int(code), args, bool(stale) and code in model.READ_OPS,
+                                 future, deadline)
+            self._unsent.append(seq)
+            self._cond.notify_all()
+        return future
+
+    def call(self, code: int, args: bytes, *, stale: bool = False, timeout_s: float | None = None):
+        """Blocking form of submit: the decoded value, or raises CisternError."""
+        return self.submit(code, args, stale=stale, timeout_s=timeout_s).result()
+
+    async def acall(self, code: int, args: bytes, *, stale: bool = False,
+                    timeout_s: float | None = None):
+        """asyncio form of call."""
+        return await asyncio.wrap_future(self.submit(code, args, stale=stale, timeout_s=timeout_s))
+
+    def status(self, address: str | None = None, timeout_s: float = 2.0) -> dict:
+        """Status of one replica; by default the leader's (found by asking
+        each address until one is or names the leader)."""
+        if address is not None:
+            return self._status_of(address, timeout_s)
+        deadline = rpc.Deadline(timeout_s)
+        last: Exception | None = None
+        candidates = [a for a in [self._leader_hint] if a] + self.addresses
+        tried = set()
+        while candidates and not deadline.expired():
+            address = candidates.pop(0)
+            if address in tried:
+                continue
+            tried.add(address)
+            try:
+                status = self._status_of(address, max(0.05, deadline.remaining()))
+            except CisternError as e:
+                last = e
+                continue
+            if status.get("role") == "leader":
+                return status
+            if status.get("leader_rpc"):
+                candidates.insert(0, status["leader_rpc"])
+            if not candidates and not deadline.expired():
+                # Mid-election: nobody knows the leader yet; ask around again.
+                time.sleep(0.05)
+                tried.clear()
+                candidates = list(self.addresses)
+        raise last if isinstance(last, CisternError) else Unavailable("no metadata replica reports a leader")
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            conn = self._conn
+            ops = list(self._ops.values())
+            self._ops.clear()
+            self._unsent.clear()
+            self._cond.notify_all()
+        if conn is not None:
+            self._drop(conn)
+        for op in ops:
+            _fail(op.future, CisternError(errno.ESHUTDOWN, "MetaClient closed"))
+        self._receiver.join(timeout=5)
+        self._reaper.join(timeout=5)
+        with self._channels_lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def statistics(self) -> dict:
+        with self._cond:
+            return {"outstanding": len(self._ops), "batches_sent": self.batches_sent,
+                    "reconnects": self.reconnects,
+                    "address": self._conn.address if self._conn else ""}
+
+    # -- channels --------------------------------------------------------
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._channels_lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = rpc.insecure_channel(address, message_bytes_max)
+                self._channels[address] = channel
+            return channel
+
+    def _status_of(self, address: str, timeout_s: float) -> dict:
+        stub = pb_grpc.MetadataStub(self._channel(address))
+        try:
+            return status_dict(stub.Status(pb.StatusRequest(), timeout=timeout_s))
+        except grpc.RpcError as e:
+            raise CisternError(errno_for_grpc_status(e.code()),
+                               f"{address}: {e.details() or e.code().name}") from None
+
+    # -- the stream ------------------------------------------------------
+
+    def _pick_address(self) -> str:
+        hint, self._leader_hint = self._leader_hint, ""
+        if hint:
+            return hint
+        address = self.addresses[self._next_address % len(self.addresses)]
+        self._next_address += 1
+        return address
+
+    def _run(self) -> None:
+        """Connect, receive until the stream breaks, reconnect; until closed."""
+        while True:
+            with self._cond:
+                # Stay idle (no stream, no connection attempts) while nothing waits.
+                while not self._closed and not self._ops:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                address = self._pick_address()
+                conn = _Connection(address)
+                self._conn = conn
+                # Everything unanswered goes out again on the new stream, in seq
+                # order and with its original seq.
+                self._unsent = deque(sorted(self._ops))
+                self.reconnects += 1
+            hinted = self._receive(conn)
+            self._drop(conn)
+            with self._cond:
+                if self._closed:
+                    return
+                if self._conn is conn:
+                    self._conn = None
+            if not hinted:
+                time.sleep(self._backoff.next_delay_s())
+
+    def _receive(self, conn: _Connection) -> bool:
+        """Run one stream until it ends. True when it ended on a leader hint
+        (reconnect at once), False on a failure (reconnect after backoff)."""
+        stub = pb_grpc.MetadataStub(self._channel(conn.address))
+        try:
+            conn.call = stub.Stream(self._requests(conn))
+            for reply_batch in conn.call:
+                if reply_batch.not_leader:
+                    with self._cond:
+                        self._leader_hint = reply_batch.leader if reply_batch.leader != conn.address else ""
+                    log.debug("%s is not the leader (hint %r)", conn.address, reply_batch.leader)
+                    return bool(self._leader_hint)
+                self._backoff.reset()
+                self._resolve(reply_batch.replies)
+        except grpc.RpcError as e:
+            if conn.alive:
+                log.debug("stream to %s broke: %s", conn.address, e.code())
+        except Exception:
+            log.exception("stream to %s failed", conn.address)
+        return False
+
+    def _resolve(self, replies) -> None:
+        with self._cond:
+            ops = [self._ops.pop(r.seq, None) for r in replies]
+        for reply, op in zip(replies, ops):
+            if op is None:
+                continue   # answered already (a resent op's second reply) or expired
+            if reply.errno:
+                _fail(op.future, CisternError(reply.errno, reply.message))
+                continue
+            try:
+                value = model.unpack(reply.value) if reply.value else None
+            except Exception as e:
+                _fail(op.future, CisternError(errno.EBADMSG, f"undecodable reply value: {e}"))
+                continue
+            if not op.future.done():
+                op.future.set_result(value)
+
+    def _requests(self, conn: _Connection):
+        """The request side of one stream: each message takes every waiting
+        operation of one kind (stale reads or the rest), up to the limits."""
+        while True:
+            with self._cond:
+                while conn.alive and not self._closed and not self._unsent:
+                    self._cond.wait()
+                if not conn.alive or self._closed:
+                    return
+                batch = self._take_batch()
+            if batch is not None:
+                self.batches_sent += 1
+                yield batch
+
+    def _take_batch(self) -> pb.RequestBatch | None:
+        # Called with the lock held.
+        requests = []
+        size = 0
+        stale = None
+        while self._unsent and len(requests) < limits.batch_ops_max:
+            op = self._ops.get(self._unsent[0])
+            if op is None:               # answered or expired while waiting
+                self._unsent.popleft()
+                continue
+            if stale is None:
+                stale = op.stale
+            elif op.stale != stale:
+                break
+            op_size = len(op.args) + batch_envelope_bytes
+            if requests and size + op_size > limits.batch_bytes_max:
+                break
+            self._unsent.popleft()
+            size += op_size
+            requests.append(pb.Request(seq=op.seq, code=op.code, args=op.args))
+        if not requests:
+            return None
+        acked_below = min(self._ops) if self._ops else requests[-1].seq + 1
+        return pb.RequestBatch(client_id=self.client_id, acked_below=acked_below,
+                               stale_ok=bool(stale), requests=requests)
+
+    def _drop(self, conn: _Connection) -> None:
+        with self._cond:
+            conn.alive = False
+            self._cond.notify_all()
+        call = conn.call
+        if call is not None:
+            call.cancel()
+
+    def _reap(self) -> None:
+        """Fail operations whose deadline passed."""
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                expired = [op for op in self._ops.values() if op.deadline <= now]
+                for op in expired:
+                    del self._ops[op.seq]
+                address = self._conn.address if self._conn else "no replica"
+            for op in expired:
+                _fail(op.future, Unavailable(
+                    f"metadata operation {op.code} got no answer in time (last tried {address})"))
+            time.sleep(reaper_interval_s)
+
+
+def _fail(future: Future, error: Exception) -> None:
+    if not future.done():
+        try:
+            future.set_exception(error)
+        except Exception:   # raced with another resolver: the first answer stands
+            pass
+
+
+class AsyncMetaClient:
+    """The asyncio face of a MetaClient (shares its stream and batching)."""
+
+    def __init__(self, client: MetaClient):
+        self.client = client
+
+    async def call(self, code: int, args: bytes, *, stale: bool = False,
+                   timeout_s: float | None = None):
+        return await self.client.acall(code, args, stale=stale, timeout_s=timeout_s)
+
+    async def status(self, address: str | None = None, timeout_s: float = 2.0) -> dict:
+        return await asyncio.to_thread(self.client.status, address, timeout_s)

@@ -1,0 +1,312 @@
+"""The metadata service's gRPC face: batches of operations in, replies out.
+
+The service never parses an operation's arguments: it checks the envelope
+(known code range, a msgpack list, size limits), hands the bytes to the
+replica, and sends each reply as soon as its future completes. Replies that
+complete together travel in one ``ReplyBatch``; a reply that says "not the
+leader" travels alone in a batch with ``not_leader`` set, so the client can
+resend exactly those operations elsewhere.
+
+Threads: a ``Stream`` call uses the gRPC worker thread that runs its reply
+generator plus one reader thread that submits incoming batches; replica
+futures complete on the replica's threads and only enqueue replies.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import queue
+import threading
+
+import grpc
+
+from cistern.core.errors import CisternError, NotLeader, grpc_status_for
+from cistern.metadata import limits, model
+from cistern.metadata.proto import metadata_pb2 as pb
+from cistern.metadata.proto import metadata_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+client_id_length_bytes = 16
+stream_idle_poll_s = 1.0           # how often an idle stream notices a cancelled call
+status_timeout_s = 2.0
+
+_FIRST_WRITE_CODE = 100
+# msgpack array headers: fixarray (0x90-0x9f), array16 (0xdc), array32 (0xdd).
+_ARRAY_HEADERS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+_DONE = object()   # the reader's end-of-requests marker in a reply queue
+
+
+class ServiceStats:
+    """Counters the service keeps for Status (and tests): cheap plain ints
+    updated under the GIL; Prometheus metrics mirror them when given."""
+
+    def __init__(self, registry=None):
+        self.request_batches = 0
+        self.requests = 0
+        self.reply_batches = 0
+        self.streams_open = 0
+        self._metrics = None
+        if registry is not None:
+            from prometheus_client import Counter, Gauge, Histogram
+
+            self._metrics = (
+                Counter("metad_request_batches", "request batches received", registry=registry),
+                Counter("metad_requests", "operations received", ["kind"], registry=registry),
+                Counter("metad_reply_batches", "reply batches sent", registry=registry),
+                Gauge("metad_streams_open", "client streams open", registry=registry),
+                Histogram("metad_request_batch_ops", "operations per request batch",
+                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096), registry=registry),
+            )
+
+    def batch_in(self, n_reads: int, n_writes: int) -> None:
+        self.request_batches += 1
+        self.requests += n_reads + n_writes
+        if self._metrics:
+            batches, requests, _, _, sizes = self._metrics
+            batches.inc()
+            requests.labels("read").inc(n_reads)
+            requests.labels("write").inc(n_writes)
+            sizes.observe(n_reads + n_writes)
+
+    def batch_out(self) -> None:
+        self.reply_batches += 1
+        if self._metrics:
+            self._metrics[2].inc()
+
+    def stream(self, delta: int) -> None:
+        self.streams_open += delta
+        if self._metrics:
+            self._metrics[3].inc(delta)
+
+    def as_dict(self) -> dict:
+        return {"request_batches": self.request_batches, "requests": self.requests,
+                "reply_batches": self.reply_batches, "streams_open": self.streams_open}
+
+
+def _error_reply(seq: int, err: int, message: str) -> pb.Reply:
+    return pb.Reply(seq=seq, errno=err, message=message)
+
+
+def check_batch(batch: pb.RequestBatch) -> str:
+    """'' when the batch's envelope is acceptable, else why not (EINVAL for all)."""
+    if len(batch.requests) > limits.batch_ops_max:
+        return f"batch of {len(batch.requests)} operations exceeds batch_ops_max {limits.batch_ops_max}"
+    return ""
+
+
+def check_request(request: pb.Request, client_id: bytes) -> tuple[int, str]:
+    """(0, '') when one request's envelope is acceptable, else (errno, message)."""
+    code = request.code
+    if code < _FIRST_WRITE_CODE and code not in model.READ_OPS:
+        return errno.ENOSYS, f"unknown operation code {code}"
+    if len(request.args) > limits.op_args_bytes_max:
+        return errno.E2BIG, f"arguments of {len(request.args)} bytes exceed op_args_bytes_max {limits.op_args_bytes_max}"
+    if not request.args or request.args[0] not in _ARRAY_HEADERS:
+        return errno.EINVAL, "arguments are not a msgpack list"
+    if code >= _FIRST_WRITE_CODE and len(client_id) != client_id_length_bytes:
+        return errno.EINVAL, f"a write needs a {client_id_length_bytes}-byte client_id"
+    return 0, ""
+
+
+class MetadataService(pb_grpc.MetadataServicer):
+    """Serves one ``Replica`` (see metadata/replica.py for the interface used:
+    submit_write, submit_read, status, is_leader, leader_rpc_address)."""
+
+    def __init__(self, replica, *, registry=None):
+        self._replica = replica
+        self.stats = ServiceStats(registry)
+
+    # -- submitting ------------------------------------------------------
+
+    def _submit_batch(self, batch: pb.RequestBatch, on_reply) -> int:
+        """Submit every request of batch; ``on_reply(reply, not_leader_hint)``
+        is called once per request (hint is None unless the replica said it
+        is not the leader). Returns the number of requests."""
+        problem = check_batch(batch)
+        if problem:
+            for request in batch.requests:
+                on_reply(_error_reply(request.seq, errno.EINVAL, problem), None)
+            return len(batch.requests)
+        client_id = batch.client_id
+        linearizable = not batch.stale_ok
+        n_reads = n_writes = 0
+        for request in batch.requests:
+            err, message = check_request(request, client_id)
+            if err:
+                on_reply(_error_reply(request.seq, err, message), None)
+                continue
+            try:
+                if request.code < _FIRST_WRITE_CODE:
+                    n_reads += 1
+                    future = self._replica.submit_read(request.code, request.args,
+                                                       linearizable=linearizable)
+                else:
+                    n_writes += 1
+                    future = self._replica.submit_write(client_id, request.seq, batch.acked_below,
+                                                        request.code, request.args)
+            except Exception as e:  # the replica refused at once (stopping, not leader)
+                on_reply(*_reply_for_exception(request.seq, e))
+                continue
+            future.add_done_callback(_reply_callback(request.seq, on_reply))
+        self.stats.batch_in(n_reads, n_writes)
+        return len(batch.requests)
+
+    # -- RPCs ------------------------------------------------------------
+
+    def Stream(self, request_iterator, context):
+        replies: queue.SimpleQueue = queue.SimpleQueue()
+        state = {"submitted": 0, "replied": 0, "reading": True}
+
+        def on_reply(reply, hint):
+            replies.put((reply, hint))
+
+        def read():
+            try:
+                for batch in request_iterator:
+                    state["submitted"] += self._submit_batch(batch, on_reply)
+            except Exception as e:  # a cancelled or broken call ends the iterator this way
+                if context.is_active():
+                    log.warning("stream reader stopped: %s", e)
+            finally:
+                state["reading"] = False
+                replies.put(_DONE)
+
+        context.add_callback(lambda: replies.put(_DONE))
+        reader = threading.Thread(target=read, name="metad-stream-reader", daemon=True)
+        self.stats.stream(+1)
+        reader.start()
+        try:
+            yield from self._reply_batches(replies, state, context)
+        finally:
+            self.stats.stream(-1)
+
+    def _reply_batches(self, replies, state, context):
+        while context.is_active():
+            try:
+                item = replies.get(timeout=stream_idle_poll_s)
+            except queue.Empty:
+                continue
+            items = [item]
+            while True:   # coalesce everything that is already done
+                try:
+                    items.append(replies.get_nowait())
+                except queue.Empty:
+                    break
+            ordinary = []
+            for item in items:
+                if item is _DONE:
+                    continue
+                reply, hint = item
+                state["replied"] += 1
+                if hint is None:
+                    ordinary.append(reply)
+                else:
+                    self.stats.batch_out()
+                    yield pb.ReplyBatch(replies=[reply], not_leader=True, leader=hint)
+            if ordinary:
+                self.stats.batch_out()
+                yield pb.ReplyBatch(replies=ordinary)
+            if not state["reading"] and state["replied"] >= state["submitted"]:
+                return
+
+    def Call(self, request, context):
+        done = threading.Event()
+        collected: list = []
+        expected = len(request.requests)
+        lock = threading.Lock()
+
+        def on_reply(reply, hint):
+            with lock:
+                collected.append((reply, hint))
+                if len(collected) == expected:
+                    done.set()
+
+        if expected == 0:
+            return pb.ReplyBatch()
+        self._submit_batch(request, on_reply)
+        remaining = context.time_remaining()
+        if not done.wait(timeout=remaining if remaining is not None else None):
+            context.abort(grpc_status_for(errno.ETIMEDOUT), "deadline passed before every operation completed")
+        hints = [hint for _, hint in collected if hint is not None]
+        self.stats.batch_out()
+        return pb.ReplyBatch(replies=[reply for reply, _ in collected],
+                             not_leader=bool(hints), leader=hints[0] if hints else "")
+
+    def Status(self, request, context):
+        try:
+            status = self._replica.status()
+        except CisternError as e:
+            context.abort(grpc_status_for(e.errno), e.message)
+        return status_reply(status, self.stats.as_dict())
+
+
+def _reply_callback(seq: int, on_reply):
+    def done(future):
+        try:
+            value = future.result()
+        except BaseException as e:
+            on_reply(*_reply_for_exception(seq, e))
+            return
+        on_reply(pb.Reply(seq=seq, value=model.pack(value)), None)
+    return done
+
+
+def _reply_for_exception(seq: int, e: BaseException):
+    if isinstance(e, NotLeader):
+        return _error_reply(seq, e.errno, e.message), e.leader or ""
+    if isinstance(e, CisternError):
+        return _error_reply(seq, e.errno, e.message), None
+    log.exception("operation %d failed unexpectedly", seq, exc_info=e)
+    return _error_reply(seq, errno.EIO, f"internal error: {type(e).__name__}: {e}"), None
+
+
+def _jsonable(obj):
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).hex()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def status_reply(status: dict, service_stats: dict | None = None) -> pb.StatusReply:
+    """The replica's status dict as a StatusReply (the full dict also as json)."""
+    digest = status.get("digest") or ""
+    if isinstance(digest, (bytes, bytearray)):
+        digest = bytes(digest).hex()
+    members = []
+    for m in status.get("members") or []:
+        if isinstance(m, dict):
+            members.append(pb.Member(id=str(m.get("id", "")), raft=str(m.get("raft", "")),
+                                     rpc=str(m.get("rpc", ""))))
+        else:
+            members.append(pb.Member(raft=str(m)))
+    full = dict(status)
+    if service_stats is not None:
+        full["service"] = service_stats
+    return pb.StatusReply(
+        id=str(status.get("id") or ""), role=str(status.get("role") or ""),
+        leader_id=str(status.get("leader_id") or ""), leader_rpc=str(status.get("leader_rpc") or ""),
+        term=int(status.get("term") or 0), commit_index=int(status.get("commit_index") or 0),
+        applied_index=int(status.get("applied_index") or 0),
+        last_log_index=int(status.get("last_log_index") or 0),
+        digest=str(digest), members=members,
+        json=json.dumps(full, default=_jsonable, sort_keys=True))
+
+
+def status_dict(reply: pb.StatusReply) -> dict:
+    """The status dict a StatusReply carries (the json field when present)."""
+    if reply.json:
+        return json.loads(reply.json)
+    return {"id": reply.id, "role": reply.role, "leader_id": reply.leader_id,
+            "leader_rpc": reply.leader_rpc, "term": reply.term,
+            "commit_index": reply.commit_index, "applied_index": reply.applied_index,
+            "last_log_index": reply.last_log_index, "digest": reply.digest,
+            "members": [{"id": m.id, "raft": m.raft, "rpc": m.rpc} for m in reply.members]}
+
+
+def add_to_server(service: MetadataService, server: grpc.Server) -> None:
+    pb_grpc.add_MetadataServicer_to_server(service, server)
+
