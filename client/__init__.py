@@ -3,4 +3,32 @@ the metadata and block clients. The one way in for the CLI, the mount, the
 benchmark and the frameworks.
 
 May import: cistern.core, cistern.metadata, cistern.blockstore.
+
+Public surface:
+
+* ``connect(cluster=None, *, uid=None, gid=None, groups=None, timeout_s=30.0,
+  stale_reads=False, umask=0o022) -> Client`` — ``api.py``.
+* ``Client``: the ``os``-like methods (contracts in ``api.py`` and
+  ``plans.py``), ``with_creds(uid, gid, groups)`` for cheap per-caller views,
+  ``client.futures`` (``Futures``: every method returns a
+  ``concurrent.futures.Future``) and ``client.aio`` (``AsyncClient``: every
+  method is a coroutine) — ``aio.py``.
+* ``paths.py``: how path arguments become wire paths (pure);
+  ``plans.py``: every operation written once as a generator of metadata
+  operations, driven by the three faces; ``testing.py``: an in-process
+  metadata backend for unit tests.
 """
+
+from .api import Client, DirEntry, Futures, connect
+from .plans import ST_DEV, stat_result
+
+__all__ = ["Client", "DirEntry", "Futures", "connect", "stat_result", "ST_DEV", "AsyncClient"]
+
+
+def __getattr__(name):
+    # aio is imported on first use so `import cistern.client` stays light.
+    if name == "AsyncClient":
+        from .aio import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(name)

@@ -1,0 +1,451 @@
+"""The ``os``-like client: ``connect()``, ``Client`` and its futures face.
+
+Contract for every method of ``Client`` (and of its faces):
+
+Errors
+    Failures raise the ``OSError`` subclass ``os`` would raise, with the
+    errno and ``filename`` (and ``filename2`` for two-path calls) set to the
+    path(s) as passed (``os.fspath`` of them): FileNotFoundError for ENOENT,
+    FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError
+    (EACCES/EPERM), ``OSError`` with errno ENOTEMPTY, ENAMETOOLONG, ...
+    When no metadata replica answers within the client's ``timeout_s``, the
+    call raises ``TimeoutError`` (OSError, errno ETIMEDOUT). Bad argument
+    types raise TypeError/ValueError, as ``os`` does.
+Idempotency
+    The metadata client retries through leader changes with the same
+    request number, so each mutating metadata operation is applied exactly
+    once even when retried. A method that needs several operations
+    (``makedirs``, ``touch``, ``removedirs``, a trailing-slash ``rename``) is
+    not atomic as a whole; each step is applied once.
+Durability
+    When a mutating call returns, its change is committed in the Raft log on
+    a majority of metadata replicas and survives any minority of failures.
+Consistency
+    Reads are linearizable (answered by the leader after a read barrier),
+    unless the client was made with ``stale_reads=True``: then any replica
+    may answer from its applied state, which can lag.
+Threads
+    A ``Client`` is thread-safe; concurrent calls from many threads share
+    the metadata client's batches. ``with_creds`` views share the connection.
+
+Paths: see ``cistern.client.paths`` (no working directory: relative paths
+start at the root; trailing slashes follow the kernel's rules).
+
+The futures face (``client.futures``) has the same methods, each returning a
+``concurrent.futures.Future`` at once; the plans advance from the metadata
+client's reply callbacks, so thousands of operations can be in flight from one
+thread without a thread per operation. Keep callbacks short.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat as stat_module
+from concurrent.futures import Future
+
+from cistern.core import cluster as cluster_module
+from cistern.core.errors import CisternError, to_oserror
+from cistern.metadata.model import READ_OPS, encode_args
+
+from . import paths
+from .plans import Call, Plans
+
+__all__ = ["Client", "Futures", "DirEntry", "ScandirIterator", "connect"]
+
+umask_default = 0o022
+
+
+def connect(cluster: str | None = None, *, uid: int | None = None, gid: int | None = None,
+            groups=None, timeout_s: float = 30.0, stale_reads: bool = False,
+            umask: int = umask_default) -> "Client":
+    """A ``Client`` for the cluster named by ``cluster`` (a cluster.json path
+    or comma-separated metadata addresses; None reads $CISTERN_CLUSTER).
+    Credentials default to this process's uid, gid and groups. Raises
+    OSError (ENOENT, EINVAL) when the cluster cannot be found or parsed; does
+    not wait for the cluster (the first call does, up to ``timeout_s``)."""
+    from cistern.metadata.client import MetaClient   # grpc loads only for real clusters
+
+    try:
+        spec = cluster_module.resolve(cluster)
+    except CisternError as e:
+        raise to_oserror(e.errno, e.message, cluster) from None
+    meta = MetaClient(list(spec.meta_addresses), timeout_s=timeout_s)
+    return Client(meta, uid=uid, gid=gid, groups=groups, stale_reads=stale_reads, umask=umask)
+
+
+def _blocking(plan):
+    @functools.wraps(plan)
+    def method(self, *args, **kwargs):
+        return self._run(plan(self, *args, **kwargs))
+    return method
+
+
+class Client:
+    """The ``os``-like client (see the module docstring for the contract
+    every method follows). Create with ``connect()``; ``close()`` it, or use
+    it as a context manager."""
+
+    def __init__(self, meta, *, uid: int | None = None, gid: int | None = None, groups=None,
+                 stale_reads: bool = False, umask: int = umask_default):
+        """``meta`` is a ``MetaClient`` (or anything with its interface);
+        the client owns it and closes it on ``close()``."""
+        self._meta = meta
+        self._cred = (
+            os.getuid() if uid is None else int(uid),
+            os.getgid() if gid is None else int(gid),
+            list(os.getgroups() if groups is None else groups),
+        )
+        self._stale_reads = bool(stale_reads)
+        self.umask = int(umask) & 0o777
+        self._owner = True
+        self._faces = {}
+
+    # -- identity, lifetime, faces -----------------------------------------
+
+    @property
+    def cred(self) -> tuple[int, int, list[int]]:
+        """(uid, gid, supplementary gids) sent with every operation."""
+        return self._cred
+
+    @property
+    def meta(self):
+        """The underlying metadata client (shared by every view)."""
+        return self._meta
+
+    def with_creds(self, uid: int, gid: int, groups=(), *, umask: int | None = None) -> "Client":
+        """A view acting as ``uid``/``gid``/``groups`` (and ``umask``, default
+        this client's) over the same connection: cheap (no I/O), thread-safe,
+        and ``close()`` on a view does nothing. uid 0 passes every permission
+        check, as on a local filesystem; the service trusts the credentials
+        its callers send, as NFS with AUTH_SYS does."""
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view._cred = (int(uid), int(gid), [int(g) for g in groups])
+        view.umask = self.umask if umask is None else int(umask) & 0o777
+        view._owner = False
+        view._faces = {}
+        return view
+
+    @property
+    def futures(self) -> "Futures":
+        """The futures face: the same methods, returning Futures."""
+        face = self._faces.get("futures")
+        if face is None:
+            face = self._faces["futures"] = Futures(self)
+        return face
+
+    @property
+    def aio(self):
+        """The asyncio face (``cistern.client.aio.AsyncClient``)."""
+        face = self._faces.get("aio")
+        if face is None:
+            from .aio import AsyncClient
+
+            face = self._faces["aio"] = AsyncClient(self)
+        return face
+
+    def close(self) -> None:
+        """Closes the connection (a view's close does nothing). Calls made
+        after it fail with OSError(ESHUTDOWN)."""
+        if self._owner:
+            self._meta.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        uid, gid, _ = self._cred
+        return f"<cistern.client.Client uid={uid} gid={gid} umask={self.umask:#o}>"
+
+    # -- the driver ----------------------------------------------------------
+
+    def _submit(self, call: Call) -> Future:
+        return self._meta.submit(call.code, encode_args(self._cred, *call.args),
+                                 stale=self._stale_reads and call.code in READ_OPS)
+
+    def _run(self, plan):
+        """Drive a plan to completion, blocking on each operation."""
+        value = error = None
+        while True:
+            try:
+                call = plan.send(value) if error is None else plan.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                error = None   # do not keep the exception (and its frames) alive
+            try:
+                value = self._submit(call).result()
+            except CisternError as e:
+                value, error = None, call.oserror(e)
+
+    # -- the os-like surface (contracts in plans.Plans) ---------------------
+
+    attr = _blocking(Plans.attr)
+    stat = _blocking(Plans.stat)
+    lstat = _blocking(Plans.lstat)
+    exists = _blocking(Plans.exists)
+    lexists = _blocking(Plans.lexists)
+    isdir = _blocking(Plans.isdir)
+    isfile = _blocking(Plans.isfile)
+    islink = _blocking(Plans.islink)
+    access = _blocking(Plans.access)
+    listdir = _blocking(Plans.listdir)
+    readdir = _blocking(Plans.readdir)
+    readlink = _blocking(Plans.readlink)
+    getxattr = _blocking(Plans.getxattr)
+    listxattr = _blocking(Plans.listxattr)
+    statvfs = _blocking(Plans.statvfs)
+    statfs = statvfs
+    mkdir = _blocking(Plans.mkdir)
+    makedirs = _blocking(Plans.makedirs)
+    create = _blocking(Plans.create)
+    touch = _blocking(Plans.touch)
+    symlink = _blocking(Plans.symlink)
+    link = _blocking(Plans.link)
+    unlink = _blocking(Plans.unlink)
+    remove = unlink
+    rmdir = _blocking(Plans.rmdir)
+    removedirs = _blocking(Plans.removedirs)
+    rename = _blocking(Plans.rename)
+    replace = _blocking(Plans.replace)
+    rename2 = _blocking(Plans.rename2)
+    setattr = _blocking(Plans.setattr)
+    chmod = _blocking(Plans.chmod)
+    chown = _blocking(Plans.chown)
+    lchown = _blocking(Plans.lchown)
+    utime = _blocking(Plans.utime)
+    truncate = _blocking(Plans.truncate)
+    setxattr = _blocking(Plans.setxattr)
+    removexattr = _blocking(Plans.removexattr)
+    txn = _blocking(Plans.txn)
+    open = _blocking(Plans.open)
+
+    def scandir(self, path="/") -> "ScandirIterator":
+        """``os.scandir``: an iterator of ``DirEntry`` (a context manager
+        too). The listing is fetched when scandir is called (all pages), so
+        errors (ENOENT, ENOTDIR, EACCES) raise here, not while iterating."""
+        given = paths._fspath(path, "scandir")
+        entries = self.readdir(given)
+        return ScandirIterator([DirEntry(self, given, *entry) for entry in entries])
+
+    def walk(self, top="/", topdown=True, onerror=None, followlinks=False):
+        """``os.walk``: yields ``(dirpath, dirnames, filenames)``; the same
+        order, ``onerror`` and ``followlinks`` rules, and ``dirnames`` may be
+        pruned in place when ``topdown``. Not a snapshot: a tree changing
+        meanwhile is seen as it is when each directory is listed."""
+        stack = [paths._fspath(top, "walk")]
+        while stack:
+            top = stack.pop()
+            if isinstance(top, tuple):
+                yield top
+                continue
+            try:
+                entries = list(self.scandir(top))
+            except OSError as error:
+                if onerror is not None:
+                    onerror(error)
+                continue
+            dirs, nondirs, walk_dirs, links = [], [], [], set()
+            listed = {entry.name for entry in entries}
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                (dirs if is_dir else nondirs).append(entry.name)
+                if entry.is_symlink():
+                    links.add(entry.name)
+                if not topdown and is_dir and (followlinks or not entry.is_symlink()):
+                    walk_dirs.append(entry.path)
+            if topdown:
+                yield top, dirs, nondirs
+                for name in reversed(dirs):
+                    new_path = os.path.join(top, name)
+                    # A name the caller added to dirs is checked afresh.
+                    is_link = name in links if name in listed else self.islink(new_path)
+                    if followlinks or not is_link:
+                        stack.append(new_path)
+            else:
+                stack.append((top, dirs, nondirs))
+                stack.extend(reversed(walk_dirs))
+
+
+class ScandirIterator:
+    """What ``scandir`` returns: iterate it, or use it in ``with``."""
+
+    def __init__(self, entries: list):
+        self._it = iter(entries)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> "DirEntry":
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it = iter(())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DirEntry:
+    """``os.DirEntry``: ``name``, ``path`` (the scandir argument joined with
+    the name, in its type), ``inode()``, ``is_dir``/``is_file``/
+    ``is_symlink`` (free unless following a symlink), ``stat()`` (cached,
+    one round trip the first time)."""
+
+    __slots__ = ("name", "path", "_client", "_ino", "_kind", "_stat", "_lstat")
+
+    def __init__(self, client: Client, top, name: bytes, ino: int, kind: int):
+        self._client = client
+        self.name = paths.decode_like(top, name)
+        self.path = os.path.join(top, self.name)
+        self._ino = ino
+        self._kind = kind
+        self._stat = None
+        self._lstat = None
+
+    def inode(self) -> int:
+        return self._ino
+
+    def is_symlink(self) -> bool:
+        return self._kind == stat_module.S_IFLNK
+
+    def is_junction(self) -> bool:
+        return False
+
+    def _is_kind(self, kind: int, follow_symlinks: bool) -> bool:
+        if follow_symlinks and self.is_symlink():
+            try:
+                return stat_module.S_IFMT(self.stat().st_mode) == kind
+            except FileNotFoundError:
+                return False
+        return self._kind == kind
+
+    def is_dir(self, *, follow_symlinks=True) -> bool:
+        return self._is_kind(stat_module.S_IFDIR, follow_symlinks)
+
+    def is_file(self, *, follow_symlinks=True) -> bool:
+        return self._is_kind(stat_module.S_IFREG, follow_symlinks)
+
+    def stat(self, *, follow_symlinks=True) -> os.stat_result:
+        if follow_symlinks and self.is_symlink():
+            if self._stat is None:
+                self._stat = self._client.stat(self.path)
+            return self._stat
+        if self._lstat is None:
+            self._lstat = self._client.lstat(self.path)
+        return self._lstat
+
+    def __fspath__(self):
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"<DirEntry {self.name!r}>"
+
+
+def _future_face(plan):
+    @functools.wraps(plan)
+    def method(self, *args, **kwargs):
+        return self._start(plan(self, *args, **kwargs))
+    method.__doc__ = "Returns a concurrent.futures.Future of: " + (plan.__doc__ or "")
+    return method
+
+
+class Futures:
+    """The futures face of a ``Client``: each method starts the operation
+    and returns a ``concurrent.futures.Future`` of what the blocking method
+    would return or raise. Submitting never blocks; a multi-step operation
+    advances in the metadata client's reply callbacks."""
+
+    def __init__(self, client: Client):
+        self.client = client
+
+    @property
+    def umask(self) -> int:
+        return self.client.umask
+
+    def _start(self, plan) -> Future:
+        out: Future = Future()
+        out.set_running_or_notify_cancel()
+        self._advance(plan, out, None, None)
+        return out
+
+    def _advance(self, plan, out: Future, value, error) -> None:
+        # Loops while replies are already there, so a long plan (paging a big
+        # directory) does not recurse once per operation.
+        while True:
+            try:
+                call = plan.send(value) if error is None else plan.throw(error)
+            except StopIteration as stop:
+                out.set_result(stop.value)
+                return
+            except BaseException as e:
+                out.set_exception(e)
+                return
+            future = self.client._submit(call)
+            if not future.done():
+                future.add_done_callback(lambda f, call=call: self._resume(plan, out, call, f))
+                return
+            value, error = _outcome(call, future)
+
+    def _resume(self, plan, out: Future, call: Call, future: Future) -> None:
+        value, error = _outcome(call, future)
+        self._advance(plan, out, value, error)
+
+    attr = _future_face(Plans.attr)
+    stat = _future_face(Plans.stat)
+    lstat = _future_face(Plans.lstat)
+    exists = _future_face(Plans.exists)
+    lexists = _future_face(Plans.lexists)
+    isdir = _future_face(Plans.isdir)
+    isfile = _future_face(Plans.isfile)
+    islink = _future_face(Plans.islink)
+    access = _future_face(Plans.access)
+    listdir = _future_face(Plans.listdir)
+    readdir = _future_face(Plans.readdir)
+    readlink = _future_face(Plans.readlink)
+    getxattr = _future_face(Plans.getxattr)
+    listxattr = _future_face(Plans.listxattr)
+    statvfs = _future_face(Plans.statvfs)
+    statfs = statvfs
+    mkdir = _future_face(Plans.mkdir)
+    makedirs = _future_face(Plans.makedirs)
+    create = _future_face(Plans.create)
+    touch = _future_face(Plans.touch)
+    symlink = _future_face(Plans.symlink)
+    link = _future_face(Plans.link)
+    unlink = _future_face(Plans.unlink)
+    remove = unlink
+    rmdir = _future_face(Plans.rmdir)
+    removedirs = _future_face(Plans.removedirs)
+    rename = _future_face(Plans.rename)
+    replace = _future_face(Plans.replace)
+    rename2 = _future_face(Plans.rename2)
+    setattr = _future_face(Plans.setattr)
+    chmod = _future_face(Plans.chmod)
+    chown = _future_face(Plans.chown)
+    lchown = _future_face(Plans.lchown)
+    utime = _future_face(Plans.utime)
+    truncate = _future_face(Plans.truncate)
+    setxattr = _future_face(Plans.setxattr)
+    removexattr = _future_face(Plans.removexattr)
+    txn = _future_face(Plans.txn)
+
+
+def _outcome(call: Call, future: Future):
+    """(value, None) or (None, the OSError to throw into the plan)."""
+    try:
+        return future.result(), None
+    except CisternError as e:
+        return None, call.oserror(e)
+    except BaseException as e:
+        return None, e
