@@ -25,3 +25,13 @@ session_ttl_s = 3600                 # a client's dedupe table is dropped after 
 assert lease_renew_interval_s * 3 < lease_ttl_s
 assert name_length_max_bytes < path_length_max_bytes
 assert batch_ops_max * 64 <= batch_bytes_max
+
+# Added with the namespace state machine (metadata/state.py).
+lease_holder_length_max_bytes = 255  # a holder id is a client's name for itself
+inodes_max = 1 << 40                 # files + dirs + symlinks; ENOSPC beyond it
+supplementary_gids_max = 65536       # Linux NGROUPS_MAX: a cred's group list at most
+block_id_length_bytes = 16           # layout block ids are random 128-bit values
+block_checksum_length_max_bytes = 64 # one block's checksum (xxh3-128 is 16)
+block_replicas_max = 16              # node ids listed for one block in a layout
+
+assert 0 < block_replicas_max <= 255

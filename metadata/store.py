@@ -1,0 +1,114 @@
+"""The LMDB environment that holds a metadata replica's applied state.
+
+Contract:
+
+* One environment per replica, in directory ``path``; every named database
+  lives in it, so the namespace (``state.py``) and the replica's own keys
+  (``DB_REPLICA``: applied index, digest, client sessions) commit in the same
+  write transaction and can never disagree after a crash.
+* Writers: one write transaction at a time (LMDB's rule). The replica opens
+  one per Raft entry, calls ``Namespace.apply`` once per operation inside it
+  and commits. Readers may run concurrently in read transactions.
+* Durability: with ``sync=True`` a returned ``commit()`` is on disk (LMDB's
+  default fsync at commit). ``sync=False`` trades that away for test speed:
+  a crash may lose recent commits but never corrupts the environment.
+* Size: the map is sparse, so ``map_size_bytes`` bounds the namespace without
+  costing disk or memory up front.
+
+The namespace's databases (keys are big-endian so cursor order is numeric):
+
+=================  ===========================  ==================================
+name               key                          value
+=================  ===========================  ==================================
+``inodes``         ino (8 bytes)                fixed struct + symlink target
+``dentries``       parent ino (8) + name        child ino (8) + S_IFMT >> 12 (1)
+``layouts``        ino (8)                      msgpack layout (regular files)
+``blocks``         block id                     ino (8) of the file holding it
+``xattrs``         ino (8) + name               value
+``leases``         ino (8)                      msgpack [lease_id, holder]
+``holders``        holder                       msgpack [expiry_ns, lease count]
+``freed_blocks``   block id                     msgpack [node ids] (for the GC)
+``meta``           b"counters"                  struct of counters (see state.py)
+``replica``        (the replica's own keys; the namespace never touches it)
+=================  ===========================  ==================================
+"""
+
+from __future__ import annotations
+
+import os
+
+import lmdb
+
+DB_INODES = b"inodes"
+DB_DENTRIES = b"dentries"
+DB_LAYOUTS = b"layouts"
+DB_BLOCKS = b"blocks"
+DB_XATTRS = b"xattrs"
+DB_LEASES = b"leases"
+DB_HOLDERS = b"holders"
+DB_FREED_BLOCKS = b"freed_blocks"
+DB_META = b"meta"
+DB_REPLICA = b"replica"
+
+NAMESPACE_DBS = (
+    DB_INODES, DB_DENTRIES, DB_LAYOUTS, DB_BLOCKS, DB_XATTRS,
+    DB_LEASES, DB_HOLDERS, DB_FREED_BLOCKS, DB_META,
+)
+ALL_DBS = NAMESPACE_DBS + (DB_REPLICA,)
+
+dbs_max = 16                         # named databases in one environment
+map_size_default_bytes = 64 << 30    # sparse: costs nothing until used
+readers_max = 256                    # concurrent read transactions
+
+assert len(ALL_DBS) <= dbs_max
+
+
+class Store:
+    """An LMDB environment with the metadata service's named databases.
+
+    Not thread-safe for writes beyond LMDB's own rule (one writer at a time);
+    read transactions may be opened from any thread.
+    """
+
+    def __init__(self, path: str, *, map_size_bytes: int = map_size_default_bytes, sync: bool = True):
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        # writemap stays off: nested transactions (used by state.apply to
+        # undo a failed operation) are not supported with MDB_WRITEMAP.
+        self.env = lmdb.open(
+            path,
+            map_size=map_size_bytes,
+            max_dbs=dbs_max,
+            max_readers=readers_max,
+            sync=sync,
+            metasync=sync,
+            subdir=True,
+            lock=True,
+        )
+        self._dbs = {name: self.env.open_db(name) for name in ALL_DBS}
+
+    def db(self, name: bytes):
+        """The handle of a named database (created at open)."""
+        handle = self._dbs.get(name)
+        if handle is None:
+            handle = self._dbs[name] = self.env.open_db(name)
+        return handle
+
+    def copy_to(self, path: str) -> None:
+        """Write a compact, consistent copy of the whole environment into the
+        empty directory ``path`` (a snapshot: LMDB copies from one read txn)."""
+        os.makedirs(path, exist_ok=True)
+        self.env.copy(path, compact=True)
+
+    def sync(self) -> None:
+        """Force buffers to disk (matters only when opened with sync=False)."""
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
