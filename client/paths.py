@@ -10,11 +10,11 @@ the authority on everything else (``.``/``..``, symlinks, permissions).
 * The client has no working directory: a relative path is relative to the
   Cistern root, so ``"a/b"`` means ``"/a/b"``.
 * Repeated slashes collapse (``"//a///b"`` is ``"/a/b"``).
-* A trailing slash asks for a directory, as in the kernel: it is stripped from
-  the path sent to the state machine and remembered in ``Target.dir_only``;
-  lookups then resolve ``path/.`` (ENOTDIR for a non-directory, and a symlink
-  to a directory is followed, as ``lstat("link/")`` does), and the operations
-  that act on the last component check it themselves.
+* A trailing slash asks for a directory, as in the kernel. It is kept (one
+  slash) in the path sent, because the state machine applies Linux's rules
+  for it per operation (ENOTDIR for a non-directory, EISDIR for
+  ``create("x/")``, ENOENT for ``symlink(t, "x/")``, a final symlink to a
+  directory followed by ``lstat("link/")``); ``Target.dir_only`` records it.
 * Checked locally because it saves a round trip and the answer cannot differ:
   an empty path (ENOENT), an embedded NUL (ValueError, as ``os``), a path of
   ``path_length_max_bytes`` or more (ENAMETOOLONG: PATH_MAX counts the
@@ -40,24 +40,10 @@ _SLASHES = re.compile(rb"/{2,}")
 class Target(NamedTuple):
     """One path argument, parsed."""
 
-    wire: bytes        # absolute, slashes collapsed, trailing slash removed
+    wire: bytes        # absolute, slashes collapsed (a trailing one kept)
     dir_only: bool     # the user wrote a trailing slash: the target must be a directory
     given: str | bytes  # os.fspath of what the user passed: errors name this
     as_bytes: bool     # names in results are bytes (else str)
-
-    @property
-    def lookup(self) -> bytes:
-        """The path to resolve when the operation follows the whole path:
-        ``wire + b"/."`` when a directory is required, so the state machine
-        answers ENOTDIR for a non-directory and follows a final symlink."""
-        if self.dir_only and self.wire != b"/":
-            return self.wire + b"/."
-        return self.wire
-
-    @property
-    def name(self) -> bytes:
-        """The last component of the wire path (b"" for the root)."""
-        return self.wire.rpartition(b"/")[2]
 
 
 def parse(path, *, function: str = "path") -> Target:
@@ -73,8 +59,6 @@ def parse(path, *, function: str = "path") -> Target:
         raise to_oserror(errno.ENAMETOOLONG, "", given)
     wire = _SLASHES.sub(b"/", raw if raw.startswith(b"/") else b"/" + raw)
     dir_only = len(wire) > 1 and wire.endswith(b"/")
-    if dir_only:
-        wire = wire[:-1]
     for component in wire.split(b"/"):
         if len(component) > limits.name_length_max_bytes:
             raise to_oserror(errno.ENAMETOOLONG, "", given)

@@ -174,7 +174,7 @@ class Plans:
         except (OSError, ValueError):
             return False
         try:
-            yield Call(Op.ACCESS, (t.lookup, int(mode)), t.given)
+            yield Call(Op.ACCESS, (t.wire, int(mode)), t.given)
         except OSError:
             return False
         return True
@@ -200,7 +200,7 @@ class Plans:
         """``os.readlink``: the target as stored, str for a str path.
         Errors: ENOENT, EINVAL (not a symlink), ENOTDIR, EACCES."""
         t = paths.parse(path, function="readlink")
-        target = yield Call(Op.READLINK, (t.lookup,), t.given)
+        target = yield Call(Op.READLINK, (t.wire,), t.given)
         return paths.decode_like(t.as_bytes, target)
 
     def getxattr(self, path, attribute, *, follow_symlinks=True) -> bytes:
@@ -281,7 +281,7 @@ class Plans:
         t = paths.parse(path, function="touch")
         if exist_ok:
             try:
-                value = yield Call(Op.SETATTR, (t.lookup, {"atime": TIME_NOW, "mtime": TIME_NOW}), t.given)
+                value = yield Call(Op.SETATTR, (t.wire, {"atime": TIME_NOW, "mtime": TIME_NOW}), t.given)
                 return as_attr(value)
             except FileNotFoundError:
                 pass
@@ -292,37 +292,26 @@ class Plans:
         target is stored as given, never resolved). Errors name both, as
         ``os`` does: EEXIST, ENOENT, ENOTDIR, EACCES, ENAMETOOLONG."""
         target = src if isinstance(src, bytes) else os.fsencode(paths._fspath(src, "symlink"))
+        if b"\0" in target:
+            raise ValueError("symlink: embedded null character in src")
         if len(target) > limits.symlink_target_length_max_bytes:
             raise to_oserror(errno.ENAMETOOLONG, "", os.fspath(src), os.fspath(dst))
-        t = paths.parse(dst, function="symlink")
+        t = _parse_second(src, dst, "symlink")
         names = (os.fspath(src), t.given)
-        if t.dir_only:
-            yield from _absent_for_slash(t, names)
         yield Call(Op.SYMLINK, (t.wire, target), *names)
 
     def link(self, src, dst) -> None:
         """``os.link``: a new name ``dst`` for the inode at ``src`` (a final
         symlink in ``src`` is not followed). Errors: EEXIST, ENOENT, EPERM
         (a directory), EXDEV never, EMLINK, EACCES."""
-        s = paths.parse(src, function="link")
-        d = paths.parse(dst, function="link")
+        s, d = _parse_pair(src, dst, "link")
         names = (s.given, d.given)
-        if s.dir_only:
-            a = yield from _getattr(s, True, names)
-            if stat_module.S_ISDIR(a.mode):
-                raise to_oserror(errno.EPERM, "", *names)
-        if d.dir_only:
-            yield from _absent_for_slash(d, names)
         yield Call(Op.LINK, (s.wire, d.wire), *names)
 
     def unlink(self, path) -> None:
         """``os.unlink``: removes a non-directory name; the inode goes with
         its last name. Errors: ENOENT, EISDIR, ENOTDIR, EACCES, EPERM (sticky)."""
         t = paths.parse(path, function="unlink")
-        if t.dir_only:
-            # unlink("x/") never succeeds: EISDIR for a directory, else ENOTDIR.
-            a = yield from _getattr(t._replace(dir_only=False), False)
-            raise to_oserror(errno.EISDIR if stat_module.S_ISDIR(a.mode) else errno.ENOTDIR, "", t.given)
         yield Call(Op.UNLINK, (t.wire,), t.given)
 
     remove = unlink
@@ -362,14 +351,8 @@ class Plans:
     def rename2(self, src, dst, flags=0, *, _function="rename2") -> None:
         """renameat2(2): ``flags`` is 0, ``RENAME_NOREPLACE`` (EEXIST when
         ``dst`` exists) or ``RENAME_EXCHANGE`` (swap two existing names)."""
-        s = paths.parse(src, function=_function)
-        d = paths.parse(dst, function=_function)
+        s, d = _parse_pair(src, dst, _function)
         names = (s.given, d.given)
-        if s.dir_only or d.dir_only:
-            # A trailing slash on either side is only allowed for a directory.
-            a = yield from _getattr(s._replace(dir_only=False), False, names)
-            if not stat_module.S_ISDIR(a.mode):
-                raise to_oserror(errno.ENOTDIR, "", *names)
         yield Call(Op.RENAME, (s.wire, d.wire, int(flags)), *names)
 
     def setattr(self, path, *, mode=None, uid=None, gid=None, size=None,
@@ -465,9 +448,26 @@ class Plans:
 # -- helpers shared by the plans ----------------------------------------------
 
 
+def _parse_pair(src, dst, function: str) -> tuple[Target, Target]:
+    """Both paths of a two-path call; a bad one is reported naming both, as
+    ``os`` does."""
+    try:
+        s = paths.parse(src, function=function)
+    except OSError as e:
+        raise to_oserror(e.errno, "", os.fspath(src), os.fspath(dst)) from None
+    return s, _parse_second(src, dst, function)
+
+
+def _parse_second(src, dst, function: str) -> Target:
+    try:
+        return paths.parse(dst, function=function)
+    except OSError as e:
+        raise to_oserror(e.errno, "", os.fspath(src), os.fspath(dst)) from None
+
+
 def _getattr(t: Target, follow: bool, names=None):
     names = names or (t.given,)
-    value = yield Call(Op.GETATTR, (t.lookup, bool(follow)), *names)
+    value = yield Call(Op.GETATTR, (t.wire, bool(follow)), *names)
     return as_attr(value)
 
 
@@ -486,7 +486,7 @@ def _readdir(t: Target):
     entries = []
     after = None
     while True:
-        page, done = yield Call(Op.READDIR, (t.lookup, after, limits.readdir_page_entries_max), t.given)
+        page, done = yield Call(Op.READDIR, (t.wire, after, limits.readdir_page_entries_max), t.given)
         entries.extend(page)
         if done or not page:
             return entries
@@ -498,7 +498,7 @@ def _readdir(t: Target):
 # so the no-follow forms resolve the path with lstat first.
 def _ref(t: Target, follow: bool):
     if follow or t.dir_only:
-        return t.lookup
+        return t.wire
     a = yield from _getattr(t, False)
     return a.ino
 
@@ -506,14 +506,3 @@ def _ref(t: Target, follow: bool):
 def _setattr(t: Target, fields: dict, follow: bool):
     ref = yield from _ref(t, follow)
     return as_attr((yield Call(Op.SETATTR, (ref, fields), t.given)))
-
-
-def _absent_for_slash(t: Target, names):
-    """Creating a name written with a trailing slash fails as the kernel's
-    does: EEXIST when something is there, else ENOENT."""
-    try:
-        yield from _getattr(t._replace(dir_only=False), False, names)
-    except FileNotFoundError:
-        raise to_oserror(errno.ENOENT, "", *names) from None
-    raise to_oserror(errno.EEXIST, "", *names)
-
