@@ -41,6 +41,9 @@ statfs_block_size_bytes = 4096               # f_bsize/f_frsize in statvfs
 statfs_nominal_free_bytes = 1 << 50
 statfs_nominal_free_inodes = 1 << 32
 _NS_PER_S = 1_000_000_000
+# Operations whose value is an Attr (see model.Op).
+_ATTR_OPS = frozenset((Op.GETATTR, Op.LOOKUP, Op.MKDIR, Op.CREATE, Op.SYMLINK, Op.LINK,
+                       Op.SETATTR, Op.COMMIT_WRITE))
 
 
 class Call(NamedTuple):
@@ -430,12 +433,16 @@ class Plans:
         arguments are parsed as paths (relative to the root, trailing slash
         dropped); bytes and ints pass through. Returns each op's value, in
         order. Raises the first failing condition's or op's error; then
-        nothing was applied. Modes are sent as given (no umask)."""
+        nothing was applied (a false condition is ECANCELED). Modes are sent
+        as given (no umask). Values that are attributes come back as
+        ``model.Attr``."""
         wire_conditions = [[kind, _wire_arg(ref), value] for kind, ref, value in conditions]
         wire_ops = [[int(op[0]), [_wire_arg(a) for a in op[1:]]] for op in ops]
         if len(wire_ops) > limits.txn_ops_max or len(wire_conditions) > limits.txn_conditions_max:
             raise to_oserror(errno.E2BIG, "too many operations or conditions in one txn")
-        return (yield Call(Op.TXN, (wire_conditions, wire_ops)))
+        values = yield Call(Op.TXN, (wire_conditions, wire_ops))
+        return [as_attr(v) if code in _ATTR_OPS and v is not None else v
+                for (code, _), v in zip(wire_ops, values)]
 
     def open(self, path, mode="r", *args, **kwargs):
         """Reading and writing file contents belongs to the data path, which

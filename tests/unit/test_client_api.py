@@ -20,7 +20,17 @@ import pytest
 from cistern.client import Client, connect
 from cistern.client.plans import ST_DEV
 from cistern.client.testing import InProcessMetaClient, connect_in_process
-from cistern.metadata.model import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
+from cistern.metadata.model import (
+    COND_ABSENT,
+    COND_EXISTS,
+    COND_VERSION,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    XATTR_CREATE,
+    XATTR_REPLACE,
+    Attr,
+    Op,
+)
 
 UMASK = 0o022
 # Which positional arguments of each call are paths (the rest pass through).
@@ -519,6 +529,32 @@ def test_the_root_cannot_be_removed_or_renamed(client):
             call()
         assert exc.value.errno in (errno.EBUSY, errno.EISDIR)
     assert client.stat("/").st_ino == 1
+
+
+def test_txn_is_all_or_nothing(client):
+    client.mkdir("/tx")
+    version = client.attr("/tx").version
+    made, created = client.txn([(COND_ABSENT, "/tx/a", None), (COND_VERSION, "/tx", version)],
+                               [(Op.MKDIR, "/tx/a", 0o750), (Op.CREATE, "tx/a/f", 0o640, True)])
+    assert isinstance(made, Attr) and stat.S_ISDIR(made.mode) and stat.S_IMODE(made.mode) == 0o750
+    assert created.ino == client.stat("/tx/a/f").st_ino
+    with pytest.raises(OSError) as exc:      # the version moved: nothing happens
+        client.txn([(COND_VERSION, "/tx", version)], [(Op.MKDIR, "/tx/b", 0o755)])
+    assert exc.value.errno == errno.ECANCELED and not client.exists("/tx/b")
+    with pytest.raises(FileExistsError):     # the second op fails: the first is undone
+        client.txn([], [(Op.MKDIR, "/tx/c", 0o755), (Op.MKDIR, "/tx/a", 0o755)])
+    assert not client.exists("/tx/c")
+    assert client.txn([(COND_EXISTS, b"/tx/a/f", None)], [(Op.UNLINK, "/tx/a/f")]) == [None]
+    assert client.listdir("/tx/a") == []
+
+
+def test_setattr_attr_and_readdir_give_the_raw_records(client):
+    client.mkdir("/r")
+    client.create("/r/f")
+    attr = client.setattr("/r/f", mode=0o600, uid=7, size=10, mtime_ns=5)
+    assert isinstance(attr, Attr) and (stat.S_IMODE(attr.mode), attr.uid, attr.size, attr.mtime_ns) == (0o600, 7, 10, 5)
+    assert client.attr("/r/f") == attr
+    assert client.readdir("/r") == [(b"f", attr.ino, stat.S_IFREG)]
 
 
 def test_open_is_left_to_the_data_path(client):
