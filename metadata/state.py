@@ -70,6 +70,7 @@ LAST_NORM, LAST_DOT, LAST_DOTDOT, LAST_ROOT = range(4)
 
 R_OK, W_OK, X_OK = 4, 2, 1
 
+_S_IFMT = 0o170000  # stat.S_IFMT is a function, not the mask
 _UINT32_MAX = (1 << 32) - 1
 _UINT64_MAX = (1 << 64) - 1
 _INT64_MIN = -(1 << 63)
@@ -960,7 +961,7 @@ class Namespace:
                 if mode & S.S_IXGRP:
                     mode &= ~S.S_ISGID
         if "mode" in changes:
-            mode = (mode & S.S_IFMT) | (changes["mode"] & 0o7777)
+            mode = (mode & _S_IFMT) | (changes["mode"] & 0o7777)
             if cred[0] != 0 and not _in_group(cred, node[GID]):
                 mode &= ~S.S_ISGID
         node[M] = mode
