@@ -86,20 +86,26 @@ class MetaServer:
     def start(self) -> None:
         """Open the store, start the replica, then serve RPCs and metrics.
         Raises CisternError when an address is taken or the data is unusable."""
-        from cistern.metadata.replica import Replica
+        from cistern.metadata.replica import Replica, ReplicaConf
         from cistern.metadata.state import Namespace
         from cistern.metadata.store import Store
 
         os.makedirs(self.data_dir, exist_ok=True)
         try:
-            self.store = Store(os.path.join(self.data_dir, "state"))
+            # LMDB need not fsync each commit: the replica fsyncs the Raft
+            # journal before acknowledging, and replays it on top of LMDB's
+            # applied index after a crash (see replica.py, Durability).
+            self.store = Store(os.path.join(self.data_dir, "state"), sync=False)
             self.namespace = Namespace(self.store)
             rpc_addresses = {raft: rpc_address for raft, rpc_address in self.peers.values()}
             rpc_addresses[self.raft_address] = self.rpc_address
             members = {pid: raft for pid, (raft, _) in self.peers.items()}
+            conf = self.replica_conf or ReplicaConf()
+            if conf.registry is None:
+                conf.registry = self.registry
             self.replica = Replica(self.node_id, self.raft_address, members,
                                    self.data_dir, self._machines(),
-                                   rpc_addresses=rpc_addresses, conf=self.replica_conf)
+                                   rpc_addresses=rpc_addresses, conf=conf)
             self.replica.start()
             self.service = MetadataService(self.replica, registry=self.registry)
             self._grpc = grpc.server(ThreadPoolExecutor(grpc_workers_max, thread_name_prefix="metad-rpc"),
