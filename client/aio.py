@@ -106,14 +106,14 @@ class AsyncClient:
         docstring about their blocking ``stat``)."""
         from .api import DirEntry
 
-        given = paths._fspath(path, "scandir")
+        given = paths.fspath(path, "scandir")
         entries = await self.readdir(given)
         return [DirEntry(self.client, given, *entry) for entry in entries]
 
     async def walk(self, top="/", topdown=True, onerror=None, followlinks=False):
         """``Client.walk`` as an async generator (``async for``). Symlinks
         to directories are resolved with awaited stats, never blocking."""
-        stack = [paths._fspath(top, "walk")]
+        stack = [paths.fspath(top, "walk")]
         while stack:
             top = stack.pop()
             if isinstance(top, tuple):

@@ -15,8 +15,10 @@ Idempotency
     The metadata client retries through leader changes with the same
     request number, so each mutating metadata operation is applied exactly
     once even when retried. A method that needs several operations
-    (``makedirs``, ``touch``, ``removedirs``, a trailing-slash ``rename``) is
-    not atomic as a whole; each step is applied once.
+    (``makedirs``, ``touch``, ``removedirs``, ``statvfs``, the
+    ``follow_symlinks=False`` forms of chown/utime/xattrs, which resolve the
+    link first) is not atomic as a whole; each step is applied once. Use
+    ``txn`` when several changes must be all or nothing.
 Durability
     When a mutating call returns, its change is committed in the Raft log on
     a majority of metadata replicas and survives any minority of failures.
@@ -31,10 +33,14 @@ Threads
 Paths: see ``cistern.client.paths`` (no working directory: relative paths
 start at the root; trailing slashes follow the kernel's rules).
 
-The futures face (``client.futures``) has the same methods, each returning a
-``concurrent.futures.Future`` at once; the plans advance from the metadata
-client's reply callbacks, so thousands of operations can be in flight from one
-thread without a thread per operation. Keep callbacks short.
+Three faces, one implementation: every operation is a plan (``plans.py``)
+that the blocking ``Client``, the futures face (``client.futures``: each
+method returns a ``concurrent.futures.Future`` at once) and the asyncio face
+(``client.aio``, ``aio.py``) drive. The futures face advances a plan from the
+metadata client's reply callbacks, so thousands of operations can be in
+flight from one thread with no thread per operation; callbacks added to its
+futures run on the metadata client's thread and must be short. ``scandir``
+and ``walk`` (iterators) exist only on the blocking and asyncio faces.
 """
 
 from __future__ import annotations
@@ -228,7 +234,7 @@ class Client:
         """``os.scandir``: an iterator of ``DirEntry`` (a context manager
         too). The listing is fetched when scandir is called (all pages), so
         errors (ENOENT, ENOTDIR, EACCES) raise here, not while iterating."""
-        given = paths._fspath(path, "scandir")
+        given = paths.fspath(path, "scandir")
         entries = self.readdir(given)
         return ScandirIterator([DirEntry(self, given, *entry) for entry in entries])
 
@@ -237,7 +243,7 @@ class Client:
         order, ``onerror`` and ``followlinks`` rules, and ``dirnames`` may be
         pruned in place when ``topdown``. Not a snapshot: a tree changing
         meanwhile is seen as it is when each directory is listed."""
-        stack = [paths._fspath(top, "walk")]
+        stack = [paths.fspath(top, "walk")]
         while stack:
             top = stack.pop()
             if isinstance(top, tuple):

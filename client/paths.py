@@ -32,7 +32,7 @@ from typing import NamedTuple
 from cistern.core.errors import to_oserror
 from cistern.metadata import limits
 
-__all__ = ["Target", "parse", "join", "split", "decode_like"]
+__all__ = ["Target", "parse", "fspath", "join", "split", "decode_like"]
 
 _SLASHES = re.compile(rb"/{2,}")
 
@@ -49,7 +49,7 @@ class Target(NamedTuple):
 def parse(path, *, function: str = "path") -> Target:
     """Parse one path argument; raises TypeError, ValueError or OSError like
     the ``os`` function named ``function`` would for the same argument."""
-    given = _fspath(path, function)
+    given = fspath(path, function)
     raw = os.fsencode(given) if isinstance(given, str) else given
     if b"\0" in raw:
         raise ValueError(f"{function}: embedded null character in path")
@@ -65,7 +65,8 @@ def parse(path, *, function: str = "path") -> Target:
     return Target(wire, dir_only, given, isinstance(given, bytes))
 
 
-def _fspath(path, function: str) -> str | bytes:
+def fspath(path, function: str) -> str | bytes:
+    """``os.fspath`` with the TypeError message ``os`` functions give."""
     try:
         return os.fspath(path)
     except TypeError:

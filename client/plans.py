@@ -41,6 +41,8 @@ statfs_block_size_bytes = 4096               # f_bsize/f_frsize in statvfs
 statfs_nominal_free_bytes = 1 << 50
 statfs_nominal_free_inodes = 1 << 32
 _NS_PER_S = 1_000_000_000
+# Errors that mean "no answer", not "no such path": predicates raise them.
+_NO_ANSWER = frozenset((errno.ETIMEDOUT, errno.ESHUTDOWN, errno.EIO))
 # Operations whose value is an Attr (see model.Op).
 _ATTR_OPS = frozenset((Op.GETATTR, Op.LOOKUP, Op.MKDIR, Op.CREATE, Op.SYMLINK, Op.LINK,
                        Op.SETATTR, Op.COMMIT_WRITE))
@@ -112,7 +114,7 @@ def _names(attribute, function: str) -> bytes:
         return os.fsencode(attribute)
     if isinstance(attribute, bytes):
         return attribute
-    return os.fsencode(paths._fspath(attribute, function))
+    return os.fsencode(paths.fspath(attribute, function))
 
 
 def _wire_arg(arg):
@@ -149,7 +151,10 @@ class Plans:
         return stat_result((yield from _getattr(t, False)))
 
     def exists(self, path) -> bool:
-        """``os.path.exists``: False on any error, never raises OSError."""
+        """``os.path.exists``: False when the path cannot be resolved (any
+        errno from the namespace). Unlike ``os.path`` it does raise when the
+        service gives no answer (ETIMEDOUT, ESHUTDOWN, EIO): "unreachable"
+        must not read as "absent"."""
         return (yield from _probe(path, True, lambda a: True))
 
     def lexists(self, path) -> bool:
@@ -171,14 +176,17 @@ class Plans:
     def access(self, path, mode) -> bool:
         """``os.access`` with the client's credentials (real = effective
         here): True when every bit of ``mode`` (R_OK|W_OK|X_OK, or F_OK) is
-        granted. Never raises OSError."""
+        granted; False on any namespace error. Raises only when the service
+        gives no answer, as ``exists`` does."""
         try:
             t = paths.parse(path, function="access")
         except (OSError, ValueError):
             return False
         try:
             yield Call(Op.ACCESS, (t.wire, int(mode)), t.given)
-        except OSError:
+        except OSError as e:
+            if e.errno in _NO_ANSWER:
+                raise
             return False
         return True
 
@@ -242,7 +250,7 @@ class Plans:
         then the leaf (``mode``). Tries the leaf first, so an existing parent
         costs one round trip. EEXIST unless ``exist_ok`` and a directory is
         there."""
-        given = paths._fspath(path, "makedirs")
+        given = paths.fspath(path, "makedirs")
         t = paths.parse(given, function="makedirs")
         try:
             yield Call(Op.MKDIR, (t.wire, mode & ~self.umask & 0o7777), given)
@@ -294,7 +302,7 @@ class Plans:
         """``os.symlink(src, dst)``: creates ``dst`` pointing at ``src`` (the
         target is stored as given, never resolved). Errors name both, as
         ``os`` does: EEXIST, ENOENT, ENOTDIR, EACCES, ENAMETOOLONG."""
-        target = src if isinstance(src, bytes) else os.fsencode(paths._fspath(src, "symlink"))
+        target = src if isinstance(src, bytes) else os.fsencode(paths.fspath(src, "symlink"))
         if b"\0" in target:
             raise ValueError("symlink: embedded null character in src")
         if len(target) > limits.symlink_target_length_max_bytes:
@@ -305,8 +313,9 @@ class Plans:
 
     def link(self, src, dst) -> None:
         """``os.link``: a new name ``dst`` for the inode at ``src`` (a final
-        symlink in ``src`` is not followed). Errors: EEXIST, ENOENT, EPERM
-        (a directory), EXDEV never, EMLINK, EACCES."""
+        symlink in ``src`` is not followed, as Linux's link(2)). Errors name
+        both: EEXIST, ENOENT, ENOTDIR, EPERM (a directory, or
+        protected_hardlinks), EACCES."""
         s, d = _parse_pair(src, dst, "link")
         names = (s.given, d.given)
         yield Call(Op.LINK, (s.wire, d.wire), *names)
@@ -328,7 +337,7 @@ class Plans:
     def removedirs(self, name) -> None:
         """``os.removedirs``: rmdir the leaf, then each parent until one
         fails (that failure is swallowed, as ``os`` does)."""
-        given = paths._fspath(name, "removedirs")
+        given = paths.fspath(name, "removedirs")
         yield from Plans.rmdir(self, given)
         head, tail = paths.split(given)
         if not tail:
@@ -485,7 +494,9 @@ def _probe(path, follow: bool, predicate):
         return False
     try:
         return predicate((yield from _getattr(t, follow)))
-    except OSError:
+    except OSError as e:
+        if e.errno in _NO_ANSWER:
+            raise
         return False
 
 

@@ -717,6 +717,8 @@ def test_unavailable_cluster_times_out_with_etimedout():
             c.stat("/")
         assert exc.value.errno == errno.ETIMEDOUT and exc.value.filename == "/"
         assert 0.4 < time.monotonic() - started < 5
+        with pytest.raises(TimeoutError):   # unreachable is not "absent"
+            c.exists("/")
 
 
 def test_client_works_as_a_context_manager(tmp_path):
@@ -726,3 +728,5 @@ def test_client_works_as_a_context_manager(tmp_path):
     with pytest.raises(OSError) as exc:
         c.stat("/x")
     assert exc.value.errno == errno.ESHUTDOWN
+    with pytest.raises(OSError):
+        c.isdir("/x")
