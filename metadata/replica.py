@@ -452,6 +452,13 @@ class _RaftNode(SyncObj):
         except (IndexError, TypeError):
             return 0
 
+    def first_log_index(self) -> int:
+        """The oldest index still in the journal (the snapshot's, once compacted)."""
+        try:
+            return self._SyncObj__raftLog[0][1]
+        except (IndexError, TypeError):
+            return 0
+
     def match_indexes(self) -> dict:
         try:
             return {node.address: idx for node, idx in list(self._SyncObj__raftMatchIndex.items())}
@@ -780,6 +787,7 @@ class Replica:
             "applied_index": index,
             "raft_applied_index": node.raftLastApplied if node is not None else 0,
             "last_log_index": node.last_log_index() if node is not None else 0,
+            "first_log_index": node.first_log_index() if node is not None else 0,
             "digest": digest.hex(),
             "members": members,
             "batches": self.batches,
@@ -1235,3 +1243,27 @@ def read_snapshot_header(path: str) -> dict:
             raise ValueError(f"{path} is not a Cistern snapshot")
         f.seek(-_SNAP_TRAILER.size - length, os.SEEK_END)
         return msgpack.unpackb(f.read(length), raw=False)
+
+
+# -- the benchmark baseline ------------------------------------------------------
+
+class _BaselineDict(SyncObj):
+    """Bare pysyncobj: one replicated dict update per call, nothing of ours."""
+
+    def __init__(self, self_address, other_addresses, conf):
+        super().__init__(self_address, other_addresses, conf)
+        self.data = {}
+
+    @replicated
+    def set(self, key, value):
+        self.data[key] = value
+        return len(self.data)
+
+
+def baseline_dict_node(self_address: str, other_addresses: list[str], **conf_kwargs):
+    """A bare pysyncobj node (its default configuration unless overridden)
+    with ``set(key, value, callback=...)`` replicated: the baseline that
+    ``bench/raft_bench.py`` measures the replica against. Lives here because
+    this module is the only pysyncobj importer. Returns the SyncObj; call
+    ``destroy()`` when done."""
+    return _BaselineDict(self_address, other_addresses, SyncObjConf(**conf_kwargs))

@@ -1,0 +1,362 @@
+"""The replica: three in-process members on loopback, real pysyncobj, real
+LMDB. Every scenario ends by checking that replicas at equal applied index
+hold equal digests (the divergence detector of metadata/replica.py).
+
+The state machine is a small counter machine defined here (the replica's
+contract is any machine over the store), plus one test with the real
+namespace.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cistern.core.errors import CisternError, NotLeader
+from cistern.metadata import model
+from cistern.metadata.model import Op
+from cistern.metadata.replica import Replica, ReplicaConf, read_snapshot_header
+from cistern.metadata.state import Namespace
+from cistern.metadata.store import Store
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+INCR = 500      # (key bytes) -> new count
+PUT = 501       # (key bytes, value) -> previous value or None
+BOOM = 502      # () -> raises (a machine bug)
+GET = 50        # (key bytes) -> count or None
+CRED = model.ROOT_CRED
+_U64 = struct.Struct(">Q")
+
+
+class Counters:
+    """A deterministic counter machine over LMDB, codes 1-999."""
+
+    code_range = range(1, 1000)
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._db = store.db(b"counters")
+
+    def bootstrap(self, txn):
+        pass
+
+    def apply(self, txn, time_ns, code, args):
+        if code == BOOM:
+            txn.put(b"half-written", b"x", db=self._db)
+            raise RuntimeError("machine bug")
+        if code == INCR:
+            key = args[1]
+            raw = txn.get(key, db=self._db)
+            count = (_U64.unpack(raw)[0] if raw else 0) + 1
+            txn.put(key, _U64.pack(count), db=self._db)
+            return 0, "", count
+        if code == PUT:
+            key, value = args[1], args[2]
+            raw = txn.get(key, db=self._db)
+            txn.put(key, _U64.pack(value), db=self._db)
+            return 0, "", _U64.unpack(raw)[0] if raw else None
+        return errno.ENOSYS, "unknown", None
+
+    def read(self, txn, code, args):
+        if code == GET:
+            raw = txn.get(args[1], db=self._db)
+            return 0, "", _U64.unpack(raw)[0] if raw else None
+        return errno.ENOSYS, "unknown", None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Group:
+    """n replicas in this process; start/stop each; compare digests."""
+
+    def __init__(self, tmp_path, n=3, *, machine="counters", **conf):
+        self.dir = str(tmp_path)
+        self.n = n
+        self.machine = machine
+        self.conf = conf
+        self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(n)]
+        self.rpc = {a: f"127.0.0.1:{7000 + i}" for i, a in enumerate(self.addrs)}
+        self.replicas: list[Replica | None] = [None] * n
+        self.stores: list[Store | None] = [None] * n
+
+    def start(self, i):
+        assert self.replicas[i] is None
+        data = os.path.join(self.dir, f"m{i}")
+        store = Store(os.path.join(data, "state"), sync=False, map_size_bytes=1 << 30)
+        machine = Counters(store) if self.machine == "counters" else Namespace(store)
+        peers = {f"m{j}": a for j, a in enumerate(self.addrs) if j != i}
+        conf = ReplicaConf(registry=CollectorRegistry(), **self.conf)
+        replica = Replica(f"m{i}", self.addrs[i], peers, data, {"namespace": machine},
+                          rpc_addresses=self.rpc, conf=conf)
+        replica.start()
+        self.replicas[i], self.stores[i] = replica, store
+        return replica
+
+    def start_all(self):
+        for i in range(self.n):
+            self.start(i)
+        return self
+
+    def stop(self, i):
+        replica, store = self.replicas[i], self.stores[i]
+        self.replicas[i] = self.stores[i] = None
+        if replica is not None:
+            replica.stop()
+        if store is not None:
+            store.close()
+
+    def stop_all(self):
+        for i in range(self.n):
+            self.stop(i)
+
+    def running(self):
+        return [r for r in self.replicas if r is not None]
+
+    def leader(self, timeout_s=10.0, exclude=None) -> Replica:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            leaders = [r for r in self.running() if r.is_leader() and r is not exclude]
+            if len(leaders) == 1:
+                # a write proves it leads (not a stale leader of an old term)
+                try:
+                    if self.machine == "counters":
+                        probe = leaders[0].submit_write(b"", 0, 0, INCR, model.encode_args(CRED, b"probe"))
+                    else:
+                        probe = leaders[0].submit_write(b"", 0, 0, Op.NOOP, model.encode_args(CRED))
+                    probe.result(5)
+                    return leaders[0]
+                except CisternError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"no leader: {[r.status() for r in self.running()]}")
+
+    def converge(self, timeout_s=20.0) -> list[dict]:
+        """Wait until every running replica applied the same index; assert
+        equal digests there."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            statuses = [r.status() for r in self.running()]
+            if len({s["applied_index"] for s in statuses}) == 1:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"replicas did not converge: {statuses}")
+            time.sleep(0.05)
+        assert len({s["digest"] for s in statuses}) == 1, statuses
+        return statuses
+
+
+@pytest.fixture
+def group(tmp_path):
+    groups = []
+
+    def make(**kw):
+        g = Group(tmp_path, **kw)
+        groups.append(g)
+        return g
+
+    yield make
+    for g in groups:
+        g.stop_all()
+
+
+def incr(replica, cid, seq, key, acked_below=0):
+    return replica.submit_write(cid, seq, acked_below, INCR, model.encode_args(CRED, key))
+
+
+def get(replica, key, linearizable=True):
+    return replica.submit_read(GET, model.encode_args(CRED, key), linearizable=linearizable).result(10)
+
+
+# -- scenarios -------------------------------------------------------------------
+
+def test_leader_elected_and_a_follower_names_the_leaders_rpc_address(group):
+    g = group().start_all()
+    leader = g.leader()
+    status = leader.status()
+    assert status["role"] == "leader" and status["leader_rpc"] == g.rpc[leader.raft_address]
+    assert {m["id"] for m in status["members"]} == {"m0", "m1", "m2"}
+    for follower in [r for r in g.running() if r is not leader]:
+        with pytest.raises(NotLeader) as e:
+            incr(follower, b"c" * 16, 1, b"k").result(5)
+        assert e.value.leader == g.rpc[leader.raft_address]
+        with pytest.raises(NotLeader):
+            follower.submit_read(GET, model.encode_args(CRED, b"k")).result(5)
+        assert follower.leader_rpc_address() == g.rpc[leader.raft_address]
+    incr(leader, b"c" * 16, 1, b"k").result(5)
+    g.converge()
+    # stale reads answer from any replica's applied state
+    assert all(get(r, b"k", linearizable=False) == 1 for r in g.running())
+
+
+def test_concurrent_writes_share_raft_entries_and_all_replicas_agree(group, caplog):
+    g = group().start_all()
+    leader = g.leader()
+    threads_n, per_thread = 16, 150
+    before = leader.status()["batches"]
+    errors = []
+
+    def worker(t):
+        cid = bytes([t]) * 16
+        futures = [incr(leader, cid, seq, b"key-%d" % t) for seq in range(per_thread)]
+        try:
+            assert [f.result(30) for f in futures] == list(range(1, per_thread + 1))
+        except BaseException as e:   # noqa: BLE001 - reported below
+            errors.append(e)
+
+    with caplog.at_level(logging.CRITICAL, logger="pysyncobj"):
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        batches = leader.status()["batches"] - before
+        assert batches < threads_n * per_thread / 4, f"{batches} entries for {threads_n * per_thread} writes"
+        statuses = g.converge()
+    assert all(get(leader, b"key-%d" % t) == per_thread for t in range(threads_n))
+    assert statuses[0]["applied_index"] > 0
+    # Our nextIndex guard keeps pysyncobj from re-sending (and followers from
+    # truncating) entries they already applied.
+    assert not [r for r in caplog.records if "truncating already-applied" in r.getMessage()]
+
+
+def test_a_retried_request_is_applied_once_and_returns_the_original_result(group):
+    g = group().start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+    assert incr(leader, cid, 7, b"x").result(5) == 1
+    assert incr(leader, cid, 7, b"x").result(5) == 1            # resent: same answer
+    both = [incr(leader, cid, 8, b"x"), incr(leader, cid, 8, b"x")]   # resent while in flight
+    assert [f.result(5) for f in both] == [2, 2]
+    assert get(leader, b"x") == 2
+    assert incr(leader, cid, 9, b"x", acked_below=9).result(5) == 3
+    with pytest.raises(CisternError) as e:                       # below the client's own window
+        incr(leader, cid, 7, b"x", acked_below=9).result(5)
+    assert e.value.errno == errno.EALREADY
+    assert get(leader, b"x") == 3
+    g.converge()
+
+
+def test_a_raising_machine_fails_only_its_operation_with_eio(group):
+    g = group().start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+    boom = leader.submit_write(cid, 1, 0, BOOM, model.encode_args(CRED))
+    fine = incr(leader, cid, 2, b"y")
+    with pytest.raises(CisternError) as e:
+        boom.result(5)
+    assert e.value.errno == errno.EIO
+    assert fine.result(5) == 1
+    g.converge()
+    with leader.store.env.begin() as txn:   # the failed op's half-write was undone
+        assert txn.get(b"half-written", db=leader.store.db(b"counters")) is None
+
+
+def test_linearizable_reads_share_a_barrier_and_see_acknowledged_writes(group):
+    g = group().start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+    incr(leader, cid, 1, b"r").result(5)
+    before = leader.status()["batches"]
+    futures = [leader.submit_read(GET, model.encode_args(CRED, b"r")) for _ in range(300)]
+    assert all(f.result(10) == 1 for f in futures)
+    assert leader.status()["batches"] - before <= 10
+    digest_read = leader.submit_read(Op.DIGEST, model.encode_args(CRED)).result(5)
+    assert digest_read[0] >= 1 and len(digest_read[1]) == 16
+
+
+def test_leader_stopped_a_new_one_leads_within_seconds_and_no_acknowledged_write_is_lost(group):
+    g = group().start_all()
+    old = g.leader()
+    cid = os.urandom(16)
+    acked = 0
+    for seq in range(200):
+        assert incr(old, cid, seq, b"n").result(5) == seq + 1
+        acked += 1
+    old_index = g.replicas.index(old)
+    stopped_at = time.monotonic()
+    g.stop(old_index)
+    new = g.leader(timeout_s=10)
+    failover_s = time.monotonic() - stopped_at
+    assert failover_s < 5, f"failover took {failover_s:.1f}s"
+    assert get(new, b"n") == acked
+    assert incr(new, cid, 200, b"n").result(5) == acked + 1
+    g.converge()
+    g.start(old_index)                     # the old leader rejoins and catches up
+    g.converge()
+    assert get(g.leader(), b"n") == acked + 1
+
+
+def test_restart_of_all_three_keeps_state_and_digests_and_applies_nothing_twice(group):
+    g = group().start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+    futures = [incr(leader, cid, seq, b"z") for seq in range(500)]
+    assert sorted(f.result(10) for f in futures) == list(range(1, 501))
+    before = g.converge()
+    on_disk = (before[0]["applied_index"], bytes.fromhex(before[0]["digest"]))
+    g.stop_all()
+    g.start_all()
+    assert [r.applied() for r in g.running()] == [on_disk] * 3    # LMDB kept index and digest
+    leader = g.leader()   # the journal is replayed on top of LMDB by now; the probe is one more entry
+    after = g.converge()
+    assert after[0]["applied_index"] > on_disk[0]
+    assert get(leader, b"z") == 500                     # replay did not double-apply
+    assert incr(leader, cid, 0, b"z").result(5) == 1    # the session survived: original result
+    assert get(leader, b"z") == 500
+    g.converge()
+
+
+def test_a_lagging_replica_catches_up_from_a_snapshot(group):
+    g = group(log_compaction_min_entries=50, log_compaction_min_time_s=3600).start_all()
+    leader = g.leader()
+    lagging = next(i for i, r in enumerate(g.replicas) if r is not leader)
+    g.stop(lagging)
+    cid = os.urandom(16)
+    for seq in range(400):                 # one entry each: compaction runs several times
+        incr(leader, cid, seq, b"s-%d" % (seq % 7)).result(5)
+    deadline = time.monotonic() + 20
+    while leader.status()["first_log_index"] <= 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leader.status()["first_log_index"] > 2, "the leader never compacted its log"
+    header = read_snapshot_header(os.path.join(g.dir, f"m{g.replicas.index(leader)}", "raft", "snapshot"))
+    assert header["applied"] > 0
+    replica = g.start(lagging)
+    statuses = g.converge(timeout_s=30)
+    assert replica.status()["snapshot_generation"] >= 1, "caught up without installing the snapshot"
+    assert statuses[0]["applied_index"] >= 400
+    assert get(g.leader(), b"s-0") == 58
+    # and it keeps up afterwards, restarted from its own snapshot + journal
+    g.stop(lagging)
+    g.start(lagging)
+    incr(g.leader(), cid, 400, b"s-0").result(5)
+    g.converge()
+
+
+def test_the_namespace_machine_replicates_through_the_replica(group):
+    g = group(machine="namespace").start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+    futures = [leader.submit_write(cid, i, 0, Op.MKDIR, model.encode_args(CRED, b"/d%d" % i, 0o755))
+               for i in range(100)]
+    inos = [model.Attr(*f.result(10)).ino for f in futures]
+    assert len(set(inos)) == 100
+    attr = model.Attr(*leader.submit_read(Op.GETATTR, model.encode_args(CRED, b"/d42", True)).result(5))
+    assert attr.ino == inos[42]
+    with pytest.raises(CisternError) as e:
+        leader.submit_write(cid, 100, 0, Op.MKDIR, model.encode_args(CRED, b"/d1", 0o755)).result(5)
+    assert e.value.errno == errno.EEXIST
+    g.converge()
