@@ -217,6 +217,8 @@ def test_concurrent_writes_share_raft_entries_and_all_replicas_agree(group, capl
             errors.append(e)
 
     with caplog.at_level(logging.CRITICAL, logger="pysyncobj"):
+        for seq in range(300):            # one at a time: acks of older appends arrive late
+            incr(leader, b"s" * 16, seq, b"serial").result(5)
         threads = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
         for t in threads:
             t.start()
@@ -306,6 +308,8 @@ def test_restart_of_all_three_keeps_state_and_digests_and_applies_nothing_twice(
     cid = os.urandom(16)
     futures = [incr(leader, cid, seq, b"z") for seq in range(500)]
     assert sorted(f.result(10) for f in futures) == list(range(1, 501))
+    for _ in range(100):                  # internal writes: no session to dedupe a replay
+        incr(leader, b"", 0, b"w").result(5)
     before = g.converge()
     on_disk = (before[0]["applied_index"], bytes.fromhex(before[0]["digest"]))
     g.stop_all()
@@ -315,6 +319,7 @@ def test_restart_of_all_three_keeps_state_and_digests_and_applies_nothing_twice(
     after = g.converge()
     assert after[0]["applied_index"] > on_disk[0]
     assert get(leader, b"z") == 500                     # replay did not double-apply
+    assert get(leader, b"w") == 100
     assert incr(leader, cid, 0, b"z").result(5) == 1    # the session survived: original result
     assert get(leader, b"z") == 500
     g.converge()
@@ -359,4 +364,38 @@ def test_the_namespace_machine_replicates_through_the_replica(group):
     with pytest.raises(CisternError) as e:
         leader.submit_write(cid, 100, 0, Op.MKDIR, model.encode_args(CRED, b"/d1", 0o755)).result(5)
     assert e.value.errno == errno.EEXIST
+    g.converge()
+
+
+def test_journal_and_vote_file_are_fsynced_before_acknowledging(group, monkeypatch):
+    synced: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def path_of(fd):
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return "?"
+
+    def fsync(fd):
+        synced.append(path_of(fd))
+        return real_fsync(fd)
+
+    def fdatasync(fd):
+        synced.append(path_of(fd))
+        return real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    g = group().start_all()
+    leader = g.leader()
+    assert any(p.endswith("/raft/journal.meta.tmp") or p.endswith("/raft/journal.meta") for p in synced), \
+        "the vote file was never fsynced"
+    follower = next(r for r in g.running() if r is not leader)
+    syncs_before = follower.status()["journal_syncs"]
+    for seq in range(20):
+        incr(leader, b"d" * 16, seq, b"k").result(5)
+    # every acknowledged entry was synced on a follower before it answered
+    assert follower.status()["journal_syncs"] - syncs_before >= 10
+    assert any(p.endswith("/raft/journal") for p in synced)
     g.converge()
