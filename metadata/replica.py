@@ -116,28 +116,37 @@ Snapshots (log compaction)
 Divergence: "truncating already-applied log entries ... may have diverged"
     Finding (pysyncobj 0.3.17 ``syncobj.py``, ``__onMessageReceived``): a
     follower truncates its log after ``prevLogIdx`` whenever it holds more
-    entries, even when they match the leader's (Raft truncates only on a
-    term conflict). Under load the leader pipelines ``append_entries``; a
-    lagging follower answers each with ``reset`` to the same index, the
-    leader rewinds ``nextIndex`` once per answer and re-sends the range, and
-    the follower then truncates and re-appends entries it already applied.
-    Those entries were committed (a follower only applies up to a commit
-    index learnt from a message whose consistency check passed, and
-    committed entries are identical on every leader), so the re-appended
-    entries are the same bytes and the state does not diverge: the warning
-    is noise in this path; we reproduced it and compared digests.
-    The real hole is elsewhere: an install-snapshot chunk (``append_entries``
+    entries, even when they match the leader's (Raft truncates only on a term
+    conflict), and warns when that cuts into applied entries. The leader
+    re-sends entries a follower already holds in two ways: (1) with
+    ``appendEntriesUseBatch=False`` it pipelines appends, and a *success*
+    acknowledgment of an older append makes it set ``nextIndex`` back to that
+    ack (it only checks that ``matchIndex`` grew), so the next append starts
+    from entries already sent — this fires even with one write at a time (we
+    saw ~15 warnings per 200 sequential writes); (2) a lagging follower
+    answers each pipelined append with the same ``reset`` index and the
+    leader rewinds once per answer. In both cases the re-sent entries are
+    committed ones (a follower applies only up to a commit index learnt from
+    a message whose consistency check passed, and committed entries are the
+    same on every leader), so the follower re-appends identical bytes and the
+    state does NOT diverge: reproduced under load with equal digests at equal
+    applied index on all replicas. It costs journal churn (truncate,
+    re-append, extra fsyncs), so ``_RaftNode`` keeps ``nextIndex`` from moving
+    back on a success ack (Raft moves it back only on a rejection); the test
+    ``test_concurrent_writes_share_raft_entries_and_all_replicas_agree``
+    asserts the warning no longer appears.
+    The real hole is elsewhere: an install-snapshot message (``append_entries``
     without ``prevLogIdx``, also sent with ``serialized=None`` while the
-    leader is still serializing) advances the follower's commit index to
+    leader is still serializing) raises the follower's commit index to
     ``min(leader_commit, last_log_index)`` with NO consistency check, so a
-    deposed leader holding uncommitted entries from an old term would apply
-    them — a real divergence, which the warning then reports when those
-    entries are truncated. We close it by wrapping the message handler
-    (``_RaftNode._SyncObj__onMessageReceived``): such a chunk cannot raise
-    the commit index. Detection: every replica reports ``(applied_index,
-    digest)`` in ``status()``; equal indexes must carry equal digests (tests
-    compare them after every fault scenario), and a skipped re-applied entry
-    is checked against the hash recorded when it was first applied.
+    deposed leader holding uncommitted entries of an old term would apply
+    them — real divergence, which the warning then reports when those entries
+    are truncated. ``_RaftNode`` closes it: such a message cannot raise the
+    commit index. Detection: every replica reports ``(applied_index,
+    digest)`` in ``status()`` (and the DIGEST read); equal indexes must carry
+    equal digests (tests compare them after every scenario), and an entry
+    replayed at an already-applied index is checked against the hash recorded
+    when it was applied (``cistern_replica_divergence_detected``).
 
 Threads: pysyncobj's tick loop (ours, ``autoTick=False``: it also applies
 entries and runs callbacks), the committer, one completer that resolves

@@ -399,3 +399,32 @@ def test_journal_and_vote_file_are_fsynced_before_acknowledging(group, monkeypat
     assert follower.status()["journal_syncs"] - syncs_before >= 10
     assert any(p.endswith("/raft/journal") for p in synced)
     g.converge()
+
+
+def test_without_a_quorum_writes_fail_fast_with_an_unknown_leader(group):
+    g = group()
+    lonely = g.start(0)
+    time.sleep(1.5)                        # longer than an election timeout
+    assert not lonely.is_leader() and lonely.leader_rpc_address() == ""
+    started = time.monotonic()
+    with pytest.raises(NotLeader) as e:
+        incr(lonely, b"e" * 16, 1, b"k").result(1)
+    assert e.value.leader == "" and time.monotonic() - started < 0.5
+    assert lonely.status()["role"] in ("follower", "candidate")
+
+
+def test_metrics_report_role_indexes_and_applied_ops(group):
+    g = group().start_all()
+    leader = g.leader()
+    for seq in range(5):
+        incr(leader, b"f" * 16, seq, b"m").result(5)
+    g.converge()
+    time.sleep(0.4)                        # gauges refresh every quarter second
+    registry, label = leader.conf.registry, {"replica": leader.node_id}
+    assert registry.get_sample_value("cistern_raft_role", label) == 2
+    assert registry.get_sample_value("cistern_raft_term", label) >= 1
+    assert registry.get_sample_value("cistern_raft_applied_index", label) == leader.applied()[0]
+    assert registry.get_sample_value("cistern_replica_ops_applied_total", {**label, "code": str(INCR)}) >= 5
+    assert registry.get_sample_value("cistern_replica_batch_ops_count", label) >= 5
+    assert registry.get_sample_value("cistern_replica_apply_seconds_count", label) >= 5
+    assert registry.get_sample_value("cistern_replica_entries_committed_total", label) >= 5
