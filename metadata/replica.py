@@ -592,6 +592,7 @@ class _SnapshotJob:
     def __init__(self):
         self.state = SERIALIZER_STATE.SERIALIZING
         self.thread: threading.Thread | None = None
+        self.generation = 0      # snapshot_generation when it started
 
 
 # -- the replica ---------------------------------------------------------------
@@ -1149,6 +1150,7 @@ class Replica:
             txn.abort()
             raise
         job = _SnapshotJob()
+        job.generation = self.snapshot_generation
         job.thread = threading.Thread(target=self._write_snapshot, args=(job, txn, header),
                                       name=f"replica-{self.node_id}-snapshot", daemon=True)
         self._snapshot = job
@@ -1170,6 +1172,13 @@ class Replica:
             # LMDB must hold at least the dumped state durably before
             # pysyncobj drops the journal entries it replaces.
             self._env.sync(True)
+            if job.generation != self.snapshot_generation:
+                # The leader's snapshot was installed meanwhile and is the
+                # dump pysyncobj's journal now starts from: keep it.
+                os.unlink(partial)
+                log.info("replica %s: own snapshot superseded by an installed one", self.node_id)
+                job.state = SERIALIZER_STATE.FAILED
+                return
             os.replace(partial, self._dump_path)
             _fsync_dir(self._raft_dir)
             log.info("replica %s: snapshot at applied index %d written", self.node_id, header["applied"])
