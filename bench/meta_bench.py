@@ -11,6 +11,7 @@ shape), and the latency of one create at a time (p50/p99).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import multiprocessing
 import statistics
@@ -20,6 +21,7 @@ import threading
 import time
 
 from cistern.core.cluster import resolve
+from cistern.core.errors import CisternError
 from cistern.metadata import model
 from cistern.metadata.model import Op
 
@@ -58,17 +60,34 @@ def _pipeline(client, code, make_args, inflight: int, seconds: float, record_lat
     return counts, latencies, i
 
 
-def _worker(addresses, index, run_id, phase, inflight, seconds, start_event, results):
+def _worker(addresses, index, run_id, phase, inflight, seconds, start_event, results, span=1000):
+    try:
+        _work(addresses, index, run_id, phase, inflight, seconds, start_event, results, span)
+    except BaseException as e:   # report, so the parent never waits for a dead worker
+        results.put({"index": index, "ok": 0, "err": 1, "first_error": f"worker failed: {e!r}",
+                     "elapsed_s": 0.0, "latencies": []})
+
+
+def _mkdir(client, path: bytes) -> None:
+    try:
+        client.call(Op.MKDIR, model.encode_args(CRED, path, 0o755))
+    except CisternError as e:
+        if e.errno != errno.EEXIST:
+            raise
+
+
+def _work(addresses, index, run_id, phase, inflight, seconds, start_event, results, span):
     from cistern.metadata.client import MetaClient
 
     with MetaClient(list(addresses)) as client:
         directory = b"/bench-%s/p%d" % (run_id.encode(), index)
         if phase == "create":
-            client.call(Op.MKDIR, model.encode_args(CRED, directory, 0o755))
+            _mkdir(client, b"/bench-%s" % run_id.encode())
+            _mkdir(client, directory)
             make = lambda i: model.encode_args(CRED, b"%s/f%d" % (directory, i), 0o644, True)  # noqa: E731
             code = Op.CREATE
-        else:   # stat the files this worker created in the create phase
-            make = lambda i: model.encode_args(CRED, b"%s/f%d" % (directory, i % 1000), True)  # noqa: E731
+        else:   # stat the first `span` files this worker created in the create phase
+            make = lambda i: model.encode_args(CRED, b"%s/f%d" % (directory, i % span), True)  # noqa: E731
             code = Op.GETATTR
         start_event.wait()
         t0 = time.monotonic()
@@ -79,12 +98,12 @@ def _worker(addresses, index, run_id, phase, inflight, seconds, start_event, res
                  "latencies": latencies})
 
 
-def run_phase(addresses, run_id, phase, procs, inflight, seconds) -> dict:
+def run_phase(addresses, run_id, phase, procs, inflight, seconds, span=1000) -> dict:
     ctx = multiprocessing.get_context("spawn")   # never fork a process that runs gRPC
     start_event = ctx.Event()
     results = ctx.Queue()
     workers = [ctx.Process(target=_worker, args=(addresses, i, run_id, phase, inflight, seconds,
-                                                  start_event, results), daemon=True)
+                                                  start_event, results, span), daemon=True)
                for i in range(procs)]
     for w in workers:
         w.start()
@@ -95,9 +114,9 @@ def run_phase(addresses, run_id, phase, procs, inflight, seconds) -> dict:
         w.join(10)
     ok = sum(r["ok"] for r in out)
     errors = sum(r["err"] for r in out)
-    elapsed = max(r["elapsed_s"] for r in out)
+    elapsed = max(r["elapsed_s"] for r in out) or 1e-9
     latencies = sorted(x for r in out for x in r["latencies"])
-    report = {"phase": phase, "procs": procs, "inflight": inflight, "ops": ok, "errors": errors,
+    report = {"phase": phase, "span": min(r["ok"] for r in out), "procs": procs, "inflight": inflight, "ops": ok, "errors": errors,
               "ops_per_s": round(ok / elapsed, 1), "elapsed_s": round(elapsed, 2)}
     if errors:
         report["first_error"] = next(r["first_error"] for r in out if r["first_error"])
@@ -136,7 +155,9 @@ def main(argv=None) -> int:
         if "create" in phases or "stat" in phases:
             reports.append(run_phase(addresses, run_id, "create", args.procs, args.inflight, args.seconds))
         if "stat" in phases:
-            reports.append(run_phase(addresses, run_id, "stat", args.procs, args.inflight, args.seconds))
+            # Every worker stats files it created (the fewest any worker made, at most 1000).
+            span = max(1, min(1000, reports[-1]["span"]))
+            reports.append(run_phase(addresses, run_id, "stat", args.procs, args.inflight, args.seconds, span))
         if "latency" in phases:
             reports.append(run_phase(addresses, run_id + "l", "create", 1, 1, min(args.seconds, 5.0)))
     finally:
