@@ -626,7 +626,8 @@ class Replica:
         self.snapshot_generation = 0
         self._snapshot: _SnapshotJob | None = None
         self._startup_dump = False
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()                 # pending queues and in-flight set
+        self._submit_lock = threading.RLock()         # take a batch + hand it to pysyncobj, in order
         self._pending_writes: collections.deque = collections.deque()
         self._pending_bytes = 0
         self._pending_reads: collections.deque = collections.deque()
@@ -690,8 +691,6 @@ class Replica:
             return
         self._running = False
         self._stopping.set()
-        with self._lock:
-            self._lock.notify_all()
         self._completions.put(None)
         for t in self._threads:
             t.join(timeout=30)
@@ -840,15 +839,18 @@ class Replica:
         """Submit the next batch when a slot is free. Called by whoever may
         have made that true: a submitter (work arrived) or a completion (a
         slot freed). So there is no committer thread to wake: under load each
-        batch carries whatever queued while the slots were busy."""
+        batch carries whatever queued while the slots were busy. Taking a
+        batch and queueing it into pysyncobj happen under one lock, so
+        batches enter the log in the order operations were submitted."""
         while True:
-            with self._lock:
-                if not (self._running and (self._pending_writes or self._pending_reads)
-                        and len(self._in_flight) < self.conf.batches_in_flight_max):
-                    return
-                batch = self._take_batch()
-                self._in_flight.add(batch)
-            self._submit(batch)
+            with self._submit_lock:
+                with self._lock:
+                    if not (self._running and (self._pending_writes or self._pending_reads)
+                            and len(self._in_flight) < self.conf.batches_in_flight_max):
+                        return
+                    batch = self._take_batch()
+                    self._in_flight.add(batch)
+                self._submit(batch)
 
     def _take_batch(self) -> _Batch:
         ops, futures = [], []

@@ -428,3 +428,30 @@ def test_metrics_report_role_indexes_and_applied_ops(group):
     assert registry.get_sample_value("cistern_replica_batch_ops_count", label) >= 5
     assert registry.get_sample_value("cistern_replica_apply_seconds_count", label) >= 5
     assert registry.get_sample_value("cistern_replica_entries_committed_total", label) >= 5
+
+
+def test_writes_enter_the_log_in_submission_order(group):
+    g = group().start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+    stop = threading.Event()
+
+    def noise():        # other submitters, so completions kick batches concurrently
+        seq = 0
+        while not stop.is_set():
+            incr(leader, b"n" * 16, seq, b"noise").result(5)
+            seq += 1
+
+    others = [threading.Thread(target=noise) for _ in range(4)]
+    for t in others:
+        t.start()
+    try:
+        futures = [leader.submit_write(cid, i, 0, PUT, model.encode_args(CRED, b"ordered", i))
+                   for i in range(3000)]
+        previous = [f.result(30) for f in futures]
+    finally:
+        stop.set()
+        for t in others:
+            t.join()
+    assert previous == [None] + list(range(2999))
+    g.converge()
