@@ -5,7 +5,8 @@ One run measures, each on a fresh 3-member group of 3 processes on loopback:
 * bare pysyncobj (its default configuration, file journal, no fsync): a
   replicated dict update per call, ``--bare-inflight`` calls in flight from
   the leader, ops/s; and a few calls one at a time (its batch mode waits for
-  a tick);
+  a tick); then the same with ``appendEntriesUseBatch=False`` (the floor of
+  one round trip in pysyncobj itself);
 * the ``Replica`` (group commit, the namespace state machine applying NOOP,
   LMDB store), with the durable journal and, to price the fsyncs, without:
   ops/s with ``--inflight`` writes in flight and the p50/p99 latency of
@@ -78,10 +79,10 @@ def _run_bare(node, args) -> dict:
             "p50_ms": statistics.median(latencies) * 1e3 if latencies else None}
 
 
-def _bare_member(i, addrs, workdir, args, claimed, results, stop):
+def _bare_member(i, addrs, workdir, args, conf, claimed, results, stop):
     from cistern.metadata.replica import baseline_dict_node
     node = baseline_dict_node(addrs[i], [a for a in addrs if a != addrs[i]],
-                              journalFile=os.path.join(workdir, f"bare{i}.journal"))
+                              journalFile=os.path.join(workdir, f"bare{i}.journal"), **conf)
     try:
         deadline = time.monotonic() + leader_wait_s
         while time.monotonic() < deadline and node._getLeader() is None:
@@ -187,7 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = {
-        "bare pysyncobj (defaults)": _cluster(_bare_member, (), args),
+        "bare pysyncobj (defaults)": _cluster(_bare_member, ({},), args),
+        "bare pysyncobj, no batch wait": _cluster(_bare_member, ({"appendEntriesUseBatch": False},), args),
         "Replica, durable journal": _cluster(_replica_member, (True,), args),
         "Replica, no fsync": _cluster(_replica_member, (False,), args),
     }
