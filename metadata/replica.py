@@ -647,8 +647,18 @@ class Replica:
         os.makedirs(self._raft_dir, exist_ok=True)
         self._bootstrap()
         self._startup_dump = os.path.exists(self._dump_path)
+        self._node = _RaftNode(self, self.raft_address, list(self._peers), self._syncobj_conf(), self.conf.durable)
+        self._running = True
+        self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix=f"replica-{self.node_id}-read")
+        for name, target in (("tick", self._tick_loop), ("complete", self._complete_loop)):
+            t = threading.Thread(target=target, name=f"replica-{self.node_id}-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _syncobj_conf(self) -> SyncObjConf:
+        """pysyncobj's configuration (see ReplicaConf for the timings)."""
         c = self.conf
-        sconf = SyncObjConf(
+        return SyncObjConf(
             autoTick=False,
             appendEntriesUseBatch=False,       # wake the poller per command: no 1/tick latency floor
             appendEntriesPeriod=c.append_entries_period_s,
@@ -675,13 +685,6 @@ class Replica:
             useFork=False,
             tcp_keepalive=(2, 1, 3),
         )
-        self._node = _RaftNode(self, self.raft_address, list(self._peers), sconf, c.durable)
-        self._running = True
-        self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix=f"replica-{self.node_id}-read")
-        for name, target in (("tick", self._tick_loop), ("complete", self._complete_loop)):
-            t = threading.Thread(target=target, name=f"replica-{self.node_id}-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
 
     def stop(self) -> None:
         """Stop ticking, fail what is pending with NotLeader(''), close the

@@ -455,3 +455,34 @@ def test_writes_enter_the_log_in_submission_order(group):
             t.join()
     assert previous == [None] + list(range(2999))
     g.converge()
+
+
+def test_an_install_snapshot_message_cannot_commit_a_deposed_leaders_stale_entries(tmp_path):
+    """White box: a follower holding uncommitted entries of an old term gets
+    a snapshot message (no prevLogIdx, so no consistency check) whose commit
+    index covers them. pysyncobj alone would commit and apply them
+    (divergence); the replica's message guard must keep them uncommitted."""
+    from cistern.metadata.replica import _RaftNode
+
+    store = Store(str(tmp_path / "state"), sync=False, map_size_bytes=1 << 26)
+    replica = Replica("m0", f"127.0.0.1:{free_port()}", {"m1": f"127.0.0.1:{free_port()}"},
+                      str(tmp_path), {"namespace": Counters(store)}, conf=ReplicaConf(registry=CollectorRegistry()))
+    os.makedirs(replica._raft_dir, exist_ok=True)
+    node = _RaftNode(replica, replica.raft_address, list(replica._peers), replica._syncobj_conf(), True)
+    try:
+        journal = node._SyncObj__raftLog
+        for index in range(2, 6):              # stale entries of term 1, never committed
+            journal.add(b"\x00stale", index, 1)
+        assert node.raftCommitIndex == 1
+        leader = next(iter(node.otherNodes))
+        node._SyncObj__onMessageReceived(leader, {
+            "type": "append_entries", "term": 2, "commit_index": 5, "serialized": None})
+        assert node.raftCommitIndex == 1, "a snapshot message committed entries it never checked"
+        # a checked append from the same leader still advances the commit index
+        node._SyncObj__onMessageReceived(leader, {
+            "type": "append_entries", "term": 2, "commit_index": 1, "prevLogIdx": 1, "prevLogTerm": 0,
+            "entries": []})
+        assert node.raftCommitIndex == 1 and node.last_log_index() == 1   # stale entries truncated
+    finally:
+        node.destroy()
+        store.close()
