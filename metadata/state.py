@@ -408,11 +408,12 @@ class Namespace:
 
     # -- path resolution ----------------------------------------------------
 
-    def _walk(self, t, cred, comps: list, follow_last: bool):
-        """Resolve components from the root, following symlinks in every
+    def _walk(self, t, cred, comps: list, follow_last: bool, start: int = ROOT_INO):
+        """Resolve components from directory ``start`` (the root unless a
+        relative symlink is being followed), following symlinks in every
         intermediate component and in the last one when ``follow_last``.
         Search permission is checked on each directory looked into."""
-        ino, kind, node = ROOT_INO, KIND_DIR, None
+        ino, kind, node = start, KIND_DIR, None
         stack = comps[::-1]
         links = 0
         while stack:
@@ -593,30 +594,48 @@ class Namespace:
         _int(mode, 0, 0o177777, "mode")
         _bool(exclusive, "exclusive")
         pino, pnode, name, last, trailing = self._parent(t, cred, path)
-        if last != LAST_NORM or trailing:
+        if last != LAST_NORM:  # '.', '..' or '/': an existing directory
+            raise _fail(E.EEXIST if exclusive else E.EISDIR, path)
+        if trailing:
             raise _fail(E.EISDIR, path)
         found = self._dentry(t, pino, name)
+        if found is not None and exclusive:
+            raise _fail(E.EEXIST, path)
+        if found is not None and found[1] == KIND_LNK:
+            pino, pnode, name, found = self._create_follow(t, cred, path, pino, found)
         if found is not None:
-            return self._create_existing(t, cred, path, found, exclusive)
+            if found[1] == KIND_DIR:
+                raise _fail(E.EISDIR, path)
+            return _attr(found[0], self._inode(t, found[0]))
         if not _may(pnode, cred, W_OK | X_OK):
             raise _fail(E.EACCES, path)
         counters = self._counters(t)
         ino, node = self._alloc(t, counters, cred, pnode, S.S_IFREG | (mode & 0o7777))
         return self._link_new(t, now, pino, pnode, name, ino, node, counters)
 
-    def _create_existing(self, t, cred, path, found, exclusive: bool) -> Attr:
-        """open(O_CREAT) of an existing name: EEXIST with O_EXCL, else the
-        file it names (through a symlink, which must resolve)."""
-        if exclusive:
-            raise _fail(E.EEXIST, path)
-        ino, kind = found
-        if kind == KIND_LNK:
-            ino, node = self._resolve(t, cred, path, True)
-        else:
-            node = self._inode(t, ino)
-        if S.S_ISDIR(node[M]):
-            raise _fail(E.EISDIR, path)
-        return _attr(ino, node)
+    def _create_follow(self, t, cred, path, pino: int, found):
+        """open(O_CREAT) without O_EXCL follows a symlink in the last
+        component, and creates the file it names when that is missing."""
+        links = 0
+        while found is not None and found[1] == KIND_LNK:
+            links += 1
+            if links > limits.symlink_follow_max:
+                raise _fail(E.ELOOP, path)
+            target = self._inode(t, found[0])[TARGET]
+            comps = [c for c in target.split(b"/") if c]
+            start = ROOT_INO if target[:1] == b"/" else pino
+            pino, pnode = self._walk(t, cred, comps[:-1], True, start)
+            if not S.S_ISDIR(pnode[M]):
+                raise _fail(E.ENOTDIR, path)
+            if not _may(pnode, cred, X_OK):
+                raise _fail(E.EACCES, path)
+            if not comps or target.endswith(b"/") or comps[-1] in (b".", b".."):
+                raise _fail(E.EISDIR, path)  # names a directory, or must be one
+            name = comps[-1]
+            if len(name) > limits.name_length_max_bytes:
+                raise _fail(E.ENAMETOOLONG, name[:32])
+            found = self._dentry(t, pino, name)
+        return pino, pnode, name, found
 
     def _symlink(self, t, now, cred, args):
         path, target = _args(args, 2)

@@ -92,6 +92,8 @@ def test_create_on_dir_dot_and_trailing_slash_is_eisdir(h):
     assert h.err(Op.CREATE, b"/d/.", 0o644, False) == E.EISDIR
     assert h.err(Op.CREATE, b"/new/", 0o644, False) == E.EISDIR
     assert h.err(Op.CREATE, b"/", 0o644, False) == E.EISDIR
+    assert h.err(Op.CREATE, b"/d/..", 0o644, True) == E.EEXIST
+    assert h.err(Op.CREATE, b"/new/", 0o644, True) == E.EISDIR
 
 
 def test_create_through_symlink(h):
@@ -100,7 +102,14 @@ def test_create_through_symlink(h):
     h.ok(Op.SYMLINK, b"/dangling", b"nothing")
     assert h.ok(Op.CREATE, b"/l", 0o644, False) == target
     assert h.err(Op.CREATE, b"/l", 0o644, True) == E.EEXIST
-    assert h.err(Op.CREATE, b"/dangling", 0o644, False) == E.ENOENT
+    created = h.ok(Op.CREATE, b"/dangling", 0o644, False)  # Linux creates the file the link names
+    assert h.stat(b"/nothing").ino == created.ino
+    h.ok(Op.SYMLINK, b"/to_dir", b"sub/")
+    assert h.err(Op.CREATE, b"/to_dir", 0o644, False) == E.EISDIR
+    h.ok(Op.SYMLINK, b"/deep", b"/missing_dir/x")
+    assert h.err(Op.CREATE, b"/deep", 0o644, False) == E.ENOENT
+    h.ok(Op.SYMLINK, b"/loop", b"loop")
+    assert h.err(Op.CREATE, b"/loop", 0o644, False) == E.ELOOP
 
 
 # -- symlinks and path resolution ----------------------------------------------
