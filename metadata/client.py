@@ -20,7 +20,9 @@ Leader discovery and retries
     breaks or the replica says it is not the leader, the client reconnects to
     the hinted leader (or the next address, with backoff) and resends every
     unanswered operation with the SAME seq, so a write that the old leader
-    already committed is applied once. An operation fails with ``Unavailable``
+    already committed is applied once. A reply with errno EAGAIN (the
+    replica's "busy, or outcome unknown: resend") is resent the same way
+    after a short pause. An operation fails with ``Unavailable``
     (ETIMEDOUT) only when ``timeout_s`` passes without an answer: a caller
     never sees an election.
 
@@ -91,6 +93,7 @@ class MetaClient:
         self._cond = threading.Condition(threading.Lock())
         self._ops: dict[int, _Op] = {}        # every unanswered operation, by seq
         self._unsent: deque[int] = deque()    # seqs to send on the current stream, in order
+        self._retry: list[int] = []           # seqs answered EAGAIN: resent by the reaper
         self._conn: _Connection | None = None
         self._closed = False
         self._channels: dict[str, grpc.Channel] = {}
@@ -239,6 +242,7 @@ class MetaClient:
                 # Everything unanswered goes out again on the new stream, in seq
                 # order and with its original seq.
                 self._unsent = deque(sorted(self._ops))
+                self._retry.clear()
                 self.reconnects += 1
             hinted = self._receive(conn)
             self._drop(conn)
@@ -273,7 +277,15 @@ class MetaClient:
 
     def _resolve(self, replies) -> None:
         with self._cond:
-            ops = [self._ops.pop(r.seq, None) for r in replies]
+            ops = []
+            for r in replies:
+                if r.errno == errno.EAGAIN and r.seq in self._ops:
+                    # The replica could not take it now, or lost track of its
+                    # outcome: resend with the same seq (applied at most once).
+                    self._retry.append(r.seq)
+                    ops.append(None)
+                else:
+                    ops.append(self._ops.pop(r.seq, None))
         for reply, op in zip(replies, ops):
             if op is None:
                 continue   # answered already (a resent op's second reply) or expired
@@ -337,7 +349,8 @@ class MetaClient:
             call.cancel()
 
     def _reap(self) -> None:
-        """Fail operations whose deadline passed."""
+        """Fail operations whose deadline passed; requeue EAGAIN answers (so
+        a retry waits one reaper interval, a small backoff)."""
         while True:
             with self._cond:
                 if self._closed:
@@ -346,6 +359,10 @@ class MetaClient:
                 expired = [op for op in self._ops.values() if op.deadline <= now]
                 for op in expired:
                     del self._ops[op.seq]
+                if self._retry:
+                    self._unsent.extend(seq for seq in self._retry if seq in self._ops)
+                    self._retry.clear()
+                    self._cond.notify_all()
                 address = self._conn.address if self._conn else "no replica"
             for op in expired:
                 _fail(op.future, Unavailable(

@@ -351,6 +351,7 @@ class _FakeReplica:
         self.held: list = []
         self.leader_rpc = ""
         self.leader = True
+        self.busy_once = False    # answer each new seq EAGAIN once (outcome unknown / queue full)
 
     def submit_write(self, client_id, seq, acked_below, code, args):
         from concurrent.futures import Future
@@ -362,6 +363,8 @@ class _FakeReplica:
             self.submissions.append((client_id, seq))
             if not self.leader:
                 future.set_exception(NotLeader(self.leader_rpc))
+            elif self.busy_once and [seq for _, seq in self.submissions].count(seq) == 1:
+                future.set_exception(CisternError(errno.EAGAIN, "outcome unknown; resend with the same seq"))
             elif self.hold:
                 self.held.append(future)
             else:
@@ -444,5 +447,20 @@ def test_an_unanswered_operation_fails_with_etimedout_after_timeout_s():
                 c.call(Op.MKDIR, model.encode_args(CRED, b"/slow", 0o755))
             assert e.value.errno == errno.ETIMEDOUT
             assert time.monotonic() - started < 3
+    finally:
+        server.stop(0)
+
+
+def test_an_eagain_reply_is_resent_with_the_same_seq_and_the_caller_sees_success():
+    replica = _FakeReplica()
+    replica.busy_once = True
+    server, address = _serve(replica)
+    try:
+        with MetaClient([address], timeout_s=10) as c:
+            results = [f.result(timeout=10) for f in
+                       [c.submit(Op.MKDIR, model.encode_args(CRED, b"/e%d" % i, 0o755)) for i in range(20)]]
+        assert sorted(r[0] for r in results) == list(range(1, 21))
+        seqs = [seq for _, seq in replica.submissions]
+        assert sorted(seqs) == sorted(list(set(seqs)) * 2)
     finally:
         server.stop(0)
