@@ -142,8 +142,10 @@ def _replica_member(i, addrs, workdir, args, durable, claimed, results, stop):
     data_dir = os.path.join(workdir, f"r{i}")
     store = Store(os.path.join(data_dir, "state"), sync=False, map_size_bytes=1 << 30)
     peers = {f"m{j}": a for j, a in enumerate(addrs) if j != i}
-    replica = Replica(f"m{i}", addrs[i], peers, data_dir, {"namespace": Namespace(store)},
-                      conf=ReplicaConf(durable=durable))
+    conf = ReplicaConf(durable=durable)
+    if args.socket_buffer_bytes:
+        conf.socket_buffer_bytes = args.socket_buffer_bytes
+    replica = Replica(f"m{i}", addrs[i], peers, data_dir, {"namespace": Namespace(store)}, conf=conf)
     replica.start()
     try:
         replica.wait_leader(leader_wait_s)
@@ -185,14 +187,16 @@ def main(argv=None) -> int:
     parser.add_argument("--bare-ops", type=int, default=20000)
     parser.add_argument("--bare-inflight", type=int, default=1000)
     parser.add_argument("--bare-serial", type=int, default=20)
+    parser.add_argument("--socket-buffer-bytes", type=int, default=0, help="override ReplicaConf's")
+    parser.add_argument("--only-replica", action="store_true", help="skip the bare pysyncobj rows")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = {
-        "bare pysyncobj (defaults)": _cluster(_bare_member, ({},), args),
-        "bare pysyncobj, no batch wait": _cluster(_bare_member, ({"appendEntriesUseBatch": False},), args),
-        "Replica, durable journal": _cluster(_replica_member, (True,), args),
-        "Replica, no fsync": _cluster(_replica_member, (False,), args),
-    }
+    rows = {}
+    if not args.only_replica:
+        rows["bare pysyncobj (defaults)"] = _cluster(_bare_member, ({},), args)
+        rows["bare pysyncobj, no batch wait"] = _cluster(_bare_member, ({"appendEntriesUseBatch": False},), args)
+    rows["Replica, durable journal"] = _cluster(_replica_member, (True,), args)
+    rows["Replica, no fsync"] = _cluster(_replica_member, (False,), args)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
