@@ -15,17 +15,44 @@ Contract:
   operation changes nothing even if a bug raises mid-way (that last resort
   answers EIO, and tests assert it never happens).
 * Semantics follow Linux (tmpfs/ext4), errnos included, for path resolution,
-  permissions (uid 0 bypasses rwx), sticky directories, rename (renameat2
-  flags), hard links, truncate, utimes and xattrs. Departures are listed in
-  ARCHITECTURE.md ("Namespace semantics").
+  permissions (uid 0 bypasses rwx), sticky directories, fs.protected_hardlinks
+  (Linux's default), rename (renameat2 flags), O_CREAT through symlinks,
+  truncate, utimes and xattrs; tests/sim/test_state_vs_posix.py checks this
+  against the kernel. Deliberate departures:
+
+  - an empty or relative path is EINVAL (there is no working directory);
+    a path longer than ``path_length_max_bytes`` is ENAMETOOLONG;
+  - an inode number that no longer exists is ENOENT;
+  - reads never write: no atime updates (as ``noatime``);
+  - no EMLINK limit on hard links; ``generation`` is always 0 (inode numbers
+    are never reused);
+  - chmod of a symlink inode (by number) is ENOTSUP, as
+    fchmodat(AT_SYMLINK_NOFOLLOW); ``system.*`` xattrs (ACLs) are ENOTSUP;
+    ``security.*`` may be written by root only;
+  - a trailing slash inside a symlink target does not force "must be a
+    directory" except when O_CREAT follows it;
+  - READDIR clamps ``limit`` to ``readdir_page_entries_max``;
+  - an unknown operation code is ENOSYS.
 * An inode whose last name goes away is freed at once, even while a write
   lease is open on it: the lease dies with it, and the writer's COMMIT_WRITE
   answers ESTALE (as HDFS does when a file being written is deleted). So the
   namespace never holds an unreachable inode.
-* A layout never lists a block wholly at or beyond the file's size; bytes
-  between the layout's end and the size (after a growing truncate) read as
-  zeros. Blocks that leave a layout are recorded in ``freed_blocks`` (with
-  their node ids) for the garbage collector.
+* A layout never lists a block that starts at or beyond the file's size
+  (EINVAL); bytes between the layout's end and the size (a growing truncate,
+  a sparse write) read as zeros. A block id appears in at most one layout
+  position in the whole namespace (the ``blocks`` index) and a freed id is
+  never taken back (EINVAL). Blocks that leave a layout are recorded in
+  ``freed_blocks`` (with their node ids) for the garbage collector.
+* Leases: live while ``time_ns < holder's expiry`` (last OPEN_LEASE or
+  RENEW_LEASES by that holder + ``lease_ttl_s``). A lapsed lease is taken
+  over by the next OPEN_LEASE from another holder; until then a renewal by
+  its holder revives it (HDFS's soft limit), but a COMMIT_WRITE while it is
+  lapsed is ESTALE. RELEASE_LEASE of a lease not held is ESTALE.
+* TXN: COND_EXISTS and COND_VERSION look at the entry itself (a final
+  symlink is not followed); COND_ABSENT holds when resolution finds nothing
+  (ENOENT or ENOTDIR); other resolution errors are returned as they are.
+  Ops may be reads (their values come back in the result list); a TXN inside
+  a TXN is EINVAL.
 
 Encoding (see store.py for the databases): an inode is a fixed 64-byte
 struct followed by the symlink target, so an apply is a handful of LMDB
@@ -40,7 +67,6 @@ import stat as S
 import struct
 
 import lmdb
-import msgpack
 
 from cistern.metadata import limits, model, store
 from cistern.metadata.model import ROOT_INO, TIME_NOW, Attr, Op
@@ -1172,7 +1198,11 @@ class Namespace:
         conditions, ops = _args(args, 2)
         self._txn_shape(conditions, ops)
         for index, (kind, ref, value) in enumerate(conditions):
-            if not self._condition_holds(t, cred, kind, ref, value):
+            try:
+                holds = self._condition_holds(t, cred, kind, ref, value)
+            except _Fail as failure:
+                raise _Fail(failure.err, f"txn condition {index}: {failure.msg}") from None
+            if not holds:
                 raise _Fail(E.ECANCELED, f"txn condition {index} ({kind}) failed")
         results = []
         for index, (code, op_args) in enumerate(ops):

@@ -89,8 +89,8 @@ class NamespaceHarness:
             self.ns.check_invariants(txn)
 
     def tree(self) -> dict:
-        """Every path below the root -> (kind, size, nlink, mode bits, target
-        or None), comparable with ``real_tree``."""
+        """Every path below the root -> (kind, size of a regular file or
+        None, nlink, permission bits, symlink target or None)."""
         out = {}
         todo = [(b"", 1)]
         while todo:
@@ -110,22 +110,6 @@ class NamespaceHarness:
                     break
                 after = entries[-1][0]
         return out
-
-
-def real_tree(root: bytes) -> dict:
-    """The same dump as ``NamespaceHarness.tree`` for a real directory."""
-    import os
-
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            kind = stat.S_IFMT(st.st_mode)
-            target = os.readlink(full) if kind == stat.S_IFLNK else None
-            size = st.st_size if kind == stat.S_IFREG else None
-            out[full[len(root):]] = (kind, size, st.st_nlink, stat.S_IMODE(st.st_mode), target)
-    return out
 
 
 def bench(files: int = 100_000, batch: int = 1000) -> dict:

@@ -25,7 +25,7 @@ import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from cistern.metadata import model
 from cistern.metadata.model import Op

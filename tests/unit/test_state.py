@@ -880,3 +880,12 @@ def test_same_ops_give_byte_identical_state(tmp_path):
     assert _dump(replicas[0].store) == _dump(replicas[1].store)
     for h in replicas:
         h.close()
+
+
+def test_txn_condition_resolution_errors_are_reported_as_such(h):
+    h.ok(Op.MKDIR, b"/private", 0o700)
+    r = h.write(Op.TXN, [[model.COND_ABSENT, b"/private/x", None]], [[Op.MKDIR, [b"/y", 0o755]]], cred=ALICE)
+    assert r[0] == E.EACCES and r[1].startswith("txn condition 0:")
+    h.ok(Op.SYMLINK, b"/l", b"missing")
+    version = h.stat(b"/l").version
+    assert h.ok(Op.TXN, [[model.COND_EXISTS, b"/l", None], [model.COND_VERSION, b"/l", version]], []) == []
