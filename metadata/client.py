@@ -94,6 +94,7 @@ class MetaClient:
         self._ops: dict[int, _Op] = {}        # every unanswered operation, by seq
         self._unsent: deque[int] = deque()    # seqs to send on the current stream, in order
         self._retry: list[int] = []           # seqs answered EAGAIN: resent by the reaper
+        self._waiting = 0                     # threads waiting on _cond
         self._conn: _Connection | None = None
         self._closed = False
         self._channels: dict[str, grpc.Channel] = {}
@@ -124,7 +125,8 @@ class MetaClient:
             self._ops[seq] = _Op(seq, int(code), args, bool(stale) and code in model.READ_OPS,
                                  future, deadline)
             self._unsent.append(seq)
-            self._cond.notify_all()
+            if self._waiting:   # under load the sender is busy: skip the notify's cost
+                self._cond.notify_all()
         return future
 
     def call(self, code: int, args: bytes, *, stale: bool = False, timeout_s: float | None = None):
@@ -233,7 +235,7 @@ class MetaClient:
             with self._cond:
                 # Stay idle (no stream, no connection attempts) while nothing waits.
                 while not self._closed and not self._ops:
-                    self._cond.wait()
+                    self._wait()
                 if self._closed:
                     return
                 address = self._pick_address()
@@ -306,13 +308,21 @@ class MetaClient:
         while True:
             with self._cond:
                 while conn.alive and not self._closed and not self._unsent:
-                    self._cond.wait()
+                    self._wait()
                 if not conn.alive or self._closed:
                     return
                 batch = self._take_batch()
             if batch is not None:
                 self.batches_sent += 1
                 yield batch
+
+    def _wait(self) -> None:
+        # Called with the lock held; submit() notifies only while someone waits.
+        self._waiting += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiting -= 1
 
     def _take_batch(self) -> pb.RequestBatch | None:
         # Called with the lock held.
