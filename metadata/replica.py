@@ -647,6 +647,9 @@ class Replica:
 
     def start(self) -> None:
         os.makedirs(self._raft_dir, exist_ok=True)
+        if self._env.flags().get("sync"):
+            log.info("replica %s: the store fsyncs every apply; Store(sync=False) is safe here (the "
+                     "journal is durable and snapshots sync LMDB) and saves ~1 ms per entry", self.node_id)
         self._bootstrap()
         self._startup_dump = os.path.exists(self._dump_path)
         self._node = _RaftNode(self, self.raft_address, list(self._peers), self._syncobj_conf(), self.conf.durable)
