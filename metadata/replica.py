@@ -31,9 +31,10 @@ Contract (what ``service.py`` and ``server.py`` code against)
       fsynced on a majority and applied on the leader.
 
 Group commit
-    ``submit_write`` queues the operation; one committer thread packs every
-    queued operation (up to ``batch_ops_max`` / ``batch_bytes_max``) into ONE
-    Raft entry, msgpack ``[time_ns, [[client_id, seq, acked_below, code,
+    ``submit_write`` queues the operation; whichever thread finds a free
+    in-flight slot (a submitter, or the completion of an earlier entry) packs
+    every queued operation (up to ``batch_ops_max`` / ``batch_bytes_max``)
+    into ONE Raft entry, msgpack ``[time_ns, [[client_id, seq, acked_below, code,
     args_bytes], ...]]`` (``model.py``), copying the client's argument bytes
     unparsed. Up to ``batches_in_flight_max`` entries are in flight at once,
     so throughput is not one batch per round trip; under load each entry
@@ -46,7 +47,8 @@ Apply (one replicated method, on every replica, in log order)
     expire idle client sessions by entry time; per operation, dedupe by
     ``(client_id, seq)`` (``sessions.py``), route by code to a machine, store
     the result; then store the applied index and the running digest
-    ``xxh3_128(previous_digest + entry)``, and commit. The Raft index of the
+    ``xxh3_128(previous_digest + entry)`` (16 zero bytes before the first
+    entry), and commit. The Raft index of the
     entry being applied is ``SyncObj._SyncObj__raftLastApplied + 1``: pysyncobj
     applies entries strictly in order and bumps that counter right after each
     one (read from our subclass; a documented reliance on a private name).
@@ -149,8 +151,9 @@ Divergence: "truncating already-applied log entries ... may have diverged"
     when it was applied (``cistern_replica_divergence_detected``).
 
 Threads: pysyncobj's tick loop (ours, ``autoTick=False``: it also applies
-entries and runs callbacks), the committer, one completer that resolves
-futures, and a small reader pool. pysyncobj state is only mutated on the tick
+entries, runs callbacks and resolves small batches' futures), one completer
+for bigger batches, the journal syncer, a snapshot writer while one runs,
+and a small reader pool. pysyncobj state is only mutated on the tick
 thread; other threads read plain attributes for status.
 """
 
@@ -203,9 +206,30 @@ _READ_DIGEST = int(model.Op.DIGEST)
 class ReplicaConf:
     """Tuning knobs; the defaults are the production settings.
 
-    Timings are chosen for loopback / one LAN: heartbeats every 50 ms, an
-    election 0.6-1.2 s after the leader falls silent, a leader that hears from
-    no majority for 1.5 s steps down, so failover completes in ~1-2 s.
+    How they map onto pysyncobj (``Replica._syncobj_conf``) and why:
+
+    * ``autoTick=False``: we run the tick loop, so the journal is swapped for
+      the durable one before the first tick and the loop can wait for the
+      leader's own fsync before pysyncobj counts it in a majority.
+    * ``appendEntriesUseBatch=False``: each command wakes the poller through
+      the pipe notifier and is sent at once. pysyncobj's default waits for
+      its tick: one write at a time measured ~10/s (p50 ~100 ms).
+    * heartbeat (``appendEntriesPeriod``) 50 ms, election timeout
+      (``raftMin/MaxTimeout``) 0.6-1.2 s: failover measured 0.65-1.9 s;
+      ``leaderFallbackTimeout`` 1.5 s (default 30 s) so a partitioned leader
+      steps down and stops accepting writes quickly; ``connectionTimeout``
+      2 s (pysyncobj requires >= the election timeout);
+      ``connectionRetryTime`` 0.25 s (default 5 s) so a restarted member is
+      back within a heartbeat or so; TCP keepalive (2, 1, 3).
+    * ``appendEntriesBatchSizeBytes`` 2 x ``batch_bytes_max``: one of our
+      entries never takes pysyncobj's chunked "transmission" path (whose
+      last-chunk test compares against the command's length, not the
+      pickled entry's). ``logCompactionBatchSize`` 1 MiB snapshot chunks.
+    * ``logCompactionMinEntries`` 20000 / ``MinTime`` 900 s: FileJournal
+      keeps every entry in RAM as well, and a restart replays (and skips)
+      what follows the last snapshot; tests set them small.
+    * ``commandsWaitLeader=False``: with no leader a command fails at once
+      (we already refuse on a non-leader before submitting).
     """
 
     tick_period_s: float = 0.02              # poll timeout; I/O and submissions wake it earlier

@@ -13,6 +13,8 @@ from cistern.metadata.sessions import (
     DUPLICATE, NEW, STALE, LmdbKV, MemoryKV, SessionTable,
 )
 
+pytestmark = pytest.mark.timeout(60)
+
 S = 1_000_000_000
 TTL = 3600 * S
 A = b"a" * 16
