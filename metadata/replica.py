@@ -176,6 +176,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.journal import FileJournal, MetaStorer
+from pysyncobj.monotonic import monotonic as _raft_monotonic   # pysyncobj's clock, not time.monotonic
 from pysyncobj.pickle import dumps as _pysyncobj_dumps
 from pysyncobj.transport import TCPTransport
 
@@ -1275,6 +1276,11 @@ class Replica:
             src.close()
         self._applied = (_U64.unpack(raw)[0] if raw else 0, digest)
         self.snapshot_generation += 1
+        # The import held the tick thread; the leader's heartbeats are queued,
+        # not missing. Without this the next tick would see its election
+        # deadline passed and depose a healthy leader.
+        if self._node is not None:
+            self._node._SyncObj__raftElectionDeadline = _raft_monotonic() + self.conf.election_timeout_max_s
         self._m.applied_index.labels(self._label).set(self._applied[0])
         log.warning("replica %s: installed snapshot at applied index %d in %.2fs", self.node_id,
                     self._applied[0], time.monotonic() - started)
