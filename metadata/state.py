@@ -13,7 +13,10 @@ Contract:
   ints, bad paths) give EINVAL; an unknown code gives ENOSYS. Each operation
   runs in a nested transaction that is committed only on success, so a failed
   operation changes nothing even if a bug raises mid-way (that last resort
-  answers EIO, and tests assert it never happens).
+  answers EIO, and tests assert it never happens). A full LMDB map answers
+  ENOSPC; that is an operational limit, not a state-machine decision (a
+  batch that filled the map cannot commit either), so the replica must treat
+  it as fatal and the operator grow ``map_size_bytes``.
 * Semantics follow Linux (tmpfs/ext4), errnos included, for path resolution,
   permissions (uid 0 bypasses rwx), sticky directories, fs.protected_hardlinks
   (Linux's default), rename (renameat2 flags), O_CREAT through symlinks,
@@ -128,6 +131,15 @@ def _fail(err: int, what: object = "") -> _Fail:
 def _is_int(value) -> bool:
     # Op members are ints too; bools are not operation codes.
     return isinstance(value, int) and type(value) is not bool
+
+
+def _abort(child) -> None:
+    """Undo a nested transaction; one whose commit failed is already gone."""
+    if child is not None:
+        try:
+            child.abort()
+        except lmdb.Error:
+            pass
 
 
 def _args(args, count: int) -> list:
@@ -373,16 +385,13 @@ class Namespace:
             child.commit()
             return (0, "", value)
         except _Fail as failure:
-            if child is not None:
-                child.abort()
+            _abort(child)
             return (failure.err, failure.msg, None)
         except lmdb.MapFullError:
-            if child is not None:
-                child.abort()
+            _abort(child)
             return (E.ENOSPC, "metadata store is full", None)
         except Exception as exc:  # last resort: a bug; undo and keep serving
-            if child is not None:
-                child.abort()
+            _abort(child)
             return (E.EIO, f"internal error: {type(exc).__name__}: {exc!r}"[:300], None)
 
     def read(self, txn, code: int, args: list) -> tuple[int, str, object]:

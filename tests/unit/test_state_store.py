@@ -75,3 +75,23 @@ def test_map_size_is_sparse(tmp_path):
         _populate(st, 10)
         assert st.env.info()["map_size"] == 64 << 30
     assert (tmp_path / "s" / "data.mdb").stat().st_blocks * 512 < 16 << 20
+
+
+def test_a_full_map_is_enospc_not_an_exception_and_a_bigger_map_recovers(tmp_path):
+    path = str(tmp_path / "s")
+    with Store(path, sync=False, map_size_bytes=256 << 10) as st:
+        ns = Namespace(st)
+        with st.env.begin(write=True) as txn:
+            ns.bootstrap(txn)
+        txn = st.env.begin(write=True)
+        results = [ns.apply(txn, 1, Op.CREATE, [CRED, b"/f%05d" % i + b"x" * 200, 0o644, True])
+                   for i in range(2000)]
+        txn.abort()  # a full map cannot commit the batch: the replica must grow the map
+        errnos = [r[0] for r in results]
+        assert errnos[0] == 0 and errnos[-1] == 28 and 5 not in errnos  # ENOSPC, never EIO
+    with Store(path, sync=False, map_size_bytes=64 << 20) as st:
+        ns = Namespace(st)
+        with st.env.begin(write=True) as txn:
+            assert ns.apply(txn, 1, Op.CREATE, [CRED, b"/after", 0o644, True])[0] == 0
+        with st.env.begin() as txn:
+            ns.check_invariants(txn)
