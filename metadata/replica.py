@@ -644,7 +644,8 @@ class Replica:
         self._env = self.store.env
         self._db = self.store.db(DB_REPLICA)
         self._ttl_ns = int(self.conf.session_ttl_s * 1e9)
-        self._m = _Metrics.for_registry(self.conf.registry or MODULE_REGISTRY)
+        self.registry = self.conf.registry or MODULE_REGISTRY   # where this replica's metrics live
+        self._m = _Metrics.for_registry(self.registry)
         self._label = node_id
         self._raft_dir = os.path.join(data_dir, "raft")
         self._journal_path = os.path.join(self._raft_dir, "journal")
