@@ -24,7 +24,10 @@ Leader discovery and retries
     replica's "busy, or outcome unknown: resend") is resent the same way
     after a short pause. An operation fails with ``Unavailable``
     (ETIMEDOUT) only when ``timeout_s`` passes without an answer: a caller
-    never sees an election.
+    never sees an election. A stream that holds unanswered operations but
+    delivers nothing for ``stall_timeout_s`` (a frozen leader, a one-way
+    partition: TCP still looks healthy) is abandoned the same way, and its
+    address is skipped once when choosing the next.
 
 Threads: one receiver ("metaclient-recv") that also reconnects, one reaper
 that expires overdue operations, and gRPC's own thread that pulls batches
@@ -60,7 +63,7 @@ batch_envelope_bytes = 16                                   # per-request protob
 
 
 class _Op:
-    __slots__ = ("seq", "code", "args", "stale", "future", "deadline")
+    __slots__ = ("seq", "code", "args", "stale", "future", "deadline", "sent_at")
 
     def __init__(self, seq, code, args, stale, future, deadline):
         self.seq = seq
@@ -69,6 +72,7 @@ class _Op:
         self.stale = stale
         self.future = future
         self.deadline = deadline
+        self.sent_at = None    # monotonic time it last went out on a stream
 
 
 class _Connection:
@@ -78,17 +82,20 @@ class _Connection:
         self.address = address
         self.alive = True
         self.call = None
+        self.last_reply = time.monotonic()
 
 
 class MetaClient:
     def __init__(self, addresses: list[str], *, client_id: bytes | None = None,
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, stall_timeout_s: float = 5.0):
         if not addresses:
             raise CisternError(errno.EINVAL, "MetaClient needs at least one metadata address")
         self.addresses = list(addresses)
         self.client_id = client_id or os.urandom(16)
         assert len(self.client_id) == 16, "client_id must be 16 bytes"
         self.timeout_s = timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self._avoid = ""                      # an address whose stream stalled: skipped once
         self._seqs = itertools.count(1)
         self._cond = threading.Condition(threading.Lock())
         self._ops: dict[int, _Op] = {}        # every unanswered operation, by seq
@@ -223,10 +230,13 @@ class MetaClient:
 
     def _pick_address(self) -> str:
         hint, self._leader_hint = self._leader_hint, ""
-        if hint:
+        if hint and hint != self._avoid:
             return hint
-        address = self.addresses[self._next_address % len(self.addresses)]
-        self._next_address += 1
+        for _ in range(2):
+            address = self.addresses[self._next_address % len(self.addresses)]
+            self._next_address += 1
+            if address != self._avoid or len(self.addresses) == 1:
+                break
         return address
 
     def _run(self) -> None:
@@ -244,6 +254,8 @@ class MetaClient:
                 # Everything unanswered goes out again on the new stream, in seq
                 # order and with its original seq.
                 self._unsent = deque(sorted(self._ops))
+                for op in self._ops.values():
+                    op.sent_at = None
                 self._retry.clear()
                 self.reconnects += 1
             hinted = self._receive(conn)
@@ -269,6 +281,9 @@ class MetaClient:
                     log.debug("%s is not the leader (hint %r)", conn.address, reply_batch.leader)
                     return bool(self._leader_hint)
                 self._backoff.reset()
+                conn.last_reply = time.monotonic()
+                if self._avoid and self._avoid != conn.address:
+                    self._avoid = ""
                 self._resolve(reply_batch.replies)
         except grpc.RpcError as e:
             if conn.alive:
@@ -329,6 +344,7 @@ class MetaClient:
         requests = []
         size = 0
         stale = None
+        now = time.monotonic()
         while self._unsent and len(requests) < limits.batch_ops_max:
             op = self._ops.get(self._unsent[0])
             if op is None:               # answered or expired while waiting
@@ -343,6 +359,7 @@ class MetaClient:
                 break
             self._unsent.popleft()
             size += op_size
+            op.sent_at = now
             requests.append(pb.Request(seq=op.seq, code=op.code, args=op.args))
         if not requests:
             return None
@@ -357,6 +374,14 @@ class MetaClient:
         call = conn.call
         if call is not None:
             call.cancel()
+
+    def _stalled(self, conn: _Connection, now: float) -> bool:
+        # Called with the lock held: an operation has waited on this stream
+        # longer than stall_timeout_s, and the stream delivered nothing since.
+        if now - conn.last_reply < self.stall_timeout_s:
+            return False
+        return any(op.sent_at is not None and now - op.sent_at > self.stall_timeout_s
+                   for op in self._ops.values())
 
     def _reap(self) -> None:
         """Fail operations whose deadline passed; requeue EAGAIN answers (so
@@ -373,7 +398,18 @@ class MetaClient:
                     self._unsent.extend(seq for seq in self._retry if seq in self._ops)
                     self._retry.clear()
                     self._cond.notify_all()
-                address = self._conn.address if self._conn else "no replica"
+                conn = self._conn
+                address = conn.address if conn else "no replica"
+                stalled = conn is not None and conn.alive and self._stalled(conn, now)
+                if stalled:
+                    self._avoid = conn.address
+            if stalled:
+                # A replica that holds our operations but sends nothing (a
+                # frozen process, a one-way partition) looks alive to TCP:
+                # leave it; the same-seq resend makes that safe.
+                log.warning("metadata stream to %s stalled for %.1fs; trying another replica",
+                            address, self.stall_timeout_s)
+                self._drop(conn)
             for op in expired:
                 _fail(op.future, Unavailable(
                     f"metadata operation {op.code} got no answer in time (last tried {address})"))

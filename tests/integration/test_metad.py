@@ -135,6 +135,7 @@ def test_concurrent_threads_share_request_batches(cluster, client):
     assert ops >= threads_n * per_thread
     assert batches < ops / 4, f"{ops} operations arrived in {batches} batches"
     assert len(listdir(client, b"/share")) == threads_n * per_thread
+    assert_replicas_agree(cluster)
 
 
 def test_follower_address_alone_still_reaches_the_leader(cluster):
@@ -146,6 +147,7 @@ def test_follower_address_alone_still_reaches_the_leader(cluster):
     with MetaClient([cluster.addresses[follower], cluster.addresses[leader]]) as c:
         assert getattr_(c, b"/via-follower").ino > 1
         assert c.status()["role"] == "leader"
+    assert_replicas_agree(cluster)
 
 
 def test_bad_input_gets_the_right_errno_and_daemons_keep_serving(cluster, client):
@@ -320,6 +322,22 @@ def test_all_replicas_killed_and_restarted_lose_nothing_acknowledged(tmp_path):
                 assert getattr_(client, b"/d/f%d" % i).ino == inos[i]
             assert sorted(e[1] for e in listdir(client, b"/d")) == sorted(inos.values())
             create(client, b"/d/after-restart")
+        assert_replicas_agree(cluster)
+
+
+def test_a_frozen_leader_is_abandoned_and_the_new_leader_serves(tmp_path):
+    with MetaCluster(tmp_path, 3) as cluster, cluster.client(timeout_s=60, stall_timeout_s=2.0) as client:
+        mkdir(client, b"/z")
+        old_leader = cluster.leader_index()
+        cluster.kill(old_leader, signal.SIGSTOP, timeout_s=0.1)   # alive to TCP, silent to us
+        try:
+            started = time.monotonic()
+            create(client, b"/z/after-freeze")
+            assert time.monotonic() - started < 15
+            assert cluster.wait_leader(30, exclude=old_leader) != old_leader
+        finally:
+            cluster.kill(old_leader, signal.SIGCONT, timeout_s=0.1)
+        assert getattr_(client, b"/z/after-freeze").ino > 1
         assert_replicas_agree(cluster)
 
 
