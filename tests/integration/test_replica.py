@@ -486,3 +486,52 @@ def test_an_install_snapshot_message_cannot_commit_a_deposed_leaders_stale_entri
     finally:
         node.destroy()
         store.close()
+
+
+def test_writes_in_flight_when_the_leader_stops_apply_exactly_once(group):
+    """Writers keep going through a leader stop, resending the same
+    (client_id, seq) on NotLeader: every write ends acknowledged, none is
+    lost, none is applied twice."""
+    g = group().start_all()
+    g.leader()
+    writes_n, writers_n = 300, 4
+    progress = [0] * writers_n
+    failures = []
+
+    def current_leader():
+        leaders = [r for r in g.running() if r.is_leader()]
+        return leaders[0] if leaders else None
+
+    def writer(w):
+        cid = bytes([w + 1]) * 16
+        try:
+            for seq in range(writes_n):
+                deadline = time.monotonic() + 30
+                while True:
+                    leader = current_leader()
+                    try:
+                        if leader is None:
+                            raise NotLeader("")
+                        incr(leader, cid, seq, b"w-%d" % w, acked_below=seq).result(5)
+                        break
+                    except CisternError as e:
+                        if e.errno != errno.EAGAIN or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.02)
+                progress[w] = seq + 1
+        except BaseException as e:   # noqa: BLE001 - reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers_n)]
+    for t in threads:
+        t.start()
+    while min(progress) < writes_n // 3 and not failures:
+        time.sleep(0.01)
+    old = current_leader()
+    g.stop(g.replicas.index(old))
+    for t in threads:
+        t.join(60)
+    assert not failures, failures
+    leader = g.leader()
+    assert [get(leader, b"w-%d" % w) for w in range(writers_n)] == [writes_n] * writers_n
+    g.converge()
