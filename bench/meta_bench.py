@@ -14,6 +14,7 @@ import argparse
 import errno
 import json
 import multiprocessing
+import signal
 import statistics
 import sys
 import tempfile
@@ -137,6 +138,8 @@ def main(argv=None) -> int:
                         help="comma-separated subset of create,stat,latency")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the local cluster is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     cluster = None
     tmp = None

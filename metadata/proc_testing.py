@@ -3,7 +3,8 @@
 ``MetaCluster(tmpdir, n=3)`` starts n ``cistern meta`` processes on free
 loopback ports, waits for a leader, and lets a test kill, restart and inspect
 them. Every process it starts is killed by ``stop_all()`` (also on context
-exit and at interpreter exit), so no test leaves a daemon behind.
+exit and at interpreter exit), and by the kernel if the test process dies
+without cleaning up, so no test leaves a daemon behind.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the test process dies (even
+    # by SIGKILL, when no cleanup code runs), the kernel kills the daemon too.
+    # Linux delivers it when the *thread* that forked exits, so clusters are
+    # started from long-lived threads (the test's main thread).
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except Exception:   # not Linux: atexit and stop_all still apply
+        pass
 
 
 def cistern_command() -> list[str]:
@@ -113,7 +129,8 @@ class MetaCluster:
             # A new session, so a signal a test sends to one daemon reaches only it.
             self.procs[i] = subprocess.Popen(self._argv(i), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, env=self.env,
-                                             cwd=self.tmpdir, start_new_session=True)
+                                             cwd=self.tmpdir, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
         me["pid"] = self.procs[i].pid
 
     def kill(self, i: int, sig: int = signal.SIGKILL, timeout_s: float = stop_grace_s) -> int | None:
