@@ -174,6 +174,7 @@ import msgpack
 import xxhash
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.syncobj import SyncObjException
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.journal import FileJournal, MetaStorer
 from pysyncobj.monotonic import monotonic as _raft_monotonic   # pysyncobj's clock, not time.monotonic
@@ -194,6 +195,7 @@ DIGEST_ZERO = b"\0" * 16
 recent_entry_hashes_max = 4096       # entries whose hash is kept to check a replayed entry
 read_batch_max = 4096                # reads carried by one barrier
 inline_completion_max = 8            # futures resolved on the tick thread itself
+bind_attempts_max = 10               # x 0.2 s: the raft port must come free within ~2 s
 _U64 = struct.Struct(">Q")
 _RING = struct.Struct(">QQ")
 _SNAP_MAGIC = b"CSTNSNP1"
@@ -678,7 +680,11 @@ class Replica:
                      "journal is durable and snapshots sync LMDB) and saves ~1 ms per entry", self.node_id)
         self._bootstrap()
         self._startup_dump = os.path.exists(self._dump_path)
-        self._node = _RaftNode(self, self.raft_address, list(self._peers), self._syncobj_conf(), self.conf.durable)
+        try:
+            self._node = _RaftNode(self, self.raft_address, list(self._peers), self._syncobj_conf(),
+                                   self.conf.durable)
+        except SyncObjException as e:
+            raise CisternError(errno.EADDRINUSE, f"cannot bind raft address {self.raft_address}: {e}") from None
         self._running = True
         self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix=f"replica-{self.node_id}-read")
         for name, target in (("tick", self._tick_loop), ("complete", self._complete_loop)):
@@ -715,6 +721,9 @@ class Replica:
             onStateChanged=self._on_state_changed,
             useFork=False,
             tcp_keepalive=(2, 1, 3),
+            bindAddress=self.raft_address,     # pysyncobj would listen on 0.0.0.0
+            bindRetryTime=0.2,
+            maxBindRetries=bind_attempts_max,   # then start() raises instead of retrying forever
         )
 
     def stop(self) -> None:
