@@ -56,7 +56,7 @@ NAMESPACE_DBS = (
 )
 ALL_DBS = NAMESPACE_DBS + (DB_REPLICA,)
 
-dbs_max = 16                         # named databases in one environment
+dbs_max = 32                         # named databases in one environment (room for other machines)
 map_size_default_bytes = 64 << 30    # sparse: costs nothing until used
 readers_max = 256                    # concurrent read transactions
 
@@ -88,7 +88,9 @@ class Store:
         self._dbs = {name: self.env.open_db(name) for name in ALL_DBS}
 
     def db(self, name: bytes):
-        """The handle of a named database (created at open)."""
+        """The handle of a named database. The ones in ``ALL_DBS`` are opened
+        with the environment; any other name is created on first use, which
+        takes LMDB's write lock: never do that inside a write transaction."""
         handle = self._dbs.get(name)
         if handle is None:
             handle = self._dbs[name] = self.env.open_db(name)
