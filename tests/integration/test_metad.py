@@ -65,6 +65,17 @@ def raw_call(address: str, batch: pb.RequestBatch, timeout_s=10.0) -> pb.ReplyBa
         return pb_grpc.MetadataStub(channel).Call(batch, timeout=timeout_s)
 
 
+def raw_call_leader(cluster: MetaCluster, batch: pb.RequestBatch, timeout_s=30.0) -> pb.ReplyBatch:
+    """raw_call to whoever leads, resending the same batch if leadership moved
+    (an election on a busy machine must not fail a test about something else)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = raw_call(cluster.addresses[cluster.wait_leader(timeout_s)], batch)
+        if not reply.not_leader or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     with MetaCluster(tmp_path_factory.mktemp("metad"), 3) as c:
@@ -109,7 +120,7 @@ def test_async_form_and_stale_reads(cluster, client):
 
 def test_concurrent_threads_share_request_batches(cluster, client):
     mkdir(client, b"/share")
-    leader = cluster.leader_index()
+    leader = cluster.wait_leader()
     before = cluster.status(leader)["service"]
     threads_n, per_thread = 16, 40
     errors = []
@@ -139,7 +150,7 @@ def test_concurrent_threads_share_request_batches(cluster, client):
 
 
 def test_follower_address_alone_still_reaches_the_leader(cluster):
-    leader = cluster.leader_index()
+    leader = cluster.wait_leader()
     follower = (leader + 1) % 3
     with MetaClient([cluster.addresses[follower]]) as c:
         mkdir(c, b"/via-follower")
@@ -168,19 +179,19 @@ def test_bad_input_gets_the_right_errno_and_daemons_keep_serving(cluster, client
     # A name of exactly name_length_max_bytes is fine.
     create(client, b"/" + b"n" * limits.name_length_max_bytes)
 
-    leader_address = cluster.addresses[cluster.leader_index()]
     oversize = pb.RequestBatch(client_id=os.urandom(16), acked_below=1, requests=[
         pb.Request(seq=i + 1, code=Op.GETATTR, args=model.encode_args(CRED, b"/", True))
         for i in range(limits.batch_ops_max + 1)])
-    reply = raw_call(leader_address, oversize)
+    reply = raw_call_leader(cluster, oversize)
     assert {r.errno for r in reply.replies} == {errno.EINVAL}
     # A write without a proper client id cannot be deduplicated: refused.
-    reply = raw_call(leader_address, pb.RequestBatch(client_id=b"short", requests=[
+    reply = raw_call_leader(cluster, pb.RequestBatch(client_id=b"short", requests=[
         pb.Request(seq=1, code=Op.MKDIR, args=model.encode_args(CRED, b"/noid", 0o755))]))
     assert reply.replies[0].errno == errno.EINVAL
     # A message beyond the server's limit is a whole-call failure.
     with pytest.raises(grpc.RpcError) as e:
-        raw_call(leader_address, pb.RequestBatch(requests=[pb.Request(seq=1, code=1, args=b"\x91" + b"\0" * (8 << 20))]))
+        raw_call(cluster.addresses[cluster.wait_leader()],
+                 pb.RequestBatch(requests=[pb.Request(seq=1, code=1, args=b"\x91" + b"\0" * (8 << 20))]))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     assert all(cluster.alive(i) for i in range(3))
@@ -190,13 +201,12 @@ def test_bad_input_gets_the_right_errno_and_daemons_keep_serving(cluster, client
 
 
 def test_a_retried_request_is_applied_once(cluster):
-    leader_address = cluster.addresses[cluster.leader_index()]
     client_id = os.urandom(16)
 
     def send(seq, path, acked_below=1):
         batch = pb.RequestBatch(client_id=client_id, acked_below=acked_below, requests=[
             pb.Request(seq=seq, code=Op.CREATE, args=model.encode_args(CRED, path, 0o644, True))])
-        (reply,) = raw_call(leader_address, batch).replies
+        (reply,) = raw_call_leader(cluster, batch).replies
         return reply
 
     first = send(1, b"/retried")
@@ -212,7 +222,7 @@ def test_a_retried_request_is_applied_once(cluster):
 
 def test_metrics_endpoint_serves_service_counters(cluster, client):
     getattr_(client, b"/")
-    leader = cluster.members[cluster.leader_index()]
+    leader = cluster.members[cluster.wait_leader()]
     text = urllib.request.urlopen(f"http://{leader['metrics']}/metrics", timeout=5).read().decode()
     assert "metad_request_batches_total" in text
 
@@ -272,7 +282,7 @@ def test_leader_killed_mid_write_loses_no_acknowledged_file(tmp_path):
         for t in threads:
             t.start()
         time.sleep(1.5)
-        old_leader = cluster.leader_index()
+        old_leader = cluster.wait_leader()
         reconnects_before = client.statistics()["reconnects"]
         with lock:
             killed_at.append(time.monotonic())
@@ -328,7 +338,7 @@ def test_all_replicas_killed_and_restarted_lose_nothing_acknowledged(tmp_path):
 def test_a_frozen_leader_is_abandoned_and_the_new_leader_serves(tmp_path):
     with MetaCluster(tmp_path, 3) as cluster, cluster.client(timeout_s=60, stall_timeout_s=2.0) as client:
         mkdir(client, b"/z")
-        old_leader = cluster.leader_index()
+        old_leader = cluster.wait_leader()
         cluster.kill(old_leader, signal.SIGSTOP, timeout_s=0.1)   # alive to TCP, silent to us
         try:
             started = time.monotonic()
