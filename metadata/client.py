@@ -31,7 +31,8 @@ Leader discovery and retries
 
 Threads: one receiver ("metaclient-recv") that also reconnects, one reaper
 that expires overdue operations, and gRPC's own thread that pulls batches
-from ``_requests``.
+from ``_requests``. Future callbacks run on the receiver thread: keep them
+short (hand long work to another thread), or they delay every other reply.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 reaper_interval_s = 0.05
 message_bytes_max = limits.batch_bytes_max + 1024 * 1024   # a full batch plus envelope
 batch_envelope_bytes = 16                                   # per-request protobuf overhead, generously
+hint_hops_max = 3                                           # leader hints followed without backoff
 
 
 class _Op:
@@ -108,6 +110,7 @@ class MetaClient:
         self._channels_lock = threading.Lock()
         self._next_address = 0
         self._leader_hint = ""
+        self._hops = 0                        # consecutive leader hints followed without a reply
         self._backoff = rpc.Backoff(initial_s=0.02, max_s=0.5)
         self.batches_sent = 0                 # statistics, for tests and benchmarks
         self.reconnects = 0
@@ -265,7 +268,10 @@ class MetaClient:
                     return
                 if self._conn is conn:
                     self._conn = None
-            if not hinted:
+            # Follow a hint at once, but not forever: replicas that disagree
+            # about the leader mid-election must not make us spin.
+            self._hops = self._hops + 1 if hinted else 0
+            if not hinted or self._hops > hint_hops_max:
                 time.sleep(self._backoff.next_delay_s())
 
     def _receive(self, conn: _Connection) -> bool:
@@ -281,6 +287,7 @@ class MetaClient:
                     log.debug("%s is not the leader (hint %r)", conn.address, reply_batch.leader)
                     return bool(self._leader_hint)
                 self._backoff.reset()
+                self._hops = 0
                 conn.last_reply = time.monotonic()
                 if self._avoid and self._avoid != conn.address:
                     self._avoid = ""
