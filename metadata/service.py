@@ -3,9 +3,9 @@
 The service never parses an operation's arguments: it checks the envelope
 (known code range, a msgpack list, size limits), hands the bytes to the
 replica, and sends each reply as soon as its future completes. Replies that
-complete together travel in one ``ReplyBatch``; a reply that says "not the
-leader" travels alone in a batch with ``not_leader`` set, so the client can
-resend exactly those operations elsewhere.
+complete together travel in one ``ReplyBatch``; replies that say "not the
+leader" travel in a batch of their own with ``not_leader`` set, so the client
+can resend exactly those operations elsewhere.
 
 Threads: a ``Stream`` call uses the gRPC worker thread that runs its reply
 generator plus one reader thread that submits incoming batches; replica
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 client_id_length_bytes = 16
 stream_idle_poll_s = 1.0           # how often an idle stream notices a cancelled call
+# Operations one stream may have submitted and not yet answered. Past it the
+# stream stops reading, so gRPC flow control slows the client down instead of
+# the replica's queue growing without bound.
+stream_ops_in_flight_max = 4 * limits.batch_ops_max
 status_timeout_s = 2.0
 
 _FIRST_WRITE_CODE = 100
@@ -159,6 +163,7 @@ class MetadataService(pb_grpc.MetadataServicer):
     def Stream(self, request_iterator, context):
         replies: queue.SimpleQueue = queue.SimpleQueue()
         state = {"submitted": 0, "replied": 0, "reading": True}
+        room = threading.Event()   # set by the writer: answered operations made room
 
         def on_reply(reply, hint):
             replies.put((reply, hint))
@@ -167,6 +172,10 @@ class MetadataService(pb_grpc.MetadataServicer):
             try:
                 for batch in request_iterator:
                     state["submitted"] += self._submit_batch(batch, on_reply)
+                    while (state["submitted"] - state["replied"] > stream_ops_in_flight_max
+                           and context.is_active()):
+                        room.wait(stream_idle_poll_s)
+                        room.clear()
             except Exception as e:  # a cancelled or broken call ends the iterator this way
                 if context.is_active():
                     log.warning("stream reader stopped: %s", e)
@@ -179,11 +188,11 @@ class MetadataService(pb_grpc.MetadataServicer):
         self.stats.stream(+1)
         reader.start()
         try:
-            yield from self._reply_batches(replies, state, context)
+            yield from self._reply_batches(replies, state, room, context)
         finally:
             self.stats.stream(-1)
 
-    def _reply_batches(self, replies, state, context):
+    def _reply_batches(self, replies, state, room, context):
         while context.is_active():
             try:
                 item = replies.get(timeout=stream_idle_poll_s)
@@ -195,20 +204,26 @@ class MetadataService(pb_grpc.MetadataServicer):
                     items.append(replies.get_nowait())
                 except queue.Empty:
                     break
-            ordinary = []
+            ordinary, redirected, hint = [], [], ""
             for item in items:
                 if item is _DONE:
                     continue
-                reply, hint = item
-                state["replied"] += 1
-                if hint is None:
+                reply, leader = item
+                if leader is None:
                     ordinary.append(reply)
                 else:
-                    self.stats.batch_out()
-                    yield pb.ReplyBatch(replies=[reply], not_leader=True, leader=hint)
+                    redirected.append(reply)
+                    hint = hint or leader
+            state["replied"] += len(ordinary) + len(redirected)
+            room.set()
             if ordinary:
                 self.stats.batch_out()
                 yield pb.ReplyBatch(replies=ordinary)
+            if redirected:
+                # Apart from the ordinary replies: the client resends every
+                # operation of a not_leader batch elsewhere.
+                self.stats.batch_out()
+                yield pb.ReplyBatch(replies=redirected, not_leader=True, leader=hint)
             if not state["reading"] and state["replied"] >= state["submitted"]:
                 return
 
