@@ -35,7 +35,7 @@ stream_idle_poll_s = 1.0           # how often an idle stream notices a cancelle
 # stream stops reading, so gRPC flow control slows the client down instead of
 # the replica's queue growing without bound.
 stream_ops_in_flight_max = 4 * limits.batch_ops_max
-status_timeout_s = 2.0
+call_wait_max_s = 60.0             # a unary Call without a deadline waits at most this long
 
 _FIRST_WRITE_CODE = 100
 # msgpack array headers: fixarray (0x90-0x9f), array16 (0xdc), array32 (0xdd).
@@ -243,7 +243,8 @@ class MetadataService(pb_grpc.MetadataServicer):
             return pb.ReplyBatch()
         self._submit_batch(request, on_reply)
         remaining = context.time_remaining()
-        if not done.wait(timeout=remaining if remaining is not None else None):
+        wait_s = call_wait_max_s if remaining is None else min(remaining, call_wait_max_s)
+        if not done.wait(timeout=wait_s):
             context.abort(grpc_status_for(errno.ETIMEDOUT), "deadline passed before every operation completed")
         hints = [hint for _, hint in collected if hint is not None]
         self.stats.batch_out()
