@@ -48,9 +48,8 @@ def summarize(answers: dict[str, dict | None]) -> dict:
     # With two replicas claiming leadership (a stale one in an old term), the
     # higher term is the real one.
     leader = max(leaders, key=lambda s: s.get("term", 0)) if leaders else None
-    members = [{"address": a, "up": s is not None, **({k: s.get(k) for k in (
-        "id", "role", "term", "commit_index", "applied_index", "last_log_index", "digest")} if s else {})}
-        for a, s in answers.items()]
+    members = [{"address": a, "up": s is not None, **(_member_fields(s) if s else {})}
+               for a, s in answers.items()]
     majority = len(up) * 2 > len(answers)
     return {
         "healthy": leader is not None and majority,
@@ -61,6 +60,16 @@ def summarize(answers: dict[str, dict | None]) -> dict:
         "members_up": len(up),
         "members": sorted(members, key=lambda m: (m.get("id") or "", m["address"])),
     }
+
+
+def _member_fields(s: dict) -> dict:
+    fields = {k: s.get(k) for k in ("id", "role", "term", "commit_index", "last_log_index", "digest")}
+    # Raft's applied index counts pysyncobj's own entries too, so it matches
+    # the commit index on a quiet cluster; the state's applied index (which
+    # the digest belongs to) counts only entries that carried operations.
+    fields["applied_index"] = s.get("raft_applied_index", s.get("applied_index"))
+    fields["state_applied_index"] = s.get("applied_index")
+    return fields
 
 
 def render(summary: dict) -> str:

@@ -146,3 +146,19 @@ def test_bad_usage_exits_2_and_a_missing_cluster_exits_1(tmp_path):
     env_free = cistern("status", "--cluster", str(tmp_path / "nope.json"))
     assert env_free.returncode == 1
     assert env_free.stderr.strip() == f"cistern status: cluster file not found: {tmp_path / 'nope.json'}"
+
+
+def test_five_replicas_stay_healthy_with_two_down(up):
+    u = up("--meta", "5")
+    document = u.wait_ready()
+    assert len(document["meta"]) == 5
+    status = json.loads(cistern("status", "--json", cluster=u.cluster_file).stdout)
+    leader = status["leader"]
+    followers = [m for m in document["meta"] if m["id"] != leader]
+    for member in followers[:2]:
+        os.kill(member["pid"], signal.SIGKILL)
+    assert cistern("fs", "mkdir", "/after-two-losses", cluster=u.cluster_file).returncode == 0
+    result = cistern("status", "--json", cluster=u.cluster_file)
+    assert result.returncode == 0, result.stdout
+    summary = json.loads(result.stdout)
+    assert summary["members_up"] == 3 and summary["members_total"] == 5
