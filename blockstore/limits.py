@@ -1,0 +1,50 @@
+"""Every limit of the storage node, with its unit in its name, in one place.
+
+The relations between limits are asserted at import, so a bad edit fails fast.
+"""
+
+KiB = 1024
+MiB = 1024 * KiB
+
+block_id_length_bytes = 16                 # a random 128-bit id chosen by the writer
+block_size_default_bytes = 4 * MiB         # the cluster's block size unless configured
+block_size_max_bytes = 64 * MiB            # no node accepts a block longer than this
+block_size_min_bytes = 64 * KiB            # a configured block size is at least one sub-chunk
+chunk_size_bytes = 64 * KiB                # one xxh3-64 checksum covers this many bytes
+checksum_length_bytes = 16                 # a whole block's xxh3-128 digest
+chunk_checksums_max = block_size_max_bytes // chunk_size_bytes
+
+# One message's data on the wire. 1 MiB messages move about twice the bytes
+# per second of 64 KiB ones through Python gRPC (per-message CPU dominates).
+message_data_max_bytes = 1 * MiB
+# The transport's limit is larger than the data limit on purpose: a message
+# with too much data then reaches the service, which refuses it with
+# INVALID_ARGUMENT and a message, instead of gRPC's bare RESOURCE_EXHAUSTED.
+wire_message_bytes_max = 4 * MiB
+
+pipeline_depth_max = 8                     # replicas one pipelined write may name
+pipeline_queue_messages_max = 8            # messages buffered for a slow downstream node
+write_idle_timeout_s = 30.0                # a write stream silent this long is abandoned
+write_call_timeout_s = 300.0               # one whole pipelined write, from the client
+downstream_ack_timeout_s = 60.0            # waiting for the next node's ack after our fsync
+read_call_timeout_s = 120.0
+copy_call_timeout_s = 120.0
+unary_call_timeout_s = 10.0
+address_length_max_bytes = 255
+
+scrub_interval_s = 24 * 3600.0             # a full pass over every block this often
+scrub_rate_bytes_per_s = 32 * MiB          # the scrubber's disk bandwidth at most
+orphan_grace_s = 3600.0                    # an uncommitted block lives this long (metadata-side GC)
+
+index_map_size_bytes = 16 << 30            # sparse LMDB map: ~600 bytes per 4 MiB block
+index_readers_max = 256
+fanout_prefix_hex_chars = 2                # blocks/ab/abcdef...: 256 directories
+
+assert block_id_length_bytes == 16
+assert chunk_size_bytes <= block_size_min_bytes <= block_size_default_bytes <= block_size_max_bytes
+assert block_size_default_bytes % chunk_size_bytes == 0
+assert message_data_max_bytes % chunk_size_bytes == 0          # reads ship whole sub-chunks
+assert message_data_max_bytes + chunk_checksums_max * 8 + 64 * KiB < wire_message_bytes_max
+assert 1 <= pipeline_depth_max <= 16
+assert scrub_rate_bytes_per_s >= block_size_max_bytes / 60     # a max block scrubs within a minute
+assert downstream_ack_timeout_s < write_call_timeout_s

@@ -1,0 +1,568 @@
+"""The blocks of one storage node: immutable files plus an LMDB index.
+
+Contract:
+
+* A block is identified by a 16-byte id chosen by its writer. Its bytes live
+  in ``DATA/blocks/<2 hex>/<32 hex>``, written once and never modified; the
+  index (``DATA/index``, LMDB) holds per block its length, whole-block
+  xxh3-128, one xxh3-64 per 64 KiB sub-chunk, its state (writing / final)
+  and its creation time.
+* Write: ``begin_write`` returns a ``BlockWriter``; its bytes go to a temp
+  file and every sub-chunk is checked against the checksum the client sent
+  as soon as it is complete. ``commit()`` checks the length and the whole
+  checksum, fsyncs the file, renames it into place, fsyncs the directory and
+  records the block as final (index fsynced): only when ``commit()`` returns
+  is the block durable and visible. Any mismatch raises CisternError(EBADMSG)
+  and leaves nothing behind; so does ``abort()``.
+* Read: ``read``/``read_chunks`` check every sub-chunk they touch against the
+  index and raise CisternError(EBADMSG) on a mismatch (EIO when the file is
+  shorter than its index entry), so a caller can fail over to another replica.
+* Errors: EINVAL for an id that is not 16 bytes or a bad range or header,
+  ENOENT for an unknown block, EEXIST for a different block under an existing
+  id, EBUSY while the same id is being written, E2BIG for a block longer than
+  this node accepts.
+* Crash safety: ``BlockStore()`` removes temp files, index entries still in
+  state writing (and their files), block files without an index entry, and
+  index entries whose file is gone. None of these was ever acknowledged,
+  except the last, which is lost data the block report will show as missing.
+* Threads: every method may be called from any thread. Writes of different
+  blocks proceed in parallel; LMDB serializes the short index commits.
+* Time: the caller passes the creation time in (``created_s``); the store
+  never reads a clock.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import struct
+import threading
+from dataclasses import dataclass
+
+import lmdb
+import xxhash
+
+from cistern.blockstore import limits
+from cistern.core.errors import CisternError
+
+log = logging.getLogger(__name__)
+
+STATE_WRITING = 0
+STATE_FINAL = 1
+STATE_NAMES = {STATE_WRITING: "writing", STATE_FINAL: "final"}
+
+_DB_BLOCKS = b"blocks"
+_ENTRY = struct.Struct(">BQd16sI")   # state, length, created_s, xxh3-128, sub-chunk count
+
+
+# -- checksums and ids (pure) -------------------------------------------------
+
+def block_checksum(data) -> bytes:
+    """The whole-block checksum: the xxh3-128 digest (16 bytes)."""
+    return xxhash.xxh3_128_digest(data)
+
+
+def chunk_count(length: int, chunk_size_bytes: int = limits.chunk_size_bytes) -> int:
+    return -(-length // chunk_size_bytes)
+
+
+def chunk_checksums(data, chunk_size_bytes: int = limits.chunk_size_bytes) -> list[int]:
+    """One xxh3-64 per ``chunk_size_bytes`` of data (the last may be short)."""
+    view = memoryview(data)
+    return [xxhash.xxh3_64_intdigest(view[i:i + chunk_size_bytes])
+            for i in range(0, len(view), chunk_size_bytes)]
+
+
+def check_block_id(block_id) -> bytes:
+    """The id as bytes; CisternError(EINVAL) unless it is 16 bytes."""
+    if not isinstance(block_id, (bytes, bytearray)) or len(block_id) != limits.block_id_length_bytes:
+        shown = block_id.hex() if isinstance(block_id, (bytes, bytearray)) else repr(block_id)
+        raise CisternError(errno.EINVAL, f"block id {shown[:80]!r} is not {limits.block_id_length_bytes} bytes")
+    return bytes(block_id)
+
+
+def aligned_range(offset: int, length: int, chunk_size_bytes: int = limits.chunk_size_bytes) -> tuple[int, int]:
+    """The sub-chunk-aligned [start, end) covering [offset, offset+length)."""
+    start = offset - offset % chunk_size_bytes
+    end = -(-(offset + length) // chunk_size_bytes) * chunk_size_bytes
+    return start, end
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    block_id: bytes
+    length: int
+    checksum: bytes                 # xxh3-128 of the whole block
+    chunk_checksums: tuple          # xxh3-64 per sub-chunk
+    state: int
+    created_s: float
+
+    @property
+    def state_name(self) -> str:
+        return STATE_NAMES[self.state]
+
+
+def encode_entry(info: BlockInfo) -> bytes:
+    sums = info.chunk_checksums
+    return _ENTRY.pack(info.state, info.length, info.created_s, info.checksum, len(sums)) + \
+        struct.pack(f">{len(sums)}Q", *sums)
+
+
+def decode_entry(block_id: bytes, raw: bytes) -> BlockInfo:
+    state, length, created_s, checksum, n = _ENTRY.unpack_from(raw)
+    sums = struct.unpack_from(f">{n}Q", raw, _ENTRY.size)
+    return BlockInfo(block_id, length, checksum, sums, state, created_s)
+
+
+# -- the store ------------------------------------------------------------------
+
+class BlockStore:
+    def __init__(self, data_dir: str, *, sync: bool = True,
+                 block_size_max_bytes: int = limits.block_size_max_bytes,
+                 map_size_bytes: int = limits.index_map_size_bytes):
+        assert limits.chunk_size_bytes <= block_size_max_bytes <= limits.block_size_max_bytes
+        self.data_dir = os.path.abspath(data_dir)
+        self.sync = sync
+        self.block_size_max_bytes = block_size_max_bytes
+        self.blocks_dir = os.path.join(self.data_dir, "blocks")
+        self.tmp_dir = os.path.join(self.data_dir, "tmp")
+        self.quarantine_dir = os.path.join(self.data_dir, "quarantine")
+        for d in (self.data_dir, self.blocks_dir, self.tmp_dir, self.quarantine_dir):
+            os.makedirs(d, exist_ok=True)
+        # The index commits unsynced (a writing-state entry need not survive a
+        # crash); a final entry is followed by an explicit env.sync().
+        self.env = lmdb.open(os.path.join(self.data_dir, "index"), map_size=map_size_bytes,
+                             max_dbs=2, max_readers=limits.index_readers_max, sync=False,
+                             metasync=False)
+        self.db = self.env.open_db(_DB_BLOCKS)
+        self._lock = threading.Lock()      # guards _writing and the counters
+        self._writing: set[bytes] = set()
+        self._tmp_seq = itertools.count()
+        self.block_count = 0
+        self.used_bytes = 0
+        self.checksum_failures = 0
+        self.recovered = self._recover()
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- paths ---------------------------------------------------------------
+
+    def block_path(self, block_id: bytes) -> str:
+        name = block_id.hex()
+        return os.path.join(self.blocks_dir, name[:limits.fanout_prefix_hex_chars], name)
+
+    # -- open-time recovery ------------------------------------------------------
+
+    def _recover(self) -> dict:
+        """Drop whatever a crash left half-done; returns what was dropped."""
+        dropped = {"tmp_files": 0, "writing_entries": 0, "unindexed_files": 0, "missing_files": 0}
+        for name in os.listdir(self.tmp_dir):
+            os.unlink(os.path.join(self.tmp_dir, name))
+            dropped["tmp_files"] += 1
+        indexed = set()
+        with self.env.begin(write=True, db=self.db) as txn:
+            for key, raw in list(txn.cursor()):
+                info = decode_entry(bytes(key), bytes(raw))
+                path = self.block_path(info.block_id)
+                if info.state != STATE_FINAL:
+                    txn.delete(key)
+                    _unlink_quietly(path)
+                    dropped["writing_entries"] += 1
+                elif not os.path.exists(path):
+                    txn.delete(key)
+                    dropped["missing_files"] += 1
+                    log.error("block %s is indexed but its file is gone; dropped", info.block_id.hex())
+                else:
+                    indexed.add(info.block_id.hex())
+                    self.block_count += 1
+                    self.used_bytes += info.length
+        dropped["unindexed_files"] = self._remove_unindexed_files(indexed)
+        self._sync_index()
+        if any(dropped.values()):
+            log.warning("block store %s recovered from a crash: %s", self.data_dir, dropped)
+        return dropped
+
+    def _remove_unindexed_files(self, indexed: set) -> int:
+        removed = 0
+        for prefix in os.listdir(self.blocks_dir):
+            sub = os.path.join(self.blocks_dir, prefix)
+            for name in os.listdir(sub):
+                if name not in indexed:
+                    os.unlink(os.path.join(sub, name))
+                    removed += 1
+        return removed
+
+    def _sync_index(self) -> None:
+        if self.sync:
+            self.env.sync(True)
+
+    # -- writing ----------------------------------------------------------------
+
+    def begin_write(self, block_id, length: int, checksum: bytes, chunk_sums, *,
+                    created_s: float) -> "BlockWriter":
+        """Start writing a block whose client-computed checksums are given.
+
+        Raises EINVAL (bad id or header), E2BIG (too long), EEXIST (another
+        block under this id), EBUSY (the id is being written now). Writing a
+        block that is already stored with the same checksum is allowed: the
+        bytes are verified and the commit is a no-op (a retried write)."""
+        block_id = check_block_id(block_id)
+        chunk_sums = tuple(int(s) for s in chunk_sums)
+        self._check_header(length, checksum, chunk_sums)
+        with self._lock:
+            if block_id in self._writing:
+                raise CisternError(errno.EBUSY, f"block {block_id.hex()} is being written")
+            self._writing.add(block_id)
+        info = BlockInfo(block_id, length, bytes(checksum), chunk_sums, STATE_WRITING, float(created_s))
+        existing = None
+        try:
+            # Checked only once the id is ours, so no other writer can publish
+            # under it between this check and our commit.
+            existing = self.info(block_id, missing_ok=True)
+            if existing is not None and (existing.length, existing.checksum) != (length, info.checksum):
+                raise CisternError(errno.EEXIST, f"block {block_id.hex()} exists with other contents")
+            if existing is None:
+                with self.env.begin(write=True, db=self.db) as txn:
+                    txn.put(block_id, encode_entry(info))
+            tmp = os.path.join(self.tmp_dir, f"{block_id.hex()}.{os.getpid()}.{next(self._tmp_seq)}")
+            return BlockWriter(self, info, tmp, duplicate=existing is not None)
+        except BaseException:
+            self._end_write(block_id, drop_entry=existing is None)
+            raise
+
+    def _check_header(self, length: int, checksum, chunk_sums: tuple) -> None:
+        if not isinstance(length, int) or length < 0:
+            raise CisternError(errno.EINVAL, f"bad block length {length!r}")
+        if length > self.block_size_max_bytes:
+            raise CisternError(errno.E2BIG, f"block of {length} bytes exceeds this node's "
+                                            f"block size limit {self.block_size_max_bytes}")
+        if len(checksum) != limits.checksum_length_bytes:
+            raise CisternError(errno.EINVAL, f"block checksum is {len(checksum)} bytes, "
+                                             f"expected {limits.checksum_length_bytes} (xxh3-128)")
+        if len(chunk_sums) != chunk_count(length):
+            raise CisternError(errno.EINVAL, f"{len(chunk_sums)} sub-chunk checksums for {length} bytes, "
+                                             f"expected {chunk_count(length)} (one per {limits.chunk_size_bytes})")
+
+    def _end_write(self, block_id: bytes, *, drop_entry: bool) -> None:
+        if drop_entry:
+            with self.env.begin(write=True, db=self.db) as txn:
+                raw = txn.get(block_id)
+                if raw is not None and decode_entry(block_id, raw).state == STATE_WRITING:
+                    txn.delete(block_id)
+        with self._lock:
+            self._writing.discard(block_id)
+
+    def _publish(self, info: BlockInfo, tmp_path: str) -> None:
+        """Rename a verified, fsynced temp file into place and index it final."""
+        path = self.block_path(info.block_id)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        os.rename(tmp_path, path)
+        if self.sync:
+            _fsync_dir(directory)
+        final = BlockInfo(info.block_id, info.length, info.checksum, info.chunk_checksums,
+                          STATE_FINAL, info.created_s)
+        with self.env.begin(write=True, db=self.db) as txn:
+            txn.put(info.block_id, encode_entry(final))
+        self._sync_index()
+        with self._lock:
+            self.block_count += 1
+            self.used_bytes += info.length
+
+    def put(self, block_id, data, *, created_s: float, checksum: bytes | None = None,
+            chunk_sums=None) -> BlockInfo:
+        """Write a whole block at once (checksums computed here unless given)."""
+        checksum = block_checksum(data) if checksum is None else checksum
+        chunk_sums = chunk_checksums(data) if chunk_sums is None else chunk_sums
+        writer = self.begin_write(block_id, len(data), checksum, chunk_sums, created_s=created_s)
+        with writer:
+            view = memoryview(data)
+            for i in range(0, len(view), limits.message_data_max_bytes):
+                writer.write(view[i:i + limits.message_data_max_bytes])
+            writer.commit()
+        return self.info(block_id)
+
+    # -- reading -------------------------------------------------------------------
+
+    def info(self, block_id, *, missing_ok: bool = False) -> BlockInfo | None:
+        """The index entry of a final block; ENOENT (or None) when unknown."""
+        block_id = check_block_id(block_id)
+        with self.env.begin(db=self.db) as txn:
+            raw = txn.get(block_id)
+            info = decode_entry(block_id, bytes(raw)) if raw is not None else None
+        if info is None or info.state != STATE_FINAL:
+            if missing_ok:
+                return None
+            raise CisternError(errno.ENOENT, f"no block {block_id.hex()}")
+        return info
+
+    def read_chunks(self, block_id, offset: int = 0, length: int | None = None,
+                    message_bytes: int = limits.message_data_max_bytes):
+        """(info, iterator of (start, data, sums)) covering [offset, offset+length)
+        in whole, verified sub-chunks: ``start`` is sub-chunk aligned and the
+        caller trims. ``length`` None (or past the end) reads to the block's
+        end. Raises ENOENT, EINVAL (offset past the end); the iterator raises
+        EBADMSG on a checksum mismatch and EIO on a short file."""
+        assert message_bytes % limits.chunk_size_bytes == 0 and message_bytes > 0
+        info = self.info(block_id)
+        if offset < 0 or (length is not None and length < 0) or offset > info.length:
+            raise CisternError(errno.EINVAL, f"range {offset}+{length} is outside block "
+                                             f"{info.block_id.hex()} of {info.length} bytes")
+        end = info.length if length is None else min(info.length, offset + length)
+        try:
+            fd = os.open(self.block_path(info.block_id), os.O_RDONLY)
+        except FileNotFoundError:
+            raise CisternError(errno.ENOENT, f"no block {info.block_id.hex()} (deleted)") from None
+        return info, self._chunks(fd, info, offset, end, message_bytes)
+
+    def _chunks(self, fd: int, info: BlockInfo, offset: int, end: int, message_bytes: int):
+        try:
+            start, stop = aligned_range(offset, end - offset)
+            stop = min(stop, info.length)
+            for at in range(start, stop, message_bytes):
+                want = min(message_bytes, stop - at)
+                data = os.pread(fd, want, at)
+                if len(data) != want:
+                    self._count_failure()
+                    raise CisternError(errno.EIO, f"block {info.block_id.hex()} file is short at "
+                                                  f"{at + len(data)} (index says {info.length} bytes)")
+                first = at // limits.chunk_size_bytes
+                sums = info.chunk_checksums[first:first + chunk_count(want)]
+                self._verify_chunks(info, first, data, sums)
+                yield at, data, sums
+        finally:
+            os.close(fd)
+
+    def _verify_chunks(self, info: BlockInfo, first: int, data: bytes, sums) -> None:
+        for i, (actual, expected) in enumerate(zip(chunk_checksums(data), sums)):
+            if actual != expected:
+                self._count_failure()
+                raise CisternError(errno.EBADMSG, f"block {info.block_id.hex()} sub-chunk {first + i} "
+                                                  f"(bytes {(first + i) * limits.chunk_size_bytes}+) fails its checksum")
+
+    def _count_failure(self) -> None:
+        with self._lock:
+            self.checksum_failures += 1
+
+    def read(self, block_id, offset: int = 0, length: int | None = None) -> bytes:
+        """The verified bytes [offset, offset+length) of a block (see read_chunks)."""
+        _, chunks = self.read_chunks(block_id, offset, length)
+        parts = [(start, data) for start, data, _ in chunks]
+        if not parts:
+            return b""
+        joined = b"".join(data for _, data in parts)
+        skip = offset - parts[0][0]
+        want = len(joined) - skip if length is None else length
+        return joined[skip:skip + want]
+
+    def verify(self, block_id) -> str:
+        """'' when the block's file matches its index entry in full, else
+        what is wrong (a one-line description). Raises ENOENT when unknown."""
+        try:
+            info, chunks = self.read_chunks(block_id)
+            hasher = xxhash.xxh3_128()
+            size = 0
+            for _, data, _ in chunks:
+                hasher.update(data)
+                size += len(data)
+        except CisternError as e:
+            if e.errno == errno.ENOENT:
+                raise
+            return e.message
+        if size != info.length or os.path.getsize(self.block_path(info.block_id)) != info.length:
+            self._count_failure()
+            return f"block {info.block_id.hex()} file size differs from its index entry ({info.length})"
+        if hasher.digest() != info.checksum:
+            self._count_failure()
+            return f"block {info.block_id.hex()} fails its whole-block checksum"
+        return ""
+
+    def list(self):
+        """(block_id, length) of every final block, in id order (for block reports)."""
+        with self.env.begin(db=self.db) as txn:
+            out = []
+            for key, raw in txn.cursor():
+                state, length = _ENTRY.unpack_from(raw)[:2]
+                if state == STATE_FINAL:
+                    out.append((bytes(key), length))
+        return out
+
+    # -- removal ----------------------------------------------------------------------
+
+    def delete(self, block_id) -> bool:
+        """Forget a block and remove its file; False when it was not there.
+        Idempotent. The index entry goes first, so a crash in between leaves
+        an unindexed file that the next open removes."""
+        info = self._drop_entry(check_block_id(block_id))
+        if info is None:
+            return False
+        _unlink_quietly(self.block_path(info.block_id))
+        return True
+
+    def quarantine(self, block_id) -> str | None:
+        """Move a (corrupt) block's file aside into quarantine/ and forget it;
+        returns the new path, or None when the block was not there."""
+        info = self._drop_entry(check_block_id(block_id))
+        if info is None:
+            return None
+        target = os.path.join(self.quarantine_dir, f"{info.block_id.hex()}.{os.getpid()}.{next(self._tmp_seq)}")
+        try:
+            os.rename(self.block_path(info.block_id), target)
+        except FileNotFoundError:
+            return None
+        log.warning("block %s quarantined to %s", info.block_id.hex(), target)
+        return target
+
+    def _drop_entry(self, block_id: bytes) -> BlockInfo | None:
+        with self.env.begin(write=True, db=self.db) as txn:
+            raw = txn.get(block_id)
+            if raw is None:
+                return None
+            info = decode_entry(block_id, bytes(raw))
+            if info.state != STATE_FINAL:
+                return None
+            txn.delete(block_id)
+        self._sync_index()
+        with self._lock:
+            self.block_count -= 1
+            self.used_bytes -= info.length
+        return info
+
+    # -- capacity -------------------------------------------------------------------
+
+    def capacity(self) -> dict:
+        """capacity_bytes, free_bytes (of the data directory's file system),
+        used_bytes and block_count (of this store)."""
+        st = os.statvfs(self.data_dir)
+        with self._lock:
+            return {"capacity_bytes": st.f_blocks * st.f_frsize, "free_bytes": st.f_bavail * st.f_frsize,
+                    "used_bytes": self.used_bytes, "block_count": self.block_count}
+
+
+class BlockWriter:
+    """One block being written; use as a context manager (abort unless
+    committed). Not thread-safe: one writer is fed by one thread."""
+
+    def __init__(self, store: BlockStore, info: BlockInfo, tmp_path: str, *, duplicate: bool):
+        self.store = store
+        self.info = info
+        self.tmp_path = tmp_path
+        self.duplicate = duplicate       # the same block is already stored: verify only
+        self.received_bytes = 0
+        self._hasher = xxhash.xxh3_128()
+        self._partial = bytearray()      # the bytes of the current, incomplete sub-chunk
+        self._next_chunk = 0
+        self._done = False
+        self._fd = None if duplicate else os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self._done:
+            self.abort()
+
+    def write(self, data) -> None:
+        """Append data; raises EINVAL past the announced length and EBADMSG
+        as soon as a completed sub-chunk fails its checksum (then aborts)."""
+        assert not self._done
+        view = memoryview(data)
+        if self.received_bytes + len(view) > self.info.length:
+            self.abort()
+            raise CisternError(errno.EINVAL, f"more than the announced {self.info.length} bytes "
+                                             f"for block {self.info.block_id.hex()}")
+        try:
+            if self._fd is not None:
+                _write_all(self._fd, view)
+            self._hasher.update(view)
+            self.received_bytes += len(view)
+            self._check_chunks(view)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _check_chunks(self, view: memoryview) -> None:
+        size = limits.chunk_size_bytes
+        if self._partial:
+            take = min(len(view), size - len(self._partial))
+            self._partial += view[:take]
+            view = view[take:]
+            if len(self._partial) == size:
+                self._check_one(self._partial)
+                self._partial = bytearray()
+        whole = len(view) - len(view) % size
+        for i in range(0, whole, size):
+            self._check_one(view[i:i + size])
+        self._partial += view[whole:]
+
+    def _check_one(self, chunk) -> None:
+        i = self._next_chunk
+        if xxhash.xxh3_64_intdigest(chunk) != self.info.chunk_checksums[i]:
+            self.store._count_failure()
+            raise CisternError(errno.EBADMSG, f"block {self.info.block_id.hex()} sub-chunk {i} "
+                                              f"does not match the checksum sent")
+        self._next_chunk += 1
+
+    def commit(self) -> BlockInfo:
+        """Verify length and whole checksum, make the block durable and
+        visible. Raises EINVAL (fewer bytes than announced) or EBADMSG; in
+        every failure the block is left absent."""
+        assert not self._done
+        try:
+            if self.received_bytes != self.info.length:
+                raise CisternError(errno.EINVAL, f"stream ended after {self.received_bytes} of "
+                                                 f"{self.info.length} bytes of block {self.info.block_id.hex()}")
+            if self._partial:
+                self._check_one(self._partial)
+            if self._hasher.digest() != self.info.checksum:
+                self.store._count_failure()
+                raise CisternError(errno.EBADMSG, f"block {self.info.block_id.hex()} does not match "
+                                                  f"the whole-block checksum sent")
+            if not self.duplicate:
+                if self.store.sync:
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+                self.store._publish(self.info, self.tmp_path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self.store._end_write(self.info.block_id, drop_entry=False)
+        return self.store.info(self.info.block_id)
+
+    def abort(self) -> None:
+        """Drop everything written so far. Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not self.duplicate:
+            _unlink_quietly(self.tmp_path)
+        self.store._end_write(self.info.block_id, drop_entry=not self.duplicate)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
