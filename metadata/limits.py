@@ -35,3 +35,36 @@ block_checksum_length_max_bytes = 64 # one block's checksum (xxh3-128 is 16)
 block_replicas_max = 16              # node ids listed for one block in a layout
 
 assert 0 < block_replicas_max <= 255
+
+# Added with the storage-node bookkeeping (state ops FSCK_SCAN .. CLEAR_FREED).
+fsck_scan_files_max = 1024           # files in one FSCK_SCAN page
+fsck_scan_blocks_max = 65536         # a page ends after the file that reaches this many blocks
+block_owners_max = 4096              # block ids in one BLOCK_OWNERS
+freed_scan_max = 4096                # freed blocks in one FREED_SCAN page
+replica_updates_max = 4096           # block entries in one UPDATE_REPLICAS
+node_lost_scan_files_max = 4096      # files one NODE_LOST step scans
+clear_freed_max = 4096               # block ids in one CLEAR_FREED
+
+assert replica_updates_max * 64 <= op_args_bytes_max
+assert clear_freed_max * 24 <= op_args_bytes_max
+
+# Storage nodes, as the leader sees them (metadata/nodes.py, placement.py,
+# replication.py, nodes_service.py). NodesConf copies these and may override.
+replication_default = 3              # a file's replication factor unless its xattr says otherwise
+heartbeat_interval_s = 3.0           # a node heartbeats this often (told in every reply)
+node_dead_after_s = 30.0             # silent this long: NodeLost, its replicas leave the layouts
+orphan_grace_s = 3600.0              # a reported block in no layout is deleted once this old
+replication_timeout_s = 120.0        # a Replicate not confirmed by then is given up and re-planned
+monitor_interval_s = 1.0             # the leader's healing pass
+replications_per_node_max = 4        # Replicate instructions in flight per node (as source or target)
+instructions_per_heartbeat_max = 256 # handed out in one heartbeat reply
+delete_ids_per_instruction_max = 1024
+allocate_blocks_max = 256            # blocks in one Allocate
+registry_nodes_max = 10_000          # nodes the leader tracks; more heartbeats are refused
+orphan_checks_per_pass_max = 4096    # orphan candidates looked up per healing pass
+corrupt_reports_max = 100_000        # (block, node) corrupt marks held at most
+
+assert heartbeat_interval_s * 3 < node_dead_after_s
+assert 1 <= replication_default <= block_replicas_max
+assert monitor_interval_s < node_dead_after_s
+assert allocate_blocks_max <= block_owners_max

@@ -61,6 +61,10 @@ class Op(enum.IntEnum):
     ACCESS = 7         # (cred, ref, mask: int R_OK|W_OK|X_OK|F_OK) -> None
     LOOKUP = 8         # (cred, parent ino, name bytes) -> attr   (no symlink follow)
     DIGEST = 9         # (cred,) -> [applied_index, digest bytes]  (replica-answered)
+    # Block bookkeeping for the storage-node monitor and fsck (root only).
+    FSCK_SCAN = 10     # (cred, after_ino, limit) -> [[[ino, replication|None, [[block_id, length, [node ids]], ...]], ...], done]
+    BLOCK_OWNERS = 11  # (cred, [block_id, ...]) -> [ino | BLOCK_FREED | None (unknown), ...]
+    FREED_SCAN = 12    # (cred, after block_id|None, limit) -> [[[block_id, [node ids]], ...], done]
 
     # Namespace writes: committed through Raft.
     MKDIR = 100        # (cred, path, mode) -> attr
@@ -79,6 +83,10 @@ class Op(enum.IntEnum):
     COMMIT_WRITE = 113 # (cred, ino, lease_id, layout, size, mtime_ns|TIME_NOW) -> attr; ESTALE/EBUSY when the lease is not held
     TXN = 114          # (cred, conditions, ops) -> [result, ...]; all or nothing
     NOOP = 115         # (cred,) -> None: the read barrier and leadership probe
+    # Replica bookkeeping committed by the leader's replication monitor (root only).
+    UPDATE_REPLICAS = 116  # (cred, [[block_id, [add node ids], [drop node ids]], ...]) -> blocks changed; ids in no layout are skipped
+    NODE_LOST = 117    # (cred, node_id, after_ino, limit) -> [last ino scanned, done, blocks changed]: node_id leaves every replica list
+    CLEAR_FREED = 118  # (cred, [block_id, ...]) -> how many left freed_blocks (the nodes confirmed deletion)
 
 
 READ_OPS = frozenset(op for op in Op if op < 100)
@@ -97,6 +105,12 @@ COND_ABSENT = "absent"        # [COND_ABSENT, path, None]
 COND_VERSION = "version"      # [COND_VERSION, ref, version]: the inode's version equals value
 # TXN operations: [code, args-without-cred]; the txn's cred applies to all.
 # A layout is a list of blocks: [[block_id bytes(16), length, checksum bytes, [node_id, ...]], ...]
+
+# BLOCK_OWNERS: the block is in freed_blocks (left a layout; not yet deleted everywhere).
+BLOCK_FREED = 0
+# A regular file's replication factor is this xattr (ASCII decimal,
+# 1..block_replicas_max); absent or malformed means the cluster's default.
+REPLICATION_XATTR = b"user.cistern.replication"
 
 
 class Attr(NamedTuple):

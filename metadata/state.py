@@ -46,6 +46,15 @@ Contract:
   position in the whole namespace (the ``blocks`` index) and a freed id is
   never taken back (EINVAL). Blocks that leave a layout are recorded in
   ``freed_blocks`` (with their node ids) for the garbage collector.
+* Block bookkeeping for the storage-node monitor (root only, EPERM
+  otherwise): UPDATE_REPLICAS edits replica lists by delta (ids no longer in
+  a layout are skipped, so a stale update is harmless), NODE_LOST removes a
+  node from every list one page of files at a time, CLEAR_FREED forgets
+  freed blocks the nodes have deleted (after which a COMMIT_WRITE could take
+  such an id again: ids are random 128-bit, so only a buggy writer would).
+  The reads FSCK_SCAN, BLOCK_OWNERS and FREED_SCAN page through layouts,
+  the block index and freed_blocks. A file's replication factor is its
+  ``model.REPLICATION_XATTR`` xattr (None when absent or malformed).
 * Leases: live while ``time_ns < holder's expiry`` (last OPEN_LEASE or
   RENEW_LEASES by that holder + ``lease_ttl_s``). A lapsed lease is taken
   over by the next OPEN_LEASE from another holder; until then a renewal by
@@ -291,6 +300,58 @@ def _validate_layout(layout, size: int) -> list:
     return [[b[0], b[1], b[2], list(b[3])] for b in layout]
 
 
+def _root_only(cred) -> None:
+    if cred[0] != 0:
+        raise _fail(E.EPERM, "block bookkeeping is root's")
+
+
+def _block_id(bid) -> bytes:
+    if type(bid) is not bytes or len(bid) != limits.block_id_length_bytes:
+        raise _fail(E.EINVAL, "bad block id")
+    return bid
+
+
+def _node_id(node_id):
+    # The shapes _validate_layout accepts in a replica list.
+    if type(node_id) not in (int, str, bytes) or (type(node_id) is int and not _INT64_MIN <= node_id <= _UINT64_MAX):
+        raise _fail(E.EINVAL, "bad block node id")
+    return node_id
+
+
+def _replica_update(update) -> tuple:
+    if type(update) not in (list, tuple) or len(update) != 3:
+        raise _fail(E.EINVAL, "bad replica update")
+    bid, add, drop = update
+    _block_id(bid)
+    for nodes in (add, drop):
+        if type(nodes) not in (list, tuple) or len(nodes) > limits.block_replicas_max:
+            raise _fail(E.EINVAL, "bad replica update node list")
+        for node_id in nodes:
+            _node_id(node_id)
+    return bid, add, drop
+
+
+def _edit_replicas(layout: list, bid: bytes, add, drop) -> int:
+    """Drop then add node ids in ``bid``'s replica list (in place, order
+    kept, no duplicates, at most ``block_replicas_max``); 1 if it changed."""
+    for block in layout:
+        if block[0] == bid:
+            return _edit_block_replicas(block, add, drop)
+    return 0
+
+
+def _edit_block_replicas(block: list, add, drop) -> int:
+    old = block[3]
+    nodes = [n for n in old if n not in drop]
+    for node_id in add:
+        if node_id not in nodes and len(nodes) < limits.block_replicas_max:
+            nodes.append(node_id)
+    if nodes == old:
+        return 0
+    block[3] = nodes
+    return 1
+
+
 def _xattr_namespace(name) -> bytes:
     if type(name) is not bytes:
         raise _fail(E.EINVAL, "xattr name must be bytes")
@@ -351,11 +412,15 @@ class Namespace:
             Op.REMOVEXATTR: self._removexattr, Op.OPEN_LEASE: self._open_lease,
             Op.RENEW_LEASES: self._renew_leases, Op.RELEASE_LEASE: self._release_lease,
             Op.COMMIT_WRITE: self._commit_write, Op.TXN: self._txn, Op.NOOP: self._noop,
+            Op.UPDATE_REPLICAS: self._update_replicas, Op.NODE_LOST: self._node_lost,
+            Op.CLEAR_FREED: self._clear_freed,
         }
         self._reads = {
             Op.GETATTR: self._getattr, Op.READDIR: self._readdir, Op.READLINK: self._readlink,
             Op.GETXATTR: self._getxattr, Op.LISTXATTR: self._listxattr, Op.STATFS: self._statfs,
             Op.ACCESS: self._access, Op.LOOKUP: self._lookup,
+            Op.FSCK_SCAN: self._fsck_scan, Op.BLOCK_OWNERS: self._block_owners,
+            Op.FREED_SCAN: self._freed_scan,
         }
 
     # -- public interface ------------------------------------------------------
@@ -1356,6 +1421,128 @@ class Namespace:
         if mask and not _may(node, cred, mask):
             raise _fail(E.EACCES, "access")
         return None
+
+    # -- block bookkeeping (the storage-node monitor and fsck; root only) -------
+    #
+    # Replica lists in layouts are the leader's record of where a block's
+    # copies live; nodes' block reports are the live truth, and the monitor
+    # (metadata/replication.py) commits the difference through these ops.
+    # Changing a replica list changes no file content, so it bumps neither
+    # the inode's version nor its ctime.
+
+    def _update_replicas(self, t, now, cred, args):
+        (updates,) = _args(args, 1)
+        _root_only(cred)
+        if type(updates) not in (list, tuple) or len(updates) > limits.replica_updates_max:
+            raise _fail(E.EINVAL, "bad replica updates")
+        checked = [_replica_update(u) for u in updates]
+        layouts: dict[int, list] = {}
+        dirty: set[int] = set()
+        changed = 0
+        for bid, add, drop in checked:
+            v = t.get(bid, db=self._blocks)
+            if v is None:
+                continue  # the block left its layout meanwhile: nothing to record
+            ino = _INO.unpack(v)[0]
+            layout = layouts.get(ino)
+            if layout is None:
+                layout = layouts[ino] = self._layout(t, ino)
+            if _edit_replicas(layout, bid, add, drop):
+                dirty.add(ino)
+                changed += 1
+        for ino in sorted(dirty):
+            self._put_layout(t, ino, layouts[ino])
+        return changed
+
+    def _node_lost(self, t, now, cred, args):
+        node_id, after, limit = _args(args, 3)
+        _root_only(cred)
+        _node_id(node_id)
+        _int(after, 0, _UINT64_MAX, "after")
+        _int(limit, 1, _UINT64_MAX, "limit")
+        limit = min(limit, limits.node_lost_scan_files_max)
+        last, changed, scanned = after, 0, 0
+        with t.cursor(db=self._layouts) as cur:
+            found = cur.set_range(_INO.pack(after + 1)) if after < _UINT64_MAX else False
+            rewrites = []
+            while found and scanned < limit:
+                last = _INO.unpack(cur.key())[0]
+                layout = model.unpack(cur.value())
+                hits = sum(_edit_block_replicas(b, (), (node_id,)) for b in layout)
+                if hits:
+                    rewrites.append((last, layout))
+                    changed += hits
+                scanned += 1
+                found = cur.next()
+        for ino, layout in rewrites:
+            self._put_layout(t, ino, layout)
+        return [last, not found, changed]
+
+    def _clear_freed(self, t, now, cred, args):
+        (bids,) = _args(args, 1)
+        _root_only(cred)
+        if type(bids) not in (list, tuple) or len(bids) > limits.clear_freed_max:
+            raise _fail(E.EINVAL, "bad block id list")
+        for bid in bids:
+            _block_id(bid)
+        return sum(1 for bid in bids if t.delete(bid, db=self._freed))
+
+    def _fsck_scan(self, t, cred, args):
+        after, limit = _args(args, 2)
+        _root_only(cred)
+        _int(after, 0, _UINT64_MAX, "after")
+        _int(limit, 1, _UINT64_MAX, "limit")
+        limit = min(limit, limits.fsck_scan_files_max)
+        files, blocks = [], 0
+        with t.cursor(db=self._layouts) as cur:
+            found = cur.set_range(_INO.pack(after + 1)) if after < _UINT64_MAX else False
+            while found and len(files) < limit and blocks < limits.fsck_scan_blocks_max:
+                key = cur.key()
+                layout = model.unpack(cur.value())
+                blocks += len(layout)
+                files.append([_INO.unpack(key)[0], self._replication(t, key),
+                              [[b[0], b[1], b[3]] for b in layout]])
+                found = cur.next()
+        return [files, not found]
+
+    def _replication(self, t, key: bytes):
+        """The file's replication xattr as an int, None when absent or malformed."""
+        raw = t.get(key + model.REPLICATION_XATTR, db=self._xattrs)
+        if raw is None or not raw.isdigit() or len(raw) > 3:
+            return None
+        value = int(raw)
+        return value if 1 <= value <= limits.block_replicas_max else None
+
+    def _block_owners(self, t, cred, args):
+        (bids,) = _args(args, 1)
+        _root_only(cred)
+        if type(bids) not in (list, tuple) or len(bids) > limits.block_owners_max:
+            raise _fail(E.EINVAL, "bad block id list")
+        owners = []
+        for bid in bids:
+            v = t.get(_block_id(bid), db=self._blocks)
+            if v is not None:
+                owners.append(_INO.unpack(v)[0])
+            else:
+                owners.append(model.BLOCK_FREED if t.get(bid, db=self._freed) is not None else None)
+        return owners
+
+    def _freed_scan(self, t, cred, args):
+        after, limit = _args(args, 2)
+        _root_only(cred)
+        if after is not None:
+            _block_id(after)
+        _int(limit, 1, _UINT64_MAX, "limit")
+        limit = min(limit, limits.freed_scan_max)
+        out = []
+        with t.cursor(db=self._freed) as cur:
+            found = cur.set_range(after) if after is not None else cur.first()
+            if found and cur.key() == after:
+                found = cur.next()
+            while found and len(out) < limit:
+                out.append([cur.key(), model.unpack(cur.value())])
+                found = cur.next()
+        return [out, not found]
 
     # -- invariants (tests and simulations) -----------------------------------
 
