@@ -48,3 +48,4 @@ assert message_data_max_bytes + chunk_checksums_max * 8 + 64 * KiB < wire_messag
 assert 1 <= pipeline_depth_max <= 16
 assert scrub_rate_bytes_per_s >= block_size_max_bytes / 60     # a max block scrubs within a minute
 assert downstream_ack_timeout_s < write_call_timeout_s
+delete_ids_max = 4096                      # block ids in one Delete call

@@ -1,0 +1,215 @@
+"""``BlockClient``: the block service's client side (write, read, delete,
+info, copy, stat), one cached gRPC channel per node address.
+
+Contract:
+
+* Thread-safe: one client may be shared by any number of threads.
+* Errors: every method raises ``CisternError`` with an errno: the node's gRPC
+  status through ``cistern.core.errors`` (ENOENT unknown block, EINVAL bad
+  input, EIO a checksum failure on the node, EAGAIN unreachable, ETIMEDOUT),
+  and EBADMSG when the bytes that arrive here fail their checksums. The
+  message names the node, so a caller can fail over and report it.
+* Durability: a node listed by ``write_block`` has the block fsynced.
+* Idempotency: writing the same block (same id and bytes) again succeeds;
+  delete of a missing block is not an error; copy of a present block is a
+  no-op.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import grpc
+import xxhash
+
+from cistern.blockstore import limits
+from cistern.blockstore.pipeline import ReplicaResult, merge_results, results_after_failure
+from cistern.blockstore.proto import blockstore_pb2 as pb
+from cistern.blockstore.proto import blockstore_pb2_grpc as pb_grpc
+from cistern.blockstore.store import block_checksum, check_block_id, chunk_checksums
+from cistern.core import rpc
+from cistern.core.errors import CisternError, errno_for_grpc_status
+
+__all__ = ["BlockClient", "ReplicaResult"]
+
+
+def _error(address: str, e: grpc.RpcError) -> CisternError:
+    return CisternError(errno_for_grpc_status(e.code()), f"{address}: {e.code().name}: {e.details()}")
+
+
+class BlockClient:
+    def __init__(self, *, message_bytes: int = limits.message_data_max_bytes):
+        assert 0 < message_bytes <= limits.message_data_max_bytes
+        self.message_bytes = message_bytes
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def stub(self, address: str) -> pb_grpc.BlockStub:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = rpc.insecure_channel(address, limits.wire_message_bytes_max)
+        return pb_grpc.BlockStub(channel)
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- write -------------------------------------------------------------------
+
+    def write_block_results(self, targets, block_id, data, *,
+                            timeout_s: float = limits.write_call_timeout_s) -> list[ReplicaResult]:
+        """Write one block down the pipeline ``targets`` (first target first);
+        one result per target, in order. ``data`` is bytes-like or an iterable
+        of bytes-like pieces (joined here: a block is at most 64 MiB).
+        Raises EINVAL for bad arguments; a failed first target is a result,
+        not an exception."""
+        targets = list(targets)
+        if not 1 <= len(targets) <= limits.pipeline_depth_max or len(set(targets)) != len(targets):
+            raise CisternError(errno.EINVAL, f"need 1..{limits.pipeline_depth_max} distinct targets, got {targets}")
+        block_id = check_block_id(block_id)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            data = b"".join(data)
+        header = pb.WriteHeader(block_id=block_id, length=len(data), checksum=block_checksum(data),
+                                chunk_size=limits.chunk_size_bytes, chunk_checksums=chunk_checksums(data),
+                                targets=targets[1:])
+        try:
+            reply = self.stub(targets[0]).Write(self._messages(header, data), timeout=timeout_s)
+        except grpc.RpcError as e:
+            return results_after_failure(targets, errno_for_grpc_status(e.code()), f"{e.code().name}: {e.details()}")
+        return merge_results(targets, reply)
+
+    def _messages(self, header: pb.WriteHeader, data):
+        view = memoryview(data)
+        step = self.message_bytes
+        yield pb.WriteChunk(header=header, data=bytes(view[:step]))
+        for i in range(step, len(view), step):
+            yield pb.WriteChunk(data=bytes(view[i:i + step]))
+
+    def write_block(self, targets, block_id, data, *, timeout_s: float = limits.write_call_timeout_s) -> list[str]:
+        """Write one block down the pipeline; the addresses that stored it
+        (fsynced), in pipeline order. Raises the first target's error when no
+        target stored it; a partial list means the others failed (see
+        ``write_block_results`` for why)."""
+        results = self.write_block_results(targets, block_id, data, timeout_s=timeout_s)
+        stored = [r.address for r in results if r.ok]
+        if not stored:
+            first = results[0]
+            raise CisternError(first.errno, f"{first.address}: {first.message}")
+        return stored
+
+    # -- read ---------------------------------------------------------------------
+
+    def read_chunks(self, address: str, block_id, offset: int = 0, length: int | None = None, *,
+                    timeout_s: float = limits.read_call_timeout_s):
+        """Iterate over (offset, bytes) pieces of [offset, offset+length) of a
+        block, each verified per sub-chunk before it is yielded."""
+        block_id = check_block_id(block_id)
+        request = pb.ReadRequest(block_id=block_id, offset=offset)
+        if length is not None:
+            request.length = length
+        end = None if length is None else offset + length
+        try:
+            for msg in self.stub(address).Read(request, timeout=timeout_s):
+                _verify_chunk(address, block_id, msg)
+                lo = max(offset, msg.offset)
+                hi = msg.offset + len(msg.data) if end is None else min(end, msg.offset + len(msg.data))
+                if hi > lo:
+                    yield lo, msg.data[lo - msg.offset:hi - msg.offset]
+        except grpc.RpcError as e:
+            raise _error(address, e) from None
+
+    def read_block(self, address: str, block_id, offset: int = 0, length: int | None = None, *,
+                   checksum: bytes | None = None, timeout_s: float = limits.read_call_timeout_s) -> bytes:
+        """The verified bytes [offset, offset+length) of a block (to its end
+        when length is None). When ``checksum`` (the layout's xxh3-128) is
+        given for a whole-block read, the block must match it too."""
+        if checksum is not None and offset == 0 and length is None:
+            data, actual, _ = self.fetch_block(address, block_id, timeout_s=timeout_s)
+            if actual != checksum:
+                raise CisternError(errno.EBADMSG, f"{address}: block {bytes(block_id).hex()} is not the expected block")
+            return data
+        return b"".join(piece for _, piece in self.read_chunks(address, block_id, offset, length,
+                                                               timeout_s=timeout_s))
+
+    def fetch_block(self, address: str, block_id, *, timeout_s: float = limits.copy_call_timeout_s):
+        """A whole block as (data, xxh3-128, sub-chunk checksums), verified
+        per sub-chunk and as a whole against what the node's index says."""
+        block_id = check_block_id(block_id)
+        pieces, sums = [], []
+        length, checksum = 0, b""
+        try:
+            for msg in self.stub(address).Read(pb.ReadRequest(block_id=block_id), timeout=timeout_s):
+                _verify_chunk(address, block_id, msg)
+                if msg.block_checksum:
+                    length, checksum = msg.block_length, msg.block_checksum
+                pieces.append(msg.data)
+                sums.extend(msg.chunk_checksums)
+        except grpc.RpcError as e:
+            raise _error(address, e) from None
+        data = b"".join(pieces)
+        if len(data) != length or block_checksum(data) != checksum:
+            raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()} fails its whole-block checksum "
+                                              f"({len(data)} of {length} bytes)")
+        return data, checksum, sums
+
+    # -- the rest -----------------------------------------------------------------
+
+    def delete(self, address: str, block_ids, *, timeout_s: float = limits.unary_call_timeout_s) -> int:
+        """Delete blocks (one id or a list); how many were present."""
+        ids = [block_ids] if isinstance(block_ids, (bytes, bytearray)) else list(block_ids)
+        ids = [check_block_id(b) for b in ids]
+        try:
+            return self.stub(address).Delete(pb.DeleteRequest(block_ids=ids), timeout=timeout_s).deleted
+        except grpc.RpcError as e:
+            raise _error(address, e) from None
+
+    def info(self, address: str, block_id, *, timeout_s: float = limits.unary_call_timeout_s) -> dict:
+        """length, checksum, chunk_checksums, state, created_s of one block."""
+        try:
+            r = self.stub(address).Info(pb.InfoRequest(block_id=check_block_id(block_id)), timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise _error(address, e) from None
+        return {"block_id": r.block_id, "length": r.length, "checksum": r.checksum,
+                "chunk_checksums": list(r.chunk_checksums), "state": r.state, "created_s": r.created_s}
+
+    def copy(self, address: str, block_id, source: str, *, timeout_s: float = limits.copy_call_timeout_s) -> dict:
+        """Tell the node at ``address`` to fetch a block from ``source`` and
+        store it (verified): length, checksum, already_present."""
+        try:
+            r = self.stub(address).Copy(pb.CopyRequest(block_id=check_block_id(block_id), source=source),
+                                        timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise _error(address, e) from None
+        return {"length": r.length, "checksum": r.checksum, "already_present": r.already_present}
+
+    def stat(self, address: str, *, timeout_s: float = limits.unary_call_timeout_s) -> dict:
+        """The node's id, capacity, free, used bytes, block count, block size."""
+        import json
+
+        try:
+            r = self.stub(address).Stat(pb.StatRequest(), timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise _error(address, e) from None
+        return json.loads(r.json) if r.json else {"node_id": r.node_id}
+
+
+def _verify_chunk(address: str, block_id: bytes, msg: pb.ReadChunk) -> None:
+    size = limits.chunk_size_bytes
+    data = memoryview(msg.data)
+    n = -(-len(data) // size)
+    if msg.offset % size or len(msg.chunk_checksums) != n:
+        raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()}: malformed read reply at {msg.offset}")
+    for i in range(n):
+        if xxhash.xxh3_64_intdigest(data[i * size:(i + 1) * size]) != msg.chunk_checksums[i]:
+            raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()} sub-chunk "
+                                              f"{msg.offset // size + i} arrived corrupt")

@@ -1,0 +1,199 @@
+"""One storage node process (blockd): the block store, the gRPC block
+service, the scrubber and the Prometheus endpoint, started and stopped in
+order.
+
+``cistern node`` builds a ``NodeServer`` from its flags (``add_node_arguments``
+and ``run_node`` are the wiring cli calls) and runs it until SIGTERM/SIGINT;
+tests do the same in-process or through ``main(argv)`` in a child process.
+
+Not built yet (issue 3, metadata side): registration, heartbeats and block
+reports to the metadata leader. The seam is ``reporter``: an object with the
+hooks of ``service.NullReporter`` (start(node), stop(), block_stored,
+blocks_deleted, block_corrupt); ``meta_addresses`` is kept for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from cistern.blockstore import limits
+from cistern.blockstore.scrubber import Scrubber
+from cistern.blockstore.service import BlockService, NullReporter, StoreCollector, add_to_server
+from cistern.blockstore.store import BlockStore
+from cistern.core import metrics, rpc
+from cistern.core.errors import CisternError
+
+log = logging.getLogger(__name__)
+
+# Each Write holds a worker for its whole stream, and a pipelined write holds
+# one on every node of the pipeline, so the pool bounds concurrent writes.
+grpc_workers_max = 64
+grpc_stop_grace_s = 2.0
+
+
+class NodeServer:
+    def __init__(self, node_id: str, rpc_address: str, data_dir: str, *, meta_addresses=(),
+                 metrics_address: str | None = None,
+                 block_size_bytes: int = limits.block_size_default_bytes,
+                 reporter=None, sync: bool = True, scrub: bool = True,
+                 scrub_rate_bytes_per_s: float = limits.scrub_rate_bytes_per_s,
+                 scrub_interval_s: float = limits.scrub_interval_s):
+        if not limits.block_size_min_bytes <= block_size_bytes <= limits.block_size_max_bytes \
+                or block_size_bytes % limits.chunk_size_bytes:
+            raise CisternError(errno.EINVAL, f"block size {block_size_bytes} must be a multiple of "
+                                             f"{limits.chunk_size_bytes} in [{limits.block_size_min_bytes}, "
+                                             f"{limits.block_size_max_bytes}]")
+        self.node_id = node_id
+        self.rpc_address = rpc_address
+        self.data_dir = data_dir
+        self.meta_addresses = tuple(meta_addresses)
+        self.metrics_address = metrics_address
+        self.block_size_bytes = block_size_bytes
+        self.reporter = reporter or NullReporter()
+        self.sync = sync
+        self.scrub = scrub
+        self.scrub_rate_bytes_per_s = scrub_rate_bytes_per_s
+        self.scrub_interval_s = scrub_interval_s
+        self.registry = metrics.new_registry()
+        self.store: BlockStore | None = None
+        self.service: BlockService | None = None
+        self.scrubber: Scrubber | None = None
+        self._grpc = None
+        self._metrics = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Open the store (cleaning up after a crash), serve RPCs and metrics,
+        start the scrubber and the reporter. Raises CisternError when an
+        address is taken or the data directory is unusable."""
+        try:
+            self.store = BlockStore(self.data_dir, sync=self.sync,
+                                    block_size_max_bytes=limits.block_size_max_bytes)
+            self.registry.register(StoreCollector(self.store))
+            self.service = BlockService(self.store, self.node_id, block_size_bytes=self.block_size_bytes,
+                                        registry=self.registry, reporter=self.reporter)
+            self._serve_rpc()
+            if self.metrics_address:
+                self._serve_metrics()
+            if self.scrub:
+                self.scrubber = Scrubber(self.store, self.reporter.block_corrupt,
+                                         rate_bytes_per_s=self.scrub_rate_bytes_per_s,
+                                         interval_s=self.scrub_interval_s)
+                self.scrubber.start()
+            self.reporter.start(self)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("node %s serving blocks on %s from %s", self.node_id, self.rpc_address, self.data_dir)
+
+    def _serve_rpc(self) -> None:
+        self._grpc = grpc.server(ThreadPoolExecutor(grpc_workers_max, thread_name_prefix="blockd-rpc"),
+                                 options=rpc.server_options(limits.wire_message_bytes_max),
+                                 maximum_concurrent_rpcs=grpc_workers_max)
+        add_to_server(self.service, self._grpc)
+        try:
+            port = self._grpc.add_insecure_port(self.rpc_address)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise CisternError(errno.EADDRINUSE, f"cannot listen on {self.rpc_address} (in use?)")
+        self._grpc.start()
+
+    def _serve_metrics(self) -> None:
+        try:
+            self._metrics = metrics.start_metrics_server(self.metrics_address, self.registry)
+        except OSError as e:
+            raise CisternError(e.errno or errno.EADDRINUSE,
+                               f"cannot serve metrics on {self.metrics_address}: {e.strerror}") from None
+
+    def stop(self) -> None:
+        """Stop the reporter, serving, the scrubber, then close the store. Idempotent."""
+        with self._stop_lock:
+            if self.service is not None:
+                self.reporter.stop()
+            if self._grpc is not None:
+                self._grpc.stop(grpc_stop_grace_s).wait(grpc_stop_grace_s + 1)
+                self._grpc = None
+            if self._metrics is not None:
+                self._metrics.stop()
+                self._metrics = None
+            if self.scrubber is not None:
+                self.scrubber.stop()
+                self.scrubber = None
+            if self.service is not None:
+                self.service.peers.close()
+                self.service = None
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            self._stopped.set()
+
+    def run_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop cleanly. Main thread only."""
+        stop_requested = threading.Event()
+
+        def on_signal(signum, frame):
+            log.info("node %s: signal %d, stopping", self.node_id, signum)
+            stop_requested.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not stop_requested.is_set() and not self._stopped.is_set():
+                stop_requested.wait(0.5)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+
+# -- command-line wiring (cli/node.py calls these) -----------------------------------
+
+def add_node_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id", required=True, help="this node's id, e.g. n1")
+    p.add_argument("--data", required=True, metavar="DIR", help="this node's data directory")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="block service address")
+    p.add_argument("--meta", default="", metavar="ADDRS",
+                   help="comma-separated metadata addresses (for registration and reports, once built)")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT", help="Prometheus metrics address")
+    p.add_argument("--block-size", type=int, default=limits.block_size_default_bytes, metavar="BYTES",
+                   help=f"the block size this node expects (default {limits.block_size_default_bytes})")
+    p.add_argument("--scrub-rate", type=float, default=limits.scrub_rate_bytes_per_s, metavar="BYTES_PER_S",
+                   help="the scrubber's read bandwidth at most")
+    p.add_argument("--no-scrub", action="store_true", help="do not re-verify blocks in the background")
+
+
+def run_node(args) -> int:
+    """Run one node in the foreground from parsed ``add_node_arguments`` flags.
+    Raises CisternError when it cannot start (cli prints it and exits 1)."""
+    meta = tuple(a.strip() for a in args.meta.split(",") if a.strip())
+    server = NodeServer(args.id, args.listen, args.data, meta_addresses=meta,
+                        metrics_address=args.metrics, block_size_bytes=args.block_size,
+                        scrub=not args.no_scrub, scrub_rate_bytes_per_s=args.scrub_rate)
+    server.start()
+    server.run_forever()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A stand-alone entry (``python -P -c "from cistern.blockstore.server import
+    main; main()"``) for tests and tools until cli wires ``cistern node``."""
+    p = argparse.ArgumentParser(prog="blockd")
+    p.add_argument("--log-level", default=os.environ.get("CISTERN_LOG", "WARNING"))
+    add_node_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run_node(args)
+    except CisternError as e:
+        print(f"blockd: {e.message}", file=sys.stderr)
+        return 1

@@ -1,0 +1,150 @@
+"""Storage nodes for tests: in-process (``local_node``) or real processes
+(``NodeCluster``).
+
+``NodeCluster(tmpdir, n=3)`` starts n blockd processes on free loopback ports
+(through ``server.main`` in ``python -P``, so the repository root never lands
+on sys.path), waits until each answers Stat, and lets a test kill and restart
+them. Every process it starts is stopped by ``stop_all()`` (also on context
+exit), and killed by the kernel if the test process dies first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cistern.blockstore.client import BlockClient
+from cistern.core.errors import CisternError
+from cistern.metadata.proc_testing import _die_with_parent, free_port
+
+start_timeout_s = 20.0
+stop_grace_s = 5.0
+
+_ENTRY = "import sys; from cistern.blockstore.server import main; sys.exit(main(sys.argv[1:]))"
+
+
+def local_node(data_dir: str, node_id: str = "n1", **kwargs):
+    """A started in-process ``NodeServer`` on a free loopback port (unsynced,
+    no scrubber unless asked); the caller stops it."""
+    from cistern.blockstore.server import NodeServer
+
+    kwargs.setdefault("sync", False)
+    kwargs.setdefault("scrub", False)
+    server = NodeServer(node_id, f"127.0.0.1:{free_port()}", data_dir, **kwargs)
+    server.start()
+    return server
+
+
+class NodeCluster:
+    def __init__(self, tmpdir, n: int = 3, *, block_size_bytes: int | None = None,
+                 log_level: str = "INFO", start: bool = True, extra_args=()):
+        assert n >= 1
+        self.tmpdir = str(tmpdir)
+        self.log_level = log_level
+        self.block_size_bytes = block_size_bytes
+        self.extra_args = list(extra_args)
+        self.nodes = []
+        for i in range(n):
+            node_id = f"n{i + 1}"
+            self.nodes.append({"id": node_id, "rpc": f"127.0.0.1:{free_port()}",
+                               "metrics": f"127.0.0.1:{free_port()}",
+                               "data": os.path.join(self.tmpdir, node_id),
+                               "log": os.path.join(self.tmpdir, f"{node_id}.log"), "pid": None})
+        self.procs: list[subprocess.Popen | None] = [None] * n
+        self.client = BlockClient()
+        if start:
+            self.start()
+
+    @property
+    def addresses(self) -> list[str]:
+        return [node["rpc"] for node in self.nodes]
+
+    def _argv(self, i: int) -> list[str]:
+        me = self.nodes[i]
+        argv = [sys.executable, "-P", "-c", _ENTRY, "--log-level", self.log_level, "--id", me["id"],
+                "--data", me["data"], "--listen", me["rpc"], "--metrics", me["metrics"]]
+        if self.block_size_bytes:
+            argv += ["--block-size", str(self.block_size_bytes)]
+        return argv + self.extra_args
+
+    def start(self, timeout_s: float = start_timeout_s) -> None:
+        for i in range(len(self.nodes)):
+            self.restart(i, wait=False)
+        for i in range(len(self.nodes)):
+            self.wait_serving(i, timeout_s)
+
+    def restart(self, i: int, *, wait: bool = True) -> None:
+        proc = self.procs[i]
+        assert proc is None or proc.poll() is not None, f"{self.nodes[i]['id']} is still running"
+        me = self.nodes[i]
+        os.makedirs(me["data"], exist_ok=True)
+        with open(me["log"], "ab") as log:
+            self.procs[i] = subprocess.Popen(self._argv(i), stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, cwd=self.tmpdir,
+                                             start_new_session=True, preexec_fn=_die_with_parent)
+        me["pid"] = self.procs[i].pid
+        if wait:
+            self.wait_serving(i)
+
+    def wait_serving(self, i: int, timeout_s: float = start_timeout_s) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            proc = self.procs[i]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.nodes[i]['id']} exited with {proc.returncode}:\n{self.log_tail(i)}")
+            try:
+                return self.client.stat(self.nodes[i]["rpc"], timeout_s=1.0)
+            except CisternError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.nodes[i]['id']} not serving:\n{self.log_tail(i)}") from None
+                time.sleep(0.05)
+
+    def alive(self, i: int) -> bool:
+        proc = self.procs[i]
+        return proc is not None and proc.poll() is None
+
+    def kill(self, i: int, sig: int = signal.SIGKILL, timeout_s: float = stop_grace_s) -> int | None:
+        proc = self.procs[i]
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else None
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop_all(self) -> list:
+        """SIGTERM every node, SIGKILL whatever outlives the grace period;
+        returns the exit codes."""
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + stop_grace_s
+        for proc in self.procs:
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.client.close()
+        return [proc.returncode if proc else None for proc in self.procs]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_all()
+
+    def log_tail(self, i: int, n_bytes: int = 4000) -> str:
+        try:
+            with open(self.nodes[i]["log"], "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - n_bytes))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
