@@ -86,6 +86,8 @@ def check_block_id(block_id) -> bytes:
 def aligned_range(offset: int, length: int, chunk_size_bytes: int = limits.chunk_size_bytes) -> tuple[int, int]:
     """The sub-chunk-aligned [start, end) covering [offset, offset+length)."""
     start = offset - offset % chunk_size_bytes
+    if length == 0:
+        return start, start
     end = -(-(offset + length) // chunk_size_bytes) * chunk_size_bytes
     return start, end
 
@@ -360,7 +362,8 @@ class BlockStore:
 
     def verify(self, block_id) -> str:
         """'' when the block's file matches its index entry in full, else
-        what is wrong (a one-line description). Raises ENOENT when unknown."""
+        what is wrong (a one-line description). Raises ENOENT when unknown,
+        EINVAL for a bad id."""
         try:
             info, chunks = self.read_chunks(block_id)
             hasher = xxhash.xxh3_128()
@@ -369,7 +372,7 @@ class BlockStore:
                 hasher.update(data)
                 size += len(data)
         except CisternError as e:
-            if e.errno == errno.ENOENT:
+            if e.errno not in (errno.EBADMSG, errno.EIO):
                 raise
             return e.message
         if size != info.length or os.path.getsize(self.block_path(info.block_id)) != info.length:

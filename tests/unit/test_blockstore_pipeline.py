@@ -1,0 +1,32 @@
+"""The pipeline's pure parts: which replicas a reply says stored a block."""
+
+import errno
+
+from cistern.blockstore.pipeline import ReplicaResult, check_targets, merge_results, results_after_failure
+from cistern.blockstore.proto import blockstore_pb2 as pb
+
+
+def test_a_failed_first_target_means_the_rest_were_never_reached():
+    assert results_after_failure(["a:1", "b:2", "c:3"], errno.EAGAIN, "down") == [
+        ReplicaResult("a:1", errno=errno.EAGAIN, message="down"),
+        ReplicaResult("b:2", errno=errno.ECANCELED, message="not reached: a:1 failed upstream"),
+        ReplicaResult("c:3", errno=errno.ECANCELED, message="not reached: a:1 failed upstream"),
+    ]
+
+
+def test_reply_entries_are_named_by_our_targets_and_missing_ones_count_as_failed():
+    reply = pb.WriteReply(replicas=[pb.ReplicaResult(node_id="n2"),
+                                    pb.ReplicaResult(address="x", errno=errno.EAGAIN, message="down")])
+    got = merge_results(["b:2", "c:3", "d:4"], reply)
+    assert got[0] == ReplicaResult("b:2", "n2") and got[0].ok
+    assert got[1] == ReplicaResult("c:3", "", errno.EAGAIN, "down")
+    assert got[2].address == "d:4" and got[2].errno == errno.EIO
+
+
+def test_target_lists_are_checked():
+    assert check_targets([]) == ""
+    assert check_targets(["127.0.0.1:5", "[::1]:6"]) == ""
+    assert "HOST:PORT" in check_targets(["nohost"])
+    assert "HOST:PORT" in check_targets(["h:port"])
+    assert "twice" in check_targets(["h:1", "h:1"])
+    assert "pipeline_depth_max" in check_targets([f"h:{i}" for i in range(1, 20)])

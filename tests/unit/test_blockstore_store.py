@@ -1,0 +1,251 @@
+"""The block store on a real disk (tmp_path): what is written is what is
+read, bad bytes are refused and leave nothing, corruption on disk is caught,
+and what a crash leaves behind is cleaned at reopen."""
+
+import errno
+import os
+
+import pytest
+
+from cistern.blockstore import limits
+from cistern.blockstore.store import (STATE_WRITING, BlockInfo, BlockStore, aligned_range, block_checksum,
+                                      chunk_checksums, encode_entry)
+from cistern.core.errors import CisternError
+
+CHUNK = limits.chunk_size_bytes
+
+
+def block(n_bytes: int, seed: int = 1) -> bytes:
+    return (bytes(range(256)) * (n_bytes // 256 + 1))[seed:seed + n_bytes]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = BlockStore(str(tmp_path / "node"), sync=False)
+    yield s
+    s.close()
+
+
+def files_under(path) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+
+
+def block_files(store) -> list[str]:
+    return files_under(store.blocks_dir) + files_under(store.tmp_dir)
+
+
+def test_written_block_reads_back_whole_and_by_range_and_is_listed(store):
+    data = block(5 * CHUNK + 1234)
+    bid = os.urandom(16)
+    info = store.put(bid, data, created_s=1700000000.5)
+    assert (info.length, info.checksum, info.state_name, info.created_s) == \
+        (len(data), block_checksum(data), "final", 1700000000.5)
+    assert list(info.chunk_checksums) == chunk_checksums(data) and len(info.chunk_checksums) == 6
+    assert store.read(bid) == data
+    for offset, length in [(0, 1), (CHUNK - 1, 2), (100, 3 * CHUNK), (5 * CHUNK, 1234), (len(data) - 1, 10),
+                           (len(data), 5), (7, 0)]:
+        assert store.read(bid, offset, length) == data[offset:offset + length], (offset, length)
+    assert store.list() == [(bid, len(data))]
+    assert store.capacity()["used_bytes"] == len(data) and store.capacity()["block_count"] == 1
+    assert store.verify(bid) == ""
+
+
+def test_a_range_past_the_end_is_refused(store):
+    bid = os.urandom(16)
+    store.put(bid, block(100), created_s=0)
+    with pytest.raises(CisternError) as e:
+        store.read(bid, 101, 1)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_delete_forgets_the_block_and_is_idempotent(store):
+    bid = os.urandom(16)
+    store.put(bid, block(3 * CHUNK), created_s=0)
+    assert store.delete(bid) is True
+    assert store.delete(bid) is False
+    with pytest.raises(CisternError) as e:
+        store.read(bid)
+    assert e.value.errno == errno.ENOENT
+    assert store.info(bid, missing_ok=True) is None
+    assert block_files(store) == [] and store.list() == []
+    assert store.capacity()["used_bytes"] == 0
+
+
+def test_a_wrong_sub_chunk_checksum_is_refused_and_leaves_nothing(store):
+    data = block(3 * CHUNK)
+    sums = chunk_checksums(data)
+    sums[1] ^= 1
+    bid = os.urandom(16)
+    with pytest.raises(CisternError) as e:
+        store.put(bid, data, created_s=0, chunk_sums=sums)
+    assert e.value.errno == errno.EBADMSG and "sub-chunk 1" in e.value.message
+    assert store.info(bid, missing_ok=True) is None and block_files(store) == []
+    store.put(bid, data, created_s=0)   # the id is free again for a good write
+    assert store.read(bid) == data
+
+
+def test_a_wrong_whole_checksum_is_refused_and_leaves_nothing(store):
+    data = block(CHUNK + 5)
+    bid = os.urandom(16)
+    with pytest.raises(CisternError) as e:
+        store.put(bid, data, created_s=0, checksum=block_checksum(b"other"))
+    assert e.value.errno == errno.EBADMSG
+    assert store.info(bid, missing_ok=True) is None and block_files(store) == []
+
+
+def test_fewer_or_more_bytes_than_announced_are_refused(store):
+    data = block(2 * CHUNK)
+    bid = os.urandom(16)
+    writer = store.begin_write(bid, len(data), block_checksum(data), chunk_checksums(data), created_s=0)
+    with writer:
+        writer.write(data[:CHUNK])
+        with pytest.raises(CisternError) as e:
+            writer.commit()
+    assert e.value.errno == errno.EINVAL and "stream ended after 65536 of 131072" in e.value.message
+    writer = store.begin_write(bid, len(data), block_checksum(data), chunk_checksums(data), created_s=0)
+    with pytest.raises(CisternError) as e:
+        writer.write(data + b"x")
+    assert e.value.errno == errno.EINVAL
+    assert store.info(bid, missing_ok=True) is None and block_files(store) == []
+
+
+def test_an_existing_id_takes_the_same_bytes_again_but_not_other_bytes(store):
+    bid = os.urandom(16)
+    store.put(bid, block(1000), created_s=0)
+    store.put(bid, block(1000), created_s=5)          # a retried write: a no-op
+    assert store.info(bid).created_s == 0
+    with pytest.raises(CisternError) as e:
+        store.put(bid, block(1000, seed=2), created_s=0)
+    assert e.value.errno == errno.EEXIST
+    assert store.read(bid) == block(1000)
+
+
+def test_the_same_id_cannot_be_written_twice_at_once(store):
+    bid = os.urandom(16)
+    data = block(10)
+    first = store.begin_write(bid, 10, block_checksum(data), chunk_checksums(data), created_s=0)
+    with pytest.raises(CisternError) as e:
+        store.begin_write(bid, 10, block_checksum(data), chunk_checksums(data), created_s=0)
+    assert e.value.errno == errno.EBUSY
+    first.abort()
+
+
+@pytest.mark.parametrize("bad_id", [b"", b"x" * 15, b"x" * 17, "0" * 16, None])
+def test_invalid_block_ids_are_einval_everywhere(store, bad_id):
+    for call in (lambda: store.put(bad_id, b"abc", created_s=0), lambda: store.read(bad_id),
+                 lambda: store.info(bad_id), lambda: store.delete(bad_id), lambda: store.verify(bad_id)):
+        with pytest.raises(CisternError) as e:
+            call()
+        assert e.value.errno == errno.EINVAL
+
+
+def test_bad_headers_are_refused(store):
+    data = block(CHUNK + 1)
+    bid = os.urandom(16)
+    cases = [(len(data), block_checksum(data)[:8], chunk_checksums(data), errno.EINVAL),
+             (len(data), block_checksum(data), chunk_checksums(data)[:1], errno.EINVAL),
+             (-1, block_checksum(data), [], errno.EINVAL),
+             (limits.block_size_max_bytes + CHUNK, block_checksum(data), [0] * (limits.chunk_checksums_max + 1),
+              errno.E2BIG)]
+    for length, checksum, sums, err in cases:
+        with pytest.raises(CisternError) as e:
+            store.begin_write(bid, length, checksum, sums, created_s=0)
+        assert e.value.errno == err
+    assert block_files(store) == [] and store.info(bid, missing_ok=True) is None
+
+
+def test_a_flipped_byte_on_disk_fails_reads_of_that_range_and_verify(store):
+    data = block(4 * CHUNK)
+    bid = os.urandom(16)
+    store.put(bid, data, created_s=0)
+    flip_at = 2 * CHUNK + 77
+    with open(store.block_path(bid), "r+b") as f:
+        f.seek(flip_at)
+        original = f.read(1)
+        f.seek(flip_at)
+        f.write(bytes([original[0] ^ 0xFF]))
+    with pytest.raises(CisternError) as e:
+        store.read(bid, 2 * CHUNK, 10)
+    assert e.value.errno == errno.EBADMSG and "sub-chunk 2" in e.value.message
+    with pytest.raises(CisternError):
+        store.read(bid)
+    # Ranges that do not touch the bad sub-chunk still read.
+    assert store.read(bid, 0, 2 * CHUNK) == data[:2 * CHUNK]
+    assert store.read(bid, 3 * CHUNK) == data[3 * CHUNK:]
+    assert "sub-chunk 2" in store.verify(bid)
+    assert store.checksum_failures >= 3
+    moved = store.quarantine(bid)
+    assert moved and os.path.dirname(moved) == store.quarantine_dir
+    assert store.info(bid, missing_ok=True) is None and store.list() == []
+
+
+def test_a_truncated_block_file_is_caught(store):
+    bid = os.urandom(16)
+    store.put(bid, block(3 * CHUNK), created_s=0)
+    os.truncate(store.block_path(bid), 2 * CHUNK + 5)
+    assert store.verify(bid) != ""
+    with pytest.raises(CisternError) as e:
+        store.read(bid, 2 * CHUNK, 10)
+    assert e.value.errno == errno.EIO
+
+
+def test_reopen_keeps_final_blocks_and_drops_crash_leftovers(tmp_path):
+    path = str(tmp_path / "node")
+    s = BlockStore(path, sync=True)
+    kept, half, renamed = os.urandom(16), os.urandom(16), os.urandom(16)
+    s.put(kept, block(2 * CHUNK), created_s=3)
+    # A crash mid-write: a temp file and an index entry in state writing.
+    writer = s.begin_write(half, 100, block_checksum(block(100)), chunk_checksums(block(100)), created_s=0)
+    writer.write(block(50))
+    # A crash after the rename but before the final index entry.
+    entry = BlockInfo(renamed, 10, block_checksum(block(10)), tuple(chunk_checksums(block(10))), STATE_WRITING, 0)
+    with s.env.begin(write=True, db=s.db) as txn:
+        txn.put(renamed, encode_entry(entry))
+    os.makedirs(os.path.dirname(s.block_path(renamed)), exist_ok=True)
+    with open(s.block_path(renamed), "wb") as f:
+        f.write(block(10))
+    # A block file nobody indexed (its index entry never reached the disk).
+    stray = os.urandom(16)
+    os.makedirs(os.path.dirname(s.block_path(stray)), exist_ok=True)
+    with open(s.block_path(stray), "wb") as f:
+        f.write(b"stray")
+    s.env.sync(True)
+    s.close()   # no abort: as if the process died here
+
+    s = BlockStore(path, sync=True)
+    try:
+        assert s.recovered == {"tmp_files": 1, "writing_entries": 2, "unindexed_files": 1, "missing_files": 0}
+        assert s.list() == [(kept, 2 * CHUNK)]
+        assert s.read(kept) == block(2 * CHUNK) and s.info(kept).created_s == 3
+        assert files_under(s.tmp_dir) == [] and len(files_under(s.blocks_dir)) == 1
+        assert s.capacity()["block_count"] == 1
+        s.put(half, block(100), created_s=0)   # the half-written id is free again
+        assert s.read(half) == block(100)
+    finally:
+        s.close()
+
+
+def test_an_indexed_block_whose_file_vanished_is_dropped_at_reopen(tmp_path):
+    path = str(tmp_path / "node")
+    s = BlockStore(path, sync=False)
+    bid = os.urandom(16)
+    s.put(bid, block(10), created_s=0)
+    os.unlink(s.block_path(bid))
+    s.env.sync(True)
+    s.close()
+    s = BlockStore(path, sync=False)
+    assert s.recovered["missing_files"] == 1 and s.list() == []
+    s.close()
+
+
+def test_aligned_range_covers_whole_sub_chunks():
+    assert aligned_range(0, 1) == (0, CHUNK)
+    assert aligned_range(CHUNK - 1, 2) == (0, 2 * CHUNK)
+    assert aligned_range(CHUNK, CHUNK) == (CHUNK, 2 * CHUNK)
+    assert aligned_range(5, 0) == (0, 0)
+
+
+def test_an_empty_block_is_a_block(store):
+    bid = os.urandom(16)
+    store.put(bid, b"", created_s=0)
+    assert store.read(bid) == b"" and store.verify(bid) == "" and store.list() == [(bid, 0)]
