@@ -77,8 +77,10 @@ class NodeServer:
         start the scrubber and the reporter. Raises CisternError when an
         address is taken or the data directory is unusable."""
         try:
-            self.store = BlockStore(self.data_dir, sync=self.sync,
-                                    block_size_max_bytes=limits.block_size_max_bytes)
+            # The configured block size is also the longest block this node
+            # takes: a writer with another idea of the cluster's block size
+            # gets a clear INVALID_ARGUMENT instead of odd-sized blocks.
+            self.store = BlockStore(self.data_dir, sync=self.sync, block_size_max_bytes=self.block_size_bytes)
             self.registry.register(StoreCollector(self.store))
             self.service = BlockService(self.store, self.node_id, block_size_bytes=self.block_size_bytes,
                                         registry=self.registry, reporter=self.reporter)
