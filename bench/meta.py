@@ -3,7 +3,9 @@ NNThroughputBenchmark measure it.
 
 ``run(config)`` runs the workload (``workloads.py``) against the main
 target, then any ``--compare`` baselines, and, with ``--baseline-loop`` on a
-``path:``/``mount:`` target, the bare loop of the same os calls; at each
+``path:``/``mount:`` target, the bare loop of the same os calls (in the
+same client processes, each phase's bare turn right before or after the
+harness's, on a second tree); at each
 ``--sweep`` point in turn. It returns the JSON record documented in
 ``report.py``. Starting a cluster for ``--via api`` is the caller's job
 (``cli/bench.py``): this package does not import the command line.
@@ -97,8 +99,6 @@ def _targets(config: Config) -> list[tuple[str, str, str]]:
                     out.append((f"raft:{part}", role, suffix))
             else:
                 out.append((f"{kind}:{arg}" if arg else kind, role, suffix))
-    if config.baseline_loop:
-        out.append((out[0][0], "bare-loop", "-bare"))
     return out
 
 
@@ -112,7 +112,7 @@ def run_one(config: Config, target: str, role: str, shape: Shape, progress) -> d
     if target == "raft:group":
         return direct.run_replica_group(shape, config.inflight, plan, progress=progress, label=label)
     return runner.run_target(kind, arg, config.cluster, shape, config.inflight, plan, keep=config.keep,
-                             bare=(role == "bare-loop"), progress=progress, label=label)
+                             paired=config.baseline_loop and role == "main", progress=progress, label=label)
 
 
 def run(config: Config, *, argv: list[str] | None = None, progress: runner.Progress | None = None) -> dict:
@@ -136,10 +136,13 @@ def run(config: Config, *, argv: list[str] | None = None, progress: runner.Progr
                 shape = Shape(clients, files, config.depth, config.fanout, config.shared_dir, run_id, config.seed)
                 outcome = run_one(config, target, role, shape, progress)
                 kind, arg = runner.parse_target(target)
-                results.append({"target": target, "role": role, "sweep_value": value, "clients": clients,
-                                "files_per_client": files, "inflight": config.inflight,
-                                "fs_type": report.fs_type(arg) if kind in ("path", "mount") else None,
-                                "interrupted": outcome["interrupted"], "phases": outcome["phases"]})
+                common = {"target": target, "sweep_value": value, "clients": clients, "files_per_client": files,
+                          "inflight": config.inflight,
+                          "fs_type": report.fs_type(arg) if kind in ("path", "mount") else None,
+                          "interrupted": outcome["interrupted"]}
+                results.append({**common, "role": role, "phases": outcome["phases"]})
+                if outcome.get("bare_phases"):
+                    results.append({**common, "role": "bare-loop", "phases": outcome["bare_phases"]})
                 if outcome["interrupted"]:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:

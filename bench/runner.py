@@ -30,6 +30,7 @@ parent returns a partial result marked ``interrupted``.
 
 from __future__ import annotations
 
+import collections
 import functools
 import multiprocessing
 import os
@@ -46,6 +47,7 @@ start_timeout_s = 300.0          # spawning, importing and connecting N clients 
 phase_timeout_s = 3600.0         # one phase, before the parent gives up on a silent client
 poll_interval_s = 0.2            # progress refresh and liveness checks
 progress_every_ops = 256         # how often a client publishes its count and checks the stop flag
+paired_chunk_ops = 512           # --baseline-loop: operations per turn of the harness and of the bare loop
 
 
 class Interrupted(Exception):
@@ -115,27 +117,31 @@ class Progress:
 
 
 def _sync_loop(calls, stop, prog, slot, base_done):
-    """One operation at a time: [(fn, args), ...] -> (done, errors, first, lat)."""
+    """One operation at a time: [(fn, args), ...] -> (done, errors, first, lat).
+    One clock read per operation: an operation's latency is the time from
+    the previous one's end to its own end (the loop's own few tens of ns
+    included), so timing costs the harness as little as possible."""
     pc = time.perf_counter_ns
-    lat: list[int] = []
-    append = lat.append
+    stamps = [pc()]
+    append = stamps.append
     errors = 0
     first = None
     done = 0
-    for fn, args in calls:
-        t0 = pc()
-        try:
-            fn(*args)
-        except OSError as e:
-            errors += 1
-            if first is None:
-                first = str(e)
-        append(pc() - t0)
-        done += 1
-        if not done % progress_every_ops:
-            prog[slot] = base_done + done
-            if stop.value:
-                break
+    n = len(calls)
+    for chunk_start in range(0, n, progress_every_ops):
+        for fn, args in calls[chunk_start:chunk_start + progress_every_ops]:
+            try:
+                fn(*args)
+            except OSError as e:
+                errors += 1
+                if first is None:
+                    first = str(e)
+            append(pc())
+        done = min(n, chunk_start + progress_every_ops)
+        prog[slot] = base_done + done
+        if stop.value:
+            break
+    lat = [b - a for a, b in zip(stamps, stamps[1:])]
     return done, errors, first, lat
 
 
@@ -317,54 +323,126 @@ def _client_main(spec, barrier, step_barrier, stop, prog, results):
         results.put({"client": k, "fatal": f"client {k} could not start: {e!r}"})
         return
     results.put({"client": k, "ready": True})
-    shape = Shape(**spec["shape"])
+    # With --baseline-loop, the harness on one tree and the bare loop on
+    # another take turns every ``paired_chunk_ops`` operations in the same
+    # process, so both see the same moments of a shared, noisy machine.
+    halves = [("harness", Shape(**spec["shape"]))]
+    if spec["paired"]:
+        halves.append(("bare", Shape(**spec["bare_shape"])))
     try:
-        for phase, renamed in spec["plan"]:
+        for index, (phase, renamed) in enumerate(spec["plan"]):
             barrier.wait()
             if stop.value:
                 break
-            prog[k] = 0
-            steps = [driver.calls(step) for step in workloads.steps(shape, phase, k, renamed=renamed)]
-            ops = errors = 0
-            first = None
-            lats: list[int] = []
-            start = time.monotonic_ns()
-            for i, calls in enumerate(steps):
-                if i and spec["bare"] is False and shape.shared_dir:
-                    step_barrier.wait()       # a level needs its parents, made by every client
-                if stop.value:
-                    break
-                if spec["bare"]:
-                    n, e, f = _bare_loop(calls)
-                    lat = []
-                else:
-                    n, e, f, lat = driver.run(calls, spec["inflight"], stop, prog, k, ops)
-                ops += n
-                errors += e
-                first = first or f
-                lats.extend(lat)
-            end = time.monotonic_ns()
-            prog[k] = ops
-            results.put({"client": k, "phase": phase, "ops": ops, "errors": errors, "first_error": first,
-                         "start_ns": start, "end_ns": end, "hist": report.histogram(lats),
-                         "sum_ns": sum(lats), "max_ns": max(lats, default=0), "stopped": bool(stop.value)})
+            if len(halves) == 1:
+                results.put({"client": k, "which": "harness",
+                             **_run_phase(driver, spec, halves[0][1], phase, renamed, False,
+                                          step_barrier, stop, prog, k)})
+            else:
+                harness, bare = _run_paired(driver, spec, halves[0][1], halves[1][1], phase, renamed, index,
+                                            step_barrier, stop, prog, k)
+                results.put({"client": k, "which": "harness", **harness})
+                results.put({"client": k, "which": "bare", **bare})
     except threading.BrokenBarrierError:
         pass
     finally:
         driver.close()
 
 
-def _bare_loop(calls):
-    """The reference: the same calls in a plain loop, nothing measured per
-    operation. An error ends the step (it is counted)."""
-    n = 0
+def _run_phase(driver, spec, shape, phase, renamed, bare, step_barrier, stop, prog, k) -> dict:
+    prog[k] = 0
+    steps = [driver.calls(step) for step in workloads.steps(shape, phase, k, renamed=renamed)]
+    if bare:
+        steps = [_bare_prepare(calls) for calls in steps]
+    ops = errors = 0
+    first = None
+    lats: list[int] = []
+    start = time.monotonic_ns()
+    for i, calls in enumerate(steps):
+        if i and shape.shared_dir:
+            step_barrier.wait()       # a level needs its parents, made by every client
+        if stop.value:
+            break
+        if bare:
+            n, e, f, lat = _bare_loop(*calls) + ([],)
+        else:
+            n, e, f, lat = driver.run(calls, spec["inflight"], stop, prog, k, ops)
+        ops += n
+        errors += e
+        first = first or f
+        lats.extend(lat)
+    end = time.monotonic_ns()
+    prog[k] = ops
+    return {"phase": phase, "ops": ops, "errors": errors, "first_error": first,
+            "start_ns": start, "end_ns": end, "hist": report.histogram(lats),
+            "sum_ns": sum(lats), "max_ns": max(lats, default=0), "stopped": bool(stop.value)}
+
+
+def _run_paired(driver, spec, shape, bare_shape, phase, renamed, index, step_barrier, stop, prog, k):
+    """The harness and the bare loop in turns of ``paired_chunk_ops``
+    operations (which goes first alternates); each side's ``busy_ns`` is the
+    time spent in its own turns."""
+    sides = [{"phase": phase, "ops": 0, "errors": 0, "first_error": None, "lats": [], "busy_ns": 0}
+             for _ in range(2)]
+    h_steps = [driver.calls(step) for step in workloads.steps(shape, phase, k, renamed=renamed)]
+    b_steps = [_bare_prepare(driver.calls(step)) for step in workloads.steps(bare_shape, phase, k, renamed=renamed)]
+    prog[k] = 0
+    clock = time.monotonic_ns
+    start = clock()
+    turn = index % 2
+    for i, (calls, (fn, items, single)) in enumerate(zip(h_steps, b_steps)):
+        if i and shape.shared_dir:
+            step_barrier.wait()
+        for c in range(0, len(calls), paired_chunk_ops):
+            turn ^= 1
+            for side in ((0, 1) if turn else (1, 0)):
+                t0 = clock()
+                if side == 0:
+                    n, e, f, lat = driver.run(calls[c:c + paired_chunk_ops], spec["inflight"], stop, prog, k,
+                                              sides[0]["ops"])
+                    sides[0]["lats"].extend(lat)
+                else:
+                    n, e, f = _bare_loop(fn, items[c:c + paired_chunk_ops], single)
+                sides[side]["busy_ns"] += clock() - t0
+                sides[side]["ops"] += n
+                sides[side]["errors"] += e
+                sides[side]["first_error"] = sides[side]["first_error"] or f
+            if stop.value:
+                break
+        if stop.value:
+            break
+    end = clock()
+    out = []
+    for side in sides:
+        lats = side.pop("lats")
+        out.append({**side, "start_ns": start, "end_ns": end, "hist": report.histogram(lats),
+                    "sum_ns": sum(lats), "max_ns": max(lats, default=0), "stopped": bool(stop.value)})
+    return out
+
+
+def _bare_prepare(calls) -> tuple:
+    """(function, [path, ...] or [args, ...], single-argument?): a step's
+    calls all share one function."""
+    if not calls:
+        return None, [], True
+    single = all(len(args) == 1 for _, args in calls)
+    return calls[0][0], [args[0] if single else args for _, args in calls], single
+
+
+def _bare_loop(fn, items, single) -> tuple:
+    """The reference: the same os calls in the plainest loop, nothing
+    measured per operation. An error ends the step; it is counted and the
+    step's operations all count as tried."""
     try:
-        for fn, args in calls:
-            fn(*args)
-            n += 1
+        if single:
+            for path in items:
+                fn(path)
+        else:
+            for args in items:
+                fn(*args)
     except OSError as e:
-        return n + 1, 1, str(e)
-    return n, 0, None
+        return len(items), 1, str(e)
+    return len(items), 0, None
 
 
 # -- the parent ---------------------------------------------------------------------------
@@ -413,11 +491,14 @@ class Namespace:
 
 
 def run_target(kind: str, base: str | None, cluster: str | None, shape: Shape, inflight: int,
-               plan: list[tuple[str, bool]], *, keep: bool = False, bare: bool = False,
+               plan: list[tuple[str, bool]], *, keep: bool = False, paired: bool = False,
                progress: Progress | None = None, label: str = "") -> dict:
     """Run the phases of ``plan`` (``[(phase, timed), ...]``) with
     ``shape.clients`` client processes. Returns ``{"phases": [phase
-    records of the timed phases], "interrupted": bool}``."""
+    records of the timed phases], "bare_phases": [...], "interrupted":
+    bool}``. ``paired`` (path:/mount: only): each phase also runs as a bare
+    loop of the same os calls on a second tree (run id + ``-bare``), in the
+    same processes right before or after the harness's turn."""
     progress = progress or Progress(False)
     ctx = multiprocessing.get_context("spawn")
     n = shape.clients
@@ -432,19 +513,25 @@ def run_target(kind: str, base: str | None, cluster: str | None, shape: Shape, i
         worker_plan.append((phase, renamed))
         renamed = renamed or phase == "rename"
     shape_dict = {f: getattr(shape, f) for f in shape.__dataclass_fields__}
+    bare_shape = Shape(**{**shape_dict, "run_id": shape.run_id + "-bare"})
+    shapes = [shape, bare_shape] if paired else [shape]
+    per_phase = n * len(shapes)
     procs = [ctx.Process(target=_client_main, daemon=True, name=f"bench-client-{k}",
                          args=({"client": k, "kind": kind, "base": base, "cluster": cluster,
-                                "shape": shape_dict, "plan": worker_plan, "inflight": inflight, "bare": bare},
+                                "shape": shape_dict, "plan": worker_plan, "inflight": inflight, "paired": paired,
+                                "bare_shape": {**shape_dict, "run_id": bare_shape.run_id}},
                                barrier, step_barrier, stop, prog, results))
              for k in range(n)]
     ns = Namespace(kind, base, cluster)
     records: list[dict] = []
+    bare_records: list[dict] = []
     interrupted = False
     renamed = False
     try:
-        ns.makedirs(workloads.run_root(shape))
-        for top in workloads.tops(shape):
-            ns.makedirs(top)
+        for sh in shapes:
+            ns.makedirs(workloads.run_root(sh))
+            for top in workloads.tops(sh):
+                ns.makedirs(top)
         for p in procs:
             p.start()
         _gather(results, procs, n, "ready", progress, label + " starting", prog, 0, stop, start_timeout_s)
@@ -452,24 +539,28 @@ def run_target(kind: str, base: str | None, cluster: str | None, shape: Shape, i
             expected = workloads.expected_ops(shape, phase)
             barrier.wait(start_timeout_s)
             try:
-                parts = _gather(results, procs, n, phase, progress, f"{label} {phase}", prog, expected, stop,
-                                phase_timeout_s)
+                parts = _gather(results, procs, per_phase, phase, progress, f"{label} {phase}", prog, expected,
+                                stop, phase_timeout_s)
             except KeyboardInterrupt:
                 # The clients end the phase at their next check and report what they did.
                 stop.value = 1
                 interrupted = True
-                parts = _gather(results, procs, n, phase, progress, f"{label} {phase} (stopping)", prog,
+                parts = _gather(results, procs, per_phase, phase, progress, f"{label} {phase} (stopping)", prog,
                                 expected, stop, start_timeout_s)
             renamed = renamed or phase == "rename"
             stopped = any(p["stopped"] for p in parts)
             if timed:
                 verify = None
-                if not bare and not stopped:
+                if not stopped:
                     found = ns.count(workloads.tops(shape))
                     want = workloads.expected_tree(shape, phase, renamed)
                     verify = {**found, "expected_dirs": want["dirs"], "expected_files": want["files"],
                               "ok": found == want}
-                records.append(report.phase_record(phase, parts, expected, verify))
+                records.append(report.phase_record(phase, [p for p in parts if p["which"] == "harness"],
+                                                   expected, verify))
+                if paired:
+                    bare_records.append(report.phase_record(phase, [p for p in parts if p["which"] == "bare"],
+                                                            expected, None))
             if stopped:
                 interrupted = True
                 break
@@ -495,11 +586,12 @@ def run_target(kind: str, base: str | None, cluster: str | None, shape: Shape, i
                     p.kill()
                     p.join(5)
         if not keep and not interrupted:
-            for top in workloads.tops(shape):
-                ns.rmdir(top)
-            ns.rmdir(workloads.run_root(shape))
+            for sh in shapes:
+                for top in workloads.tops(sh):
+                    ns.rmdir(top)
+                ns.rmdir(workloads.run_root(sh))
         ns.close()
-    return {"phases": records, "interrupted": interrupted}
+    return {"phases": records, "bare_phases": bare_records, "interrupted": interrupted}
 
 
 def _gather(results, procs, n, what, progress, label, prog, expected, stop, timeout_s):
@@ -509,14 +601,15 @@ def _gather(results, procs, n, what, progress, label, prog, expected, stop, time
     started = time.monotonic()
     deadline = started + timeout_s
     dead_since = None
+    clients = len(procs)
     while len(out) < n:
         try:
             msg = results.get(timeout=poll_interval_s)
         except queue.Empty:
             if expected:
                 progress.update(label, sum(prog[:]), expected, started)
-            got = {m["client"] for m in out}
-            dead = [p.name for k, p in enumerate(procs) if p.exitcode is not None and k not in got]
+            got = collections.Counter(m["client"] for m in out)
+            dead = [p.name for k, p in enumerate(procs) if p.exitcode is not None and got[k] < n // clients]
             if dead:
                 # A message may still be in the pipe: give it a moment before failing.
                 dead_since = dead_since or time.monotonic()
