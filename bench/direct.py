@@ -186,9 +186,9 @@ def run_state_machine(shape: Shape, inflight: int, plan, *, progress=None, label
             part["end_ns"] = time.monotonic_ns()
             progress.done()
             part.update(hist=report.histogram(lats), sum_ns=sum(lats), max_ns=max(lats, default=0))
-            if timed:
-                records.append(report.phase_record(phase, [part], expected,
-                                                   None if interrupted else _verify(m.counts(), base, shape, phase, renamed)))
+            records.append(report.phase_record(phase, [part], expected,
+                                               None if interrupted else _verify(m.counts(), base, shape, phase, renamed),
+                                               timed))
             if interrupted:
                 break
     finally:
@@ -318,7 +318,7 @@ def _drive_group(replica, spec, results, stop, prog) -> None:
             if stop.value:
                 break
         end = time.monotonic_ns()
-        verify = None if (stop.value or not timed) else _verify(s.counts(), base, shape, phase, renamed)
+        verify = None if stop.value else _verify(s.counts(), base, shape, phase, renamed)
         results.put({"phase": phase, "timed": timed, "ops": ops, "errors": errors, "first_error": first,
                      "start_ns": start, "end_ns": end, "hist": report.histogram(lats), "sum_ns": sum(lats),
                      "max_ns": max(lats, default=0), "verify": verify, "stopped": bool(stop.value)})
@@ -378,7 +378,7 @@ def run_replica_group(shape: Shape, inflight: int, plan, *, progress=None, label
                          args=(i, addrs, workdir, spec, claimed, results, stop, prog, finished))
              for i in range(group_members_n)]
     records, interrupted = [], False
-    timed = dict(plan)
+    restore = runner.stop_on_signals(stop)
     try:
         for p in procs:
             p.start()
@@ -388,19 +388,15 @@ def run_replica_group(shape: Shape, inflight: int, plan, *, progress=None, label
         deadline = started + group_timeout_s
         while True:
             try:
-                try:
-                    msg = results.get(timeout=runner.poll_interval_s)
-                except queue.Empty:
-                    if time.monotonic() > deadline or all(p.exitcode is not None for p in procs):
-                        raise RuntimeError("raft:group: the replicas stopped answering")
-                    if not claimed_seen and time.monotonic() - started > 2 * leader_wait_s:
-                        raise RuntimeError("raft:group: no replica became leader and took the workload")
-                    progress.update(f"{label} {current}", prog[0], workloads.expected_ops(shape, current), started)
-                    continue
-            except KeyboardInterrupt:
-                stop.value = 1
-                interrupted = True
-                continue          # the driver reports the phase it was in, then "done"
+                msg = results.get(timeout=runner.poll_interval_s)
+            except queue.Empty:
+                # After Ctrl-C (the stop flag) the driver reports the phase it was in, then "done".
+                if time.monotonic() > deadline or all(p.exitcode is not None for p in procs):
+                    raise RuntimeError("raft:group: the replicas stopped answering")
+                if not claimed_seen and time.monotonic() - started > 2 * leader_wait_s:
+                    raise RuntimeError("raft:group: no replica became leader and took the workload")
+                progress.update(f"{label} {current}", prog[0], workloads.expected_ops(shape, current), started)
+                continue
             if "fatal" in msg:
                 raise RuntimeError(msg["fatal"])
             if "done" in msg:
@@ -409,15 +405,16 @@ def run_replica_group(shape: Shape, inflight: int, plan, *, progress=None, label
                 claimed_seen = True
                 continue
             progress.done()
-            if timed.get(msg["phase"]):
-                records.append(report.phase_record(msg["phase"], [msg], workloads.expected_ops(shape, msg["phase"]),
-                                                   msg["verify"]))
+            records.append(report.phase_record(msg["phase"], [msg], workloads.expected_ops(shape, msg["phase"]),
+                                               msg["verify"], msg["timed"]))
             interrupted = interrupted or msg["stopped"]
             names = [ph for ph, _ in plan]
             i = names.index(msg["phase"]) + 1
             current = names[i] if i < len(names) else current
             started = time.monotonic()
     finally:
+        restore()
+        interrupted = interrupted or bool(stop.value)
         progress.done()
         finished.set()
         for p in procs:

@@ -26,7 +26,9 @@ document against it and the tests use it)::
          "sweep_value": int|null, "clients": int, "files_per_client": int,
          "inflight": int, "fs_type": str|null, "interrupted": bool,
          "phases": [
-            {"phase": str, "ops": int,          # operations attempted (ok + errors)
+            {"phase": str,
+             "timed": bool,                      # false: a set-up/clean-up phase not asked for
+             "ops": int,                         # operations attempted (ok + errors)
              "expected_ops": int,                # what the run asked for
              "errors": int, "first_error": str|null,
              "elapsed_s": float, "ops_per_s": float,
@@ -111,7 +113,7 @@ def latency_summary(counts: dict[int, int], sum_ns: int, max_ns: int) -> dict | 
             "p999": us(percentile_ns(counts, 0.999)), "mean": us(sum_ns / total), "max": us(max_ns)}
 
 
-def phase_record(phase: str, parts: list[dict], expected: int, verify: dict | None) -> dict:
+def phase_record(phase: str, parts: list[dict], expected: int, verify: dict | None, timed: bool = True) -> dict:
     """One phase's result from its clients' parts. A part is what a client
     (or a direct driver) reports: ``ops``, ``errors``, ``first_error``,
     ``start_ns``/``end_ns`` (CLOCK_MONOTONIC, comparable across processes),
@@ -126,7 +128,7 @@ def phase_record(phase: str, parts: list[dict], expected: int, verify: dict | No
     else:
         elapsed = 0.0
     counts = merge(p["hist"] for p in parts)
-    return {"phase": phase, "ops": ops, "expected_ops": expected, "errors": errors,
+    return {"phase": phase, "timed": bool(timed), "ops": ops, "expected_ops": expected, "errors": errors,
             "first_error": first, "elapsed_s": round(elapsed, 6),
             "ops_per_s": round(ops / elapsed, 1) if elapsed > 0 else 0.0,
             "latency_us": latency_summary(counts, sum(p["sum_ns"] for p in parts),
@@ -141,7 +143,7 @@ _NUM = (int, float)
 _OPT_STR = (str, type(None))
 _LATENCY = {"p50": _NUM, "p99": _NUM, "p999": _NUM, "mean": _NUM, "max": _NUM}
 _VERIFY = {"dirs": int, "files": int, "expected_dirs": int, "expected_files": int, "ok": bool}
-_PHASE = {"phase": str, "ops": int, "expected_ops": int, "errors": int, "first_error": _OPT_STR,
+_PHASE = {"phase": str, "timed": bool, "ops": int, "expected_ops": int, "errors": int, "first_error": _OPT_STR,
           "elapsed_s": _NUM, "ops_per_s": _NUM, "latency_us": ("optional", _LATENCY),
           "histogram": [[_NUM]], "verify": ("optional", _VERIFY)}
 _RESULT = {"target": str, "role": str, "sweep_value": (int, type(None)), "clients": int,
@@ -252,8 +254,8 @@ def ratios(results: list[dict]) -> list[dict]:
     out = []
     for main in (r for r in results if r["role"] == "main"):
         for base in (r for r in results if r["role"] == "compare" and r["sweep_value"] == main["sweep_value"]):
-            rates = {p["phase"]: p["ops_per_s"] for p in base["phases"]}
-            for p in main["phases"]:
+            rates = {p["phase"]: p["ops_per_s"] for p in base["phases"] if p["timed"]}
+            for p in (p for p in main["phases"] if p["timed"]):
                 b = rates.get(p["phase"])
                 out.append({"phase": p["phase"], "target": main["target"], "baseline": base["target"],
                             "sweep_value": main["sweep_value"],
@@ -270,7 +272,7 @@ def harness_vs_bare(results: list[dict]) -> list[dict]:
         for r in results:
             if r["role"] in roles and r["sweep_value"] == value:
                 for p in r["phases"]:
-                    if not p["errors"]:
+                    if p["timed"] and not p["errors"]:
                         rates[p["phase"]] = max(rates.get(p["phase"], 0.0), p["ops_per_s"])
         return rates
 
@@ -306,17 +308,20 @@ def table(doc: dict) -> str:
                  + (f", fs {r['fs_type']}" if r.get("fs_type") else "")
                  + (" [INTERRUPTED: partial]" if r["interrupted"] else ""))
         lines.append(head)
-        lines.append(f"{'phase':<12} {'ops':>8} {'ops/s':>11} {'p50':>9} {'p99':>9} {'p999':>9} {'errors':>7}  verify")
+        lines.append(f"{'phase':<14} {'ops':>8} {'ops/s':>11} {'p50':>9} {'p99':>9} {'p999':>9} {'errors':>7}  verify")
         for p in r["phases"]:
             lat = p["latency_us"] or {}
             v = p["verify"]
             check = "-" if v is None else ("ok" if v["ok"] else
                                             f"FAIL dirs {v['dirs']}/{v['expected_dirs']} files {v['files']}/{v['expected_files']}")
             ops = f"{p['ops']}" if p["ops"] == p["expected_ops"] else f"{p['ops']}/{p['expected_ops']}"
-            lines.append(f"{p['phase']:<12} {ops:>8} {p['ops_per_s']:>11.1f} {_fmt_us(lat.get('p50')):>9} "
+            name = p["phase"] if p["timed"] else f"({p['phase']})"
+            lines.append(f"{name:<14} {ops:>8} {p['ops_per_s']:>11.1f} {_fmt_us(lat.get('p50')):>9} "
                          f"{_fmt_us(lat.get('p99')):>9} {_fmt_us(lat.get('p999')):>9} {p['errors']:>7}  {check}")
             if p["errors"] and p["first_error"]:
                 lines.append(f"{'':<12} first error: {p['first_error']}")
+        if not all(p["timed"] for p in r["phases"]):
+            lines.append("(phase): set-up or clean-up the asked phases needed; run, checked, not asked for")
         lines.append("")
     if doc["compare"]:
         lines.append("== ratios (ops/s of the target / ops/s of the baseline)")
@@ -354,7 +359,7 @@ def plot(doc: dict, out_path: str) -> None:
         for target, role in keys:
             rows = sorted((r for r in results if (r["target"], r["role"]) == (target, role)),
                           key=lambda r: r["sweep_value"])
-            for phase in [p["phase"] for p in rows[0]["phases"]] if rows else []:
+            for phase in [p["phase"] for p in rows[0]["phases"] if p["timed"]] if rows else []:
                 xs = [r["sweep_value"] for r in rows]
                 ys = [next((p["ops_per_s"] for p in r["phases"] if p["phase"] == phase), 0.0) for r in rows]
                 ax.plot(xs, ys, marker="o", label=f"{phase} ({target})")
@@ -364,11 +369,11 @@ def plot(doc: dict, out_path: str) -> None:
         phases = []
         for r in results:
             for p in r["phases"]:
-                if p["phase"] not in phases:
+                if p["timed"] and p["phase"] not in phases:
                     phases.append(p["phase"])
         width = 0.8 / max(1, len(results))
         for i, r in enumerate(results):
-            rates = {p["phase"]: p["ops_per_s"] for p in r["phases"]}
+            rates = {p["phase"]: p["ops_per_s"] for p in r["phases"] if p["timed"]}
             ax.bar([j + i * width for j in range(len(phases))], [rates.get(ph, 0.0) for ph in phases],
                    width, label=f"{r['target']} ({r['role']})")
         ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(phases))])

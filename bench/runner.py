@@ -332,8 +332,6 @@ def _client_main(spec, barrier, step_barrier, stop, prog, results):
     try:
         for index, (phase, renamed) in enumerate(spec["plan"]):
             barrier.wait()
-            if stop.value:
-                break
             if len(halves) == 1:
                 results.put({"client": k, "which": "harness",
                              **_run_phase(driver, spec, halves[0][1], phase, renamed, False,
@@ -343,10 +341,22 @@ def _client_main(spec, barrier, step_barrier, stop, prog, results):
                                             step_barrier, stop, prog, k)
                 results.put({"client": k, "which": "harness", **harness})
                 results.put({"client": k, "which": "bare", **bare})
+            if stop.value:
+                break
     except threading.BrokenBarrierError:
         pass
     finally:
         driver.close()
+
+
+def _step_wait(step_barrier) -> bool:
+    """Meet the other clients between steps; False once the parent has
+    broken the barrier (stopping)."""
+    try:
+        step_barrier.wait()
+        return True
+    except threading.BrokenBarrierError:
+        return False
 
 
 def _run_phase(driver, spec, shape, phase, renamed, bare, step_barrier, stop, prog, k) -> dict:
@@ -359,8 +369,8 @@ def _run_phase(driver, spec, shape, phase, renamed, bare, step_barrier, stop, pr
     lats: list[int] = []
     start = time.monotonic_ns()
     for i, calls in enumerate(steps):
-        if i and shape.shared_dir:
-            step_barrier.wait()       # a level needs its parents, made by every client
+        if i and shape.shared_dir and not _step_wait(step_barrier):
+            break                     # a level needs its parents, made by every client
         if stop.value:
             break
         if bare:
@@ -391,8 +401,8 @@ def _run_paired(driver, spec, shape, bare_shape, phase, renamed, index, step_bar
     start = clock()
     turn = index % 2
     for i, (calls, (fn, items, single)) in enumerate(zip(h_steps, b_steps)):
-        if i and shape.shared_dir:
-            step_barrier.wait()
+        if i and shape.shared_dir and not _step_wait(step_barrier):
+            break
         for c in range(0, len(calls), paired_chunk_ops):
             turn ^= 1
             for side in ((0, 1) if turn else (1, 0)):
@@ -445,6 +455,25 @@ def _bare_loop(fn, items, single) -> tuple:
     return len(items), 0, None
 
 
+def stop_on_signals(stop):
+    """Until the returned function is called, SIGINT and SIGTERM only set
+    ``stop`` (a shared flag the clients and loops poll). An exception
+    raised at a random point could leave a cross-process barrier or lock
+    half-held; a flag cannot. Only in the main thread (elsewhere: no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        stop.value = 1
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore():
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    return restore
+
+
 # -- the parent ---------------------------------------------------------------------------
 
 
@@ -462,6 +491,9 @@ class Namespace:
 
     def _p(self, rel: str) -> str:
         return "/" + rel if self.client else os.path.join(self.base, rel)
+
+    def where(self, rel: str) -> str:
+        return self._p(rel) if self.client is None else f"cistern:{self._p(rel)}"
 
     def makedirs(self, rel: str) -> None:
         if self.client:
@@ -523,6 +555,7 @@ def run_target(kind: str, base: str | None, cluster: str | None, shape: Shape, i
                                barrier, step_barrier, stop, prog, results))
              for k in range(n)]
     ns = Namespace(kind, base, cluster)
+    restore = stop_on_signals(stop)
     records: list[dict] = []
     bare_records: list[dict] = []
     interrupted = False
@@ -537,55 +570,47 @@ def run_target(kind: str, base: str | None, cluster: str | None, shape: Shape, i
         _gather(results, procs, n, "ready", progress, label + " starting", prog, 0, stop, start_timeout_s)
         for phase, timed in plan:
             expected = workloads.expected_ops(shape, phase)
+            if stop.value:
+                break
             barrier.wait(start_timeout_s)
-            try:
-                parts = _gather(results, procs, per_phase, phase, progress, f"{label} {phase}", prog, expected,
-                                stop, phase_timeout_s)
-            except KeyboardInterrupt:
-                # The clients end the phase at their next check and report what they did.
-                stop.value = 1
-                interrupted = True
-                parts = _gather(results, procs, per_phase, phase, progress, f"{label} {phase} (stopping)", prog,
-                                expected, stop, start_timeout_s)
+            # After Ctrl-C (the stop flag) the clients end the phase at their
+            # next check and report what they did.
+            parts = _gather(results, procs, per_phase, phase, progress, f"{label} {phase}", prog, expected,
+                            stop, phase_timeout_s, on_stop=step_barrier.abort)
             renamed = renamed or phase == "rename"
             stopped = any(p["stopped"] for p in parts)
-            if timed:
-                verify = None
-                if not stopped:
-                    found = ns.count(workloads.tops(shape))
-                    want = workloads.expected_tree(shape, phase, renamed)
-                    verify = {**found, "expected_dirs": want["dirs"], "expected_files": want["files"],
-                              "ok": found == want}
-                records.append(report.phase_record(phase, [p for p in parts if p["which"] == "harness"],
-                                                   expected, verify))
-                if paired:
-                    bare_records.append(report.phase_record(phase, [p for p in parts if p["which"] == "bare"],
-                                                            expected, None))
+            # Every phase that ran is reported (set-up and clean-up ones too,
+            # marked untimed), so no error goes unseen.
+            verify = None
+            if not stopped:
+                found = ns.count(workloads.tops(shape))
+                want = workloads.expected_tree(shape, phase, renamed)
+                verify = {**found, "expected_dirs": want["dirs"], "expected_files": want["files"],
+                          "ok": found == want}
+            records.append(report.phase_record(phase, [p for p in parts if p["which"] == "harness"],
+                                               expected, verify, timed))
+            if paired:
+                bare_records.append(report.phase_record(phase, [p for p in parts if p["which"] == "bare"],
+                                                        expected, None, timed))
             if stopped:
                 interrupted = True
                 break
-    except KeyboardInterrupt:
-        interrupted = True
-        stop.value = 1
-        try:
-            barrier.abort()
-            step_barrier.abort()
-        except Exception:
-            pass
     finally:
+        restore()
+        interrupted = interrupted or bool(stop.value)
         progress.done()
-        if not interrupted:
-            try:
-                barrier.abort()
-            except Exception:
-                pass
+        for b in (barrier, step_barrier):
+            b.abort()          # releases any client still waiting (never interrupted: see stop_on_signals)
         for p in procs:
             if p.pid is not None:
                 p.join(10)
                 if p.is_alive():
                     p.kill()
                     p.join(5)
-        if not keep and not interrupted:
+        if interrupted:
+            report.eprint(f"cistern bench: interrupted; the run's tree is left in place: "
+                          f"{', '.join(ns.where(workloads.run_root(sh)) for sh in shapes)}")
+        elif not keep:
             for sh in shapes:
                 for top in workloads.tops(sh):
                     ns.rmdir(top)
@@ -594,7 +619,7 @@ def run_target(kind: str, base: str | None, cluster: str | None, shape: Shape, i
     return {"phases": records, "bare_phases": bare_records, "interrupted": interrupted}
 
 
-def _gather(results, procs, n, what, progress, label, prog, expected, stop, timeout_s):
+def _gather(results, procs, n, what, progress, label, prog, expected, stop, timeout_s, on_stop=None):
     """n messages for ``what`` from the clients; a client that reports a
     fatal error or dies makes the run fail (RuntimeError)."""
     out = []
@@ -606,6 +631,9 @@ def _gather(results, procs, n, what, progress, label, prog, expected, stop, time
         try:
             msg = results.get(timeout=poll_interval_s)
         except queue.Empty:
+            if stop.value and on_stop is not None:
+                on_stop()          # clients waiting between steps give up
+                on_stop = None
             if expected:
                 progress.update(label, sum(prog[:]), expected, started)
             got = collections.Counter(m["client"] for m in out)
