@@ -24,7 +24,7 @@ import grpc
 import xxhash
 
 from cistern.blockstore import limits
-from cistern.blockstore.pipeline import ReplicaResult, merge_results, results_after_failure
+from cistern.blockstore.pipeline import ReplicaResult, encode_with_data, merge_results, results_after_failure, split_data
 from cistern.blockstore.proto import blockstore_pb2 as pb
 from cistern.blockstore.proto import blockstore_pb2_grpc as pb_grpc
 from cistern.blockstore.store import block_checksum, check_block_id, chunk_checksums
@@ -32,6 +32,9 @@ from cistern.core import rpc
 from cistern.core.errors import CisternError, errno_for_grpc_status
 
 __all__ = ["BlockClient", "ReplicaResult"]
+
+_WRITE = "/cistern.blockstore.Block/Write"
+_READ = "/cistern.blockstore.Block/Read"
 
 
 def _error(address: str, e: grpc.RpcError) -> CisternError:
@@ -45,12 +48,27 @@ class BlockClient:
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
-    def stub(self, address: str) -> pb_grpc.BlockStub:
+    def channel(self, address: str) -> grpc.Channel:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
                 channel = self._channels[address] = rpc.insecure_channel(address, limits.wire_message_bytes_max)
-        return pb_grpc.BlockStub(channel)
+        return channel
+
+    def stub(self, address: str) -> pb_grpc.BlockStub:
+        """The generated stub (protobuf in and out) for the unary calls."""
+        return pb_grpc.BlockStub(self.channel(address))
+
+    def write_call(self, address: str):
+        """Block/Write taking already serialized WriteChunk bytes (see
+        pipeline.encode_with_data), so the data is not copied again."""
+        return self.channel(address).stream_unary(_WRITE, request_serializer=None,
+                                                  response_deserializer=pb.WriteReply.FromString)
+
+    def _read_call(self, address: str):
+        # Replies stay bytes: pipeline.split_data takes the data out without a copy.
+        return self.channel(address).unary_stream(_READ, request_serializer=pb.ReadRequest.SerializeToString,
+                                                  response_deserializer=None)
 
     def close(self) -> None:
         with self._lock:
@@ -83,7 +101,7 @@ class BlockClient:
                                 chunk_size=limits.chunk_size_bytes, chunk_checksums=chunk_checksums(data),
                                 targets=targets[1:])
         try:
-            reply = self.stub(targets[0]).Write(self._messages(header, data), timeout=timeout_s)
+            reply = self.write_call(targets[0])(self._messages(header, data), timeout=timeout_s)
         except grpc.RpcError as e:
             return results_after_failure(targets, errno_for_grpc_status(e.code()), f"{e.code().name}: {e.details()}")
         return merge_results(targets, reply)
@@ -91,9 +109,9 @@ class BlockClient:
     def _messages(self, header: pb.WriteHeader, data):
         view = memoryview(data)
         step = self.message_bytes
-        yield pb.WriteChunk(header=header, data=bytes(view[:step]))
+        yield encode_with_data(view[:step], pb.WriteChunk(header=header).SerializeToString())
         for i in range(step, len(view), step):
-            yield pb.WriteChunk(data=bytes(view[i:i + step]))
+            yield encode_with_data(view[i:i + step])
 
     def write_block(self, targets, block_id, data, *, timeout_s: float = limits.write_call_timeout_s) -> list[str]:
         """Write one block down the pipeline; the addresses that stored it
@@ -113,18 +131,32 @@ class BlockClient:
                     timeout_s: float = limits.read_call_timeout_s):
         """Iterate over (offset, bytes) pieces of [offset, offset+length) of a
         block, each verified per sub-chunk before it is yielded."""
+        for at, piece in self._pieces(address, block_id, offset, length, timeout_s):
+            yield at, bytes(piece)
+
+    def _pieces(self, address: str, block_id, offset: int, length: int | None, timeout_s: float):
         block_id = check_block_id(block_id)
         request = pb.ReadRequest(block_id=block_id, offset=offset)
         if length is not None:
             request.length = length
         end = None if length is None else offset + length
+        for data, msg in self._replies(address, block_id, request, timeout_s):
+            lo = max(offset, msg.offset)
+            hi = msg.offset + len(data) if end is None else min(end, msg.offset + len(data))
+            if hi > lo:
+                yield lo, data[lo - msg.offset:hi - msg.offset]
+
+    def _replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float):
+        """(data memoryview, the reply's other fields) per verified reply."""
         try:
-            for msg in self.stub(address).Read(request, timeout=timeout_s):
-                _verify_chunk(address, block_id, msg)
-                lo = max(offset, msg.offset)
-                hi = msg.offset + len(msg.data) if end is None else min(end, msg.offset + len(msg.data))
-                if hi > lo:
-                    yield lo, msg.data[lo - msg.offset:hi - msg.offset]
+            for raw in self._read_call(address)(request, timeout=timeout_s):
+                try:
+                    data, msg = split_data(raw, pb.ReadChunk)
+                except Exception as e:   # DecodeError or ValueError: the node sent garbage
+                    raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()}: "
+                                                      f"malformed read reply: {e}") from None
+                _verify_chunk(address, block_id, msg, data)
+                yield data, msg
         except grpc.RpcError as e:
             raise _error(address, e) from None
 
@@ -138,8 +170,7 @@ class BlockClient:
             if actual != checksum:
                 raise CisternError(errno.EBADMSG, f"{address}: block {bytes(block_id).hex()} is not the expected block")
             return data
-        return b"".join(piece for _, piece in self.read_chunks(address, block_id, offset, length,
-                                                               timeout_s=timeout_s))
+        return b"".join(piece for _, piece in self._pieces(address, block_id, offset, length, timeout_s))
 
     def fetch_block(self, address: str, block_id, *, timeout_s: float = limits.copy_call_timeout_s):
         """A whole block as (data, xxh3-128, sub-chunk checksums), verified
@@ -147,15 +178,11 @@ class BlockClient:
         block_id = check_block_id(block_id)
         pieces, sums = [], []
         length, checksum = 0, b""
-        try:
-            for msg in self.stub(address).Read(pb.ReadRequest(block_id=block_id), timeout=timeout_s):
-                _verify_chunk(address, block_id, msg)
-                if msg.block_checksum:
-                    length, checksum = msg.block_length, msg.block_checksum
-                pieces.append(msg.data)
-                sums.extend(msg.chunk_checksums)
-        except grpc.RpcError as e:
-            raise _error(address, e) from None
+        for data, msg in self._replies(address, block_id, pb.ReadRequest(block_id=block_id), timeout_s):
+            if msg.block_checksum:
+                length, checksum = msg.block_length, msg.block_checksum
+            pieces.append(data)
+            sums.extend(msg.chunk_checksums)
         data = b"".join(pieces)
         if len(data) != length or block_checksum(data) != checksum:
             raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()} fails its whole-block checksum "
@@ -203,9 +230,8 @@ class BlockClient:
         return json.loads(r.json) if r.json else {"node_id": r.node_id}
 
 
-def _verify_chunk(address: str, block_id: bytes, msg: pb.ReadChunk) -> None:
+def _verify_chunk(address: str, block_id: bytes, msg: pb.ReadChunk, data: memoryview) -> None:
     size = limits.chunk_size_bytes
-    data = memoryview(msg.data)
     n = -(-len(data) // size)
     if msg.offset % size or len(msg.chunk_checksums) != n:
         raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()}: malformed read reply at {msg.offset}")

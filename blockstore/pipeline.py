@@ -88,11 +88,12 @@ _END = object()
 
 
 class Downstream:
-    """The stream to the next node: ``send`` each received message, then
+    """The stream to the next node (``write_call``: BlockClient.write_call,
+    which sends bytes as they are): ``send`` each received message, then
     ``finish`` for the results of targets[0:], or ``cancel`` to abandon it.
     Used by one thread (the Write handler) plus gRPC's own sender thread."""
 
-    def __init__(self, stub, header: pb.WriteHeader, first_data: bytes, targets, *, timeout_s: float):
+    def __init__(self, write_call, header: pb.WriteHeader, first_data, targets, *, timeout_s: float):
         assert targets
         self.targets = list(targets)
         self._queue: queue.Queue = queue.Queue(maxsize=limits.pipeline_queue_messages_max)
@@ -101,8 +102,8 @@ class Downstream:
         forwarded.CopyFrom(header)
         del forwarded.targets[:]
         forwarded.targets.extend(self.targets[1:])
-        self._queue.put(pb.WriteChunk(header=forwarded, data=first_data))
-        self._future = stub.Write.future(self._messages(), timeout=timeout_s)
+        self._queue.put(encode_with_data(first_data, pb.WriteChunk(header=forwarded).SerializeToString()))
+        self._future = write_call.future(self._messages(), timeout=timeout_s)
 
     def _messages(self):
         while True:
@@ -116,8 +117,8 @@ class Downstream:
                 return
             yield item
 
-    def send(self, message: pb.WriteChunk) -> bool:
-        """Queue one data message; False (and nothing queued) once the
+    def send(self, message: bytes) -> bool:
+        """Queue one serialized data message; False (and nothing queued) once the
         downstream call has ended, so a dead next node never blocks us."""
         while not self._future.done():
             try:
@@ -151,3 +152,67 @@ class Downstream:
             self._queue.put_nowait(_END)
         except queue.Full:
             pass   # the consumer sees _closed at its next poll
+
+
+# -- the data messages' wire form --------------------------------------------------
+#
+# WriteChunk and ReadChunk both carry their data in field 2. The data path
+# builds these messages by hand with the data field first and takes them
+# apart the same way, so a megabyte of data is copied once per hop instead of
+# three times (protobuf's serialize and parse copy it, and reading ``.data``
+# copies it again), and a node forwards a data message downstream as the
+# bytes it received. The bytes are ordinary protobuf (fields may come in any
+# order), so any protobuf client or server still reads them, and messages
+# built by protobuf itself (header first) take the general path.
+
+DATA_TAG = b"\x12"   # field 2, wire type 2 (length-delimited)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _read_varint(raw, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(raw) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = raw[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def encode_with_data(data, rest: bytes = b"") -> bytes:
+    """A message of field 2 = data followed by ``rest`` (the other fields,
+    already serialized)."""
+    return b"".join((DATA_TAG, _varint(len(data)), data, rest))
+
+
+def split_data(raw: bytes, message_type):
+    """(data, message) of a serialized WriteChunk or ReadChunk: data as a
+    memoryview of ``raw`` when it comes first (no copy), and message holding
+    the other fields. Raises ValueError (or protobuf's DecodeError) when raw
+    is not a valid message."""
+    if raw[:1] == DATA_TAG:
+        length, pos = _read_varint(raw, 1)
+        if pos + length > len(raw):
+            raise ValueError("data field runs past the end of the message")
+        rest = message_type.FromString(raw[pos + length:]) if pos + length < len(raw) else message_type()
+        if rest.data:
+            raise ValueError("the data field appears twice")
+        return memoryview(raw)[pos:pos + length], rest
+    message = message_type.FromString(raw)
+    data = message.data
+    message.ClearField("data")
+    return memoryview(data), message

@@ -172,6 +172,8 @@ def add_node_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scrub-rate", type=float, default=limits.scrub_rate_bytes_per_s, metavar="BYTES_PER_S",
                    help="the scrubber's read bandwidth at most")
     p.add_argument("--no-scrub", action="store_true", help="do not re-verify blocks in the background")
+    p.add_argument("--unsafe-no-fsync", action="store_true",
+                   help="acknowledge blocks without fsync (tests and benchmarks only: a crash loses them)")
 
 
 def run_node(args) -> int:
@@ -180,7 +182,8 @@ def run_node(args) -> int:
     meta = tuple(a.strip() for a in args.meta.split(",") if a.strip())
     server = NodeServer(args.id, args.listen, args.data, meta_addresses=meta,
                         metrics_address=args.metrics, block_size_bytes=args.block_size,
-                        scrub=not args.no_scrub, scrub_rate_bytes_per_s=args.scrub_rate)
+                        scrub=not args.no_scrub, scrub_rate_bytes_per_s=args.scrub_rate,
+                        sync=not args.unsafe_no_fsync)
     server.start()
     server.run_forever()
     return 0

@@ -22,7 +22,7 @@ import grpc
 
 from cistern.blockstore import limits
 from cistern.blockstore.client import BlockClient
-from cistern.blockstore.pipeline import Downstream, ReplicaResult, check_targets
+from cistern.blockstore.pipeline import Downstream, ReplicaResult, check_targets, encode_with_data, split_data
 from cistern.blockstore.proto import blockstore_pb2 as pb
 from cistern.blockstore.proto import blockstore_pb2_grpc as pb_grpc
 from cistern.blockstore.store import BlockStore, check_block_id
@@ -157,11 +157,12 @@ class BlockService(pb_grpc.BlockServicer):
 
     def _header(self, request_iterator):
         try:
-            first = next(request_iterator)
+            raw = next(request_iterator)
         except StopIteration:
             raise _Refused(errno.EINVAL, "empty write stream: the first message must carry a header") from None
         except Exception as e:   # the caller went away before sending anything
             raise _Refused(errno.ECANCELED, f"write stream broken: {e}") from None
+        data, first = _parse_write_chunk(raw)
         if not first.HasField("header"):
             raise _Refused(errno.EINVAL, "the first message of a write stream must carry a header")
         header = first.header
@@ -170,8 +171,7 @@ class BlockService(pb_grpc.BlockServicer):
         problem = check_targets(list(header.targets))
         if problem:
             raise _Refused(errno.EINVAL, problem)
-        _check_data_size(first)
-        return header, first.data
+        return header, data
 
     def _write(self, header, first_data: bytes, request_iterator, context) -> list[ReplicaResult]:
         try:
@@ -185,10 +185,10 @@ class BlockService(pb_grpc.BlockServicer):
                 downstream = self._downstream(header, first_data, context)
                 if first_data:
                     writer.write(first_data)
-                for msg in _data_messages(request_iterator):
+                for raw, data in _data_messages(request_iterator):
                     if downstream is not None:
-                        downstream.send(msg)
-                    writer.write(msg.data)
+                        downstream.send(raw)   # as received: no copy, no re-encoding
+                    writer.write(data)
                 writer.commit()
         except BaseException as e:
             # The next node must not wait for the rest of a stream that will
@@ -210,7 +210,7 @@ class BlockService(pb_grpc.BlockServicer):
         if not targets:
             return None
         timeout_s = _remaining(context, limits.write_call_timeout_s)
-        return Downstream(self.peers.stub(targets[0]), header, first_data, targets, timeout_s=timeout_s)
+        return Downstream(self.peers.write_call(targets[0]), header, first_data, targets, timeout_s=timeout_s)
 
     # -- Read ------------------------------------------------------------------------
 
@@ -223,11 +223,11 @@ class BlockService(pb_grpc.BlockServicer):
         first = True
         try:
             for start, data, sums in chunks:
-                msg = pb.ReadChunk(offset=start, data=data, chunk_checksums=sums)
+                msg = pb.ReadChunk(offset=start, chunk_checksums=sums)
                 if first:
                     msg.block_length, msg.block_checksum, first = info.length, info.checksum, False
                 self.stats.read(len(data))
-                yield msg
+                yield encode_with_data(data, msg.SerializeToString())
         except CisternError as e:
             failure = e
         else:
@@ -237,7 +237,8 @@ class BlockService(pb_grpc.BlockServicer):
                 self._corrupt(info.block_id, failure.message)
             context.abort(grpc_status_for(failure.errno), failure.message)
         if first:   # an empty range still tells the block's length and checksum
-            yield pb.ReadChunk(offset=request.offset, block_length=info.length, block_checksum=info.checksum)
+            yield pb.ReadChunk(offset=request.offset, block_length=info.length,
+                               block_checksum=info.checksum).SerializeToString()
 
     def _corrupt(self, block_id: bytes, message: str) -> None:
         log.error("node %s: %s; quarantined", self.node_id, message)
@@ -301,25 +302,32 @@ class BlockService(pb_grpc.BlockServicer):
 
 
 def _data_messages(request_iterator):
-    """The data messages after the header; CisternError for a bad one or a
-    broken stream (the caller cancelled or went away)."""
+    """(raw bytes, data) of each data message after the header; CisternError
+    for a bad one or a broken stream (the caller cancelled or went away)."""
     while True:
         try:
-            msg = next(request_iterator)
+            raw = next(request_iterator)
         except StopIteration:
             return
         except Exception as e:
             raise CisternError(errno.ECANCELED, f"write stream broken: {e}") from None
+        data, msg = _parse_write_chunk(raw)
         if msg.HasField("header"):
             raise CisternError(errno.EINVAL, "a header after the first message of a write stream")
-        _check_data_size(msg)
-        yield msg
+        yield raw, data
 
 
-def _check_data_size(msg: pb.WriteChunk) -> None:
-    if len(msg.data) > limits.message_data_max_bytes:
-        raise _Refused(errno.EMSGSIZE, f"a write message carries {len(msg.data)} bytes; "
+def _parse_write_chunk(raw: bytes):
+    """(data, the other fields) of one serialized WriteChunk; EINVAL when it
+    is not one, EMSGSIZE when its data exceeds the per-message limit."""
+    try:
+        data, msg = split_data(raw, pb.WriteChunk)
+    except Exception as e:   # protobuf's DecodeError or split_data's ValueError
+        raise _Refused(errno.EINVAL, f"malformed write message: {e}") from None
+    if len(data) > limits.message_data_max_bytes:
+        raise _Refused(errno.EMSGSIZE, f"a write message carries {len(data)} bytes; "
                                        f"the limit is {limits.message_data_max_bytes}")
+    return data, msg
 
 
 def _remaining(context, cap_s: float) -> float:
@@ -328,4 +336,18 @@ def _remaining(context, cap_s: float) -> float:
 
 
 def add_to_server(service: BlockService, server: grpc.Server) -> None:
-    pb_grpc.add_BlockServicer_to_server(service, server)
+    """The generated registration, except that Write receives and Read sends
+    serialized bytes (pipeline.split_data / encode_with_data do the work)."""
+    handlers = {
+        "Write": grpc.stream_unary_rpc_method_handler(
+            service.Write, request_deserializer=None, response_serializer=pb.WriteReply.SerializeToString),
+        "Read": grpc.unary_stream_rpc_method_handler(
+            service.Read, request_deserializer=pb.ReadRequest.FromString, response_serializer=None),
+    }
+    for name, request, reply in (("Delete", pb.DeleteRequest, pb.DeleteReply), ("Info", pb.InfoRequest, pb.InfoReply),
+                                 ("Copy", pb.CopyRequest, pb.CopyReply), ("Stat", pb.StatRequest, pb.StatReply)):
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(service, name), request_deserializer=request.FromString,
+            response_serializer=reply.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("cistern.blockstore.Block", handlers),))
+    server.add_registered_method_handlers("cistern.blockstore.Block", handlers)

@@ -324,6 +324,10 @@ class BlockStore:
         try:
             start, stop = aligned_range(offset, end - offset)
             stop = min(stop, info.length)
+            if stop - start > message_bytes:
+                # Let the kernel read the rest ahead while the first piece is
+                # verified and sent: a cold read then streams at disk speed.
+                os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
             for at in range(start, stop, message_bytes):
                 want = min(message_bytes, stop - at)
                 data = os.pread(fd, want, at)

@@ -30,3 +30,29 @@ def test_target_lists_are_checked():
     assert "HOST:PORT" in check_targets(["h:port"])
     assert "twice" in check_targets(["h:1", "h:1"])
     assert "pipeline_depth_max" in check_targets([f"h:{i}" for i in range(1, 20)])
+
+
+def test_hand_built_data_messages_are_ordinary_protobuf():
+    from cistern.blockstore.pipeline import encode_with_data, split_data
+
+    header = pb.WriteHeader(block_id=b"i" * 16, length=300, targets=["a:1"])
+    for data in (b"", b"x", b"y" * 300, bytes(range(256)) * 1000):
+        raw = encode_with_data(data, pb.WriteChunk(header=header).SerializeToString())
+        parsed = pb.WriteChunk.FromString(raw)        # any protobuf reader agrees
+        assert parsed.data == data and parsed.header == header
+        got, rest = split_data(raw, pb.WriteChunk)
+        assert bytes(got) == data and rest.header == header and not rest.data
+        # protobuf's own field order (header first) takes the general path
+        got, rest = split_data(pb.WriteChunk(header=header, data=data).SerializeToString(), pb.WriteChunk)
+        assert bytes(got) == data and rest.header == header
+
+
+def test_malformed_data_messages_raise():
+    from cistern.blockstore.pipeline import encode_with_data, split_data
+
+    import pytest
+
+    for raw in (b"\x12", b"\x12\x05abc", b"\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+                encode_with_data(b"a", encode_with_data(b"b"))):
+        with pytest.raises(Exception):
+            split_data(raw, pb.WriteChunk)

@@ -1,0 +1,140 @@
+"""Block data-path throughput: N MiB written and read through ``BlockClient``
+with 3 replicas (three real blockd processes, fsync on), against the same
+bytes written directly to node 1's disk with dd-style 1 MiB writes plus fsync
+and read back, in one run.
+
+    .venv/bin/python -m cistern.bench.block_bench --mib 512 [--inflight 1] [--block-mib 4]
+
+Prints MB/s both ways and the ratio (issue 3 targets: writes >= 30% and reads
+>= 60% of the direct-disk figure). Reads on both sides come from the page
+cache where the kernel kept the data (dropping caches needs root), so read
+ratios compare the software paths, not the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+MiB = 1024 * 1024
+
+
+def evict(paths) -> None:
+    """Drop the files' pages from the page cache (they are clean after
+    fsync), so the next read comes from the disk; no root needed."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def block_files(data_dir: str) -> list[str]:
+    root = os.path.join(data_dir, "blocks")
+    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
+
+
+def timed_read(path: str) -> float:
+    started = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while os.read(fd, MiB):
+            pass
+    finally:
+        os.close(fd)
+    return time.perf_counter() - started
+
+
+def direct_disk(path: str, total_bytes: int, payload: bytes) -> tuple[float, float, float]:
+    """dd-style: write total_bytes in 1 MiB writes, fsync; read back in 1 MiB
+    reads from the disk (pages evicted first) and from the page cache;
+    (write_s, cold_read_s, warm_read_s)."""
+    started = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for offset in range(0, total_bytes, MiB):
+            os.write(fd, payload[offset % len(payload):offset % len(payload) + MiB])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    write_s = time.perf_counter() - started
+    evict([path])
+    cold_s = timed_read(path)
+    warm_s = timed_read(path)
+    os.unlink(path)
+    return write_s, cold_s, warm_s
+
+
+def through_blocks(cluster, total_bytes: int, block_bytes: int, payload: bytes, inflight: int):
+    """Write every block down a 3-node pipeline, then read each back from its
+    first replica, from the disk (its block files evicted first) and again
+    from the page cache; (write_s, cold_read_s, warm_read_s)."""
+    from cistern.blockstore.client import BlockClient
+
+    client = BlockClient()
+    targets = cluster.addresses[:3]
+    ids = [os.urandom(16) for _ in range(total_bytes // block_bytes)]
+    blocks = [payload[(i * block_bytes) % len(payload):(i * block_bytes) % len(payload) + block_bytes]
+              for i in range(len(ids))]
+
+    def write(i):
+        stored = client.write_block(targets, ids[i], blocks[i])
+        assert stored == targets, stored
+
+    def read(i):
+        assert len(client.read_block(targets[0], ids[i])) == block_bytes
+
+    with ThreadPoolExecutor(inflight) as pool:
+        started = time.perf_counter()
+        list(pool.map(write, range(len(ids))))
+        write_s = time.perf_counter() - started
+        read_s = []
+        evict(block_files(cluster.nodes[0]["data"]))
+        for _ in range(2):
+            started = time.perf_counter()
+            list(pool.map(read, range(len(ids))))
+            read_s.append(time.perf_counter() - started)
+    assert client.read_block(targets[2], ids[-1]) == blocks[-1]
+    client.close()
+    return write_s, read_s[0], read_s[1]
+
+
+def main(argv=None) -> int:
+    from cistern.blockstore.testing import NodeCluster
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mib", type=int, default=512, help="bytes to move, in MiB (default 512)")
+    p.add_argument("--block-mib", type=int, default=4, help="block size in MiB (default 4)")
+    p.add_argument("--inflight", type=int, default=1, help="blocks written/read concurrently (default 1)")
+    p.add_argument("--dir", default=None, help="where the nodes keep their data (default: a temp dir)")
+    args = p.parse_args(argv)
+    block_bytes = args.block_mib * MiB
+    total = (args.mib * MiB // block_bytes) * block_bytes
+    assert total > 0, "--mib must be at least one block"
+    payload = os.urandom(64 * MiB + block_bytes)   # distinct blocks without generating N MiB of randomness
+    workdir = tempfile.mkdtemp(prefix="block_bench.", dir=args.dir)
+    try:
+        with NodeCluster(workdir, n=3, block_size_bytes=block_bytes, log_level="WARNING",
+                         extra_args=["--no-scrub"]) as cluster:
+            disk = direct_disk(os.path.join(cluster.nodes[0]["data"], "dd.bin"), total, payload)
+            blk = through_blocks(cluster, total, block_bytes, payload, args.inflight)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    mb = total / 1e6
+    print(f"{args.mib} MiB, {args.block_mib} MiB blocks, 3 replicas on one machine's disk, "
+          f"{args.inflight} block(s) in flight; MB/s")
+    print(f"  {'':36} {'write':>8} {'read (disk)':>12} {'read (cached)':>14}")
+    print(f"  {'direct disk, 1 MiB I/O + fsync':36} {mb / disk[0]:8.0f} {mb / disk[1]:12.0f} {mb / disk[2]:14.0f}")
+    print(f"  {'BlockClient, 3-node pipeline':36} {mb / blk[0]:8.0f} {mb / blk[1]:12.0f} {mb / blk[2]:14.0f}")
+    print(f"  {'ratio':36} {disk[0] / blk[0]:8.0%} {disk[1] / blk[1]:12.0%} {disk[2] / blk[2]:14.0%}"
+          f"   (targets: write >= 30%, read >= 60%)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
