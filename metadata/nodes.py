@@ -29,9 +29,16 @@ Rules:
 * ``expect(node_id, now)`` names a node the namespace records (a replica
   list) that has not been heard from: it counts as unsettled until it
   heartbeats or is declared lost ``dead_after_s`` later.
-* ``settled()``: every expected node has been heard from and every live
-  node has completed a full report. The healing planner trims and deletes
-  only then (absence of a report proves nothing before).
+* ``settled()``: the quiet period after the registry was created is over
+  (``quiet_until``: nodes had time to heartbeat to a new leader), every
+  expected node has been heard from and every live node has completed a
+  full report. The healing planner trims and deletes only then (absence of
+  a report proves nothing before).
+* Unconfirmed replicas: a layout may record a replica whose node has not
+  reported it yet (the write was acknowledged just before the commit and
+  the node's incremental report is on its way). ``note_unconfirmed`` keeps
+  the time the planner first saw that, so it can wait ``report_grace_s``
+  before treating the replica as absent.
 * A full report may span messages: the first has ``full=True``, every one
   but the last ``more=True``; the node is fully reported after the last.
 * ``queue_delete`` removes the replica from the holdings at once (so the
@@ -104,7 +111,7 @@ class NodeRegistry:
     def __init__(self, *, dead_after_s: float = limits.node_dead_after_s,
                  instructions_per_heartbeat_max: int = limits.instructions_per_heartbeat_max,
                  delete_ids_per_instruction_max: int = limits.delete_ids_per_instruction_max,
-                 nodes_max: int = limits.registry_nodes_max):
+                 nodes_max: int = limits.registry_nodes_max, quiet_until: float = float("-inf")):
         assert dead_after_s > 0 and instructions_per_heartbeat_max > 0 and delete_ids_per_instruction_max > 0
         self.dead_after_s = dead_after_s
         self._per_heartbeat = instructions_per_heartbeat_max
@@ -118,6 +125,9 @@ class NodeRegistry:
         self._in_flight: dict[tuple[bytes, str], tuple[str, float]] = {}   # (block, target) -> (source, started)
         self._events: list = []
         self._lost: set[str] = set()                   # declared lost, not heard from since
+        self._quiet_until = quiet_until
+        self._now = float("-inf")                      # the latest time any event carried
+        self._unconfirmed: dict[tuple[bytes, str], float] = {}   # (block, recorded node) -> first noticed
 
     # -- events in ------------------------------------------------------------
 
@@ -139,6 +149,7 @@ class NodeRegistry:
         node.rpc_address = rpc_address
         node.capacity_bytes, node.used_bytes, node.block_count = capacity_bytes, used_bytes, block_count
         node.last_seen = now
+        self._now = max(self._now, now)
         node.reserved_bytes = 0
         for block_id in failed:
             self._in_flight.pop((block_id, node_id), None)
@@ -184,6 +195,7 @@ class NodeRegistry:
 
     def expect(self, node_id: str, now: float) -> None:
         """A node the namespace records; it must be heard from or be lost."""
+        self._now = max(self._now, now)
         if node_id not in self._nodes and node_id not in self._lost and len(self._nodes) < self._nodes_max:
             self._nodes[node_id] = NodeInfo(node_id, last_seen=now)
 
@@ -191,6 +203,10 @@ class NodeRegistry:
         """Declare silent nodes lost and expire stale replications; return
         the events since the last tick (NodeReturned, NodeLost)."""
         events, self._events = self._events, []
+        self._now = max(self._now, now)
+        for key, since in list(self._unconfirmed.items()):
+            if now - since > self.dead_after_s:
+                del self._unconfirmed[key]
         for node in sorted(self._nodes.values(), key=lambda n: n.node_id):
             if now - node.last_seen > self.dead_after_s:
                 self._forget(node)
@@ -240,7 +256,13 @@ class NodeRegistry:
         return [Candidate(n.node_id, n.capacity_bytes, n.free_bytes) for n in nodes]
 
     def settled(self) -> bool:
-        return all(n.heard and n.full_report for n in self._nodes.values())
+        return self._now >= self._quiet_until and all(n.heard and n.full_report for n in self._nodes.values())
+
+    def note_unconfirmed(self, block_id: bytes, node_id: str, now: float) -> None:
+        self._unconfirmed.setdefault((block_id, node_id), now)
+
+    def unconfirmed_since(self, block_id: bytes, node_id: str) -> float | None:
+        return self._unconfirmed.get((block_id, node_id))
 
     def address(self, node_id: str) -> str:
         node = self._nodes.get(node_id)
@@ -312,6 +334,7 @@ class NodeRegistry:
             self._first_seen[block_id] = now
         holders.add(node.node_id)
         self._in_flight.pop((block_id, node.node_id), None)
+        self._unconfirmed.pop((block_id, node.node_id), None)
 
     def _drop_holding(self, node: NodeInfo, block_id: bytes) -> None:
         node.blocks.pop(block_id, None)
@@ -342,6 +365,8 @@ class NodeRegistry:
         for key, (source, _) in list(self._in_flight.items()):
             if node.node_id in (key[1], source):
                 del self._in_flight[key]
+        for key in [k for k in self._unconfirmed if k[1] == node.node_id]:
+            del self._unconfirmed[key]
         for block_id in [b for b, s in self._corrupt.items() if node.node_id in s]:
             self._corrupt[block_id].discard(node.node_id)
             if not self._corrupt[block_id]:

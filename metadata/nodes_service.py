@@ -84,6 +84,12 @@ class NodesConf:
     freed_per_pass: int = limits.freed_scan_max
     orphan_checks_per_pass: int = limits.orphan_checks_per_pass_max
     block_size_bytes: int = block_size_default_bytes
+    # A new leader trims and deletes nothing until nodes had this long to
+    # heartbeat to it (None: 2 heartbeat intervals).
+    quiet_s: float | None = None
+    # A layout's replica that its node has not reported counts as present
+    # this long (None: 3 heartbeat intervals): its report follows the write.
+    report_grace_s: float | None = None
 
     def validate(self) -> None:
         assert self.heartbeat_interval_s * 3 < self.node_dead_after_s
@@ -176,7 +182,8 @@ class NodesService(pb_grpc.NodesServicer):
     # -- leadership -----------------------------------------------------------------
 
     def _new_registry(self) -> NodeRegistry:
-        return NodeRegistry(dead_after_s=self.conf.node_dead_after_s)
+        quiet_s = 2 * self.conf.heartbeat_interval_s if self.conf.quiet_s is None else self.conf.quiet_s
+        return NodeRegistry(dead_after_s=self.conf.node_dead_after_s, quiet_until=self._clock() + quiet_s)
 
     def _lead(self) -> bool:
         """Under the lock: True when leading; a fresh registry on gaining it."""
@@ -394,6 +401,10 @@ class NodesService(pb_grpc.NodesServicer):
             self._m.pending.set(self._registry.pending_replications())
         self.stats["passes"] += 1
 
+    def _report_grace_s(self) -> float:
+        c = self.conf
+        return 3 * c.heartbeat_interval_s if c.report_grace_s is None else c.report_grace_s
+
     def _write(self, code: int, *args):
         self._seq += 1
         future = self._replica.submit_write(self._client_id, self._seq, self._seq, code,
@@ -426,7 +437,8 @@ class NodesService(pb_grpc.NodesServicer):
                         if isinstance(node_id, str):
                             registry.expect(node_id, now)
             plan = rep.plan_files(files, registry, replication_default=self.conf.replication_default,
-                                  replications_per_node_max=self.conf.replications_per_node_max)
+                                  replications_per_node_max=self.conf.replications_per_node_max,
+                                  now=now, report_grace_s=self._report_grace_s())
             rep.apply_plan(plan, registry, now)
             return plan
 
@@ -443,13 +455,17 @@ class NodesService(pb_grpc.NodesServicer):
             self._round = {"under": 0, "missing": 0}
         self.stats["replications"] += len(plan.replicate)
         self._m.replications.inc(len(plan.replicate))
-        for first in range(0, len(plan.updates), limits.replica_updates_max):
-            self._write(Op.UPDATE_REPLICAS, plan.updates[first:first + limits.replica_updates_max])
+        for chunk in _chunks(plan.updates, limits.replica_updates_max):
+            self._write(Op.UPDATE_REPLICAS, chunk)
 
     def _heal_freed(self, generation: int) -> None:
         page, done = self._read(Op.FREED_SCAN, self._freed_after, self.conf.freed_per_pass)
 
         def plan_fn(registry, now):
+            for _, recorded in page:
+                for node_id in recorded:
+                    if isinstance(node_id, str):
+                        registry.expect(node_id, now)
             plan = rep.plan_freed(page, registry)
             rep.apply_plan(plan, registry, now)
             return plan
@@ -458,8 +474,8 @@ class NodesService(pb_grpc.NodesServicer):
         if plan is None:
             return
         self._freed_after = None if done or not page else page[-1][0]
-        for first in range(0, len(plan.clear_freed), limits.clear_freed_max):
-            self._write(Op.CLEAR_FREED, plan.clear_freed[first:first + limits.clear_freed_max])
+        for chunk in _chunks(plan.clear_freed, limits.clear_freed_max):
+            self._write(Op.CLEAR_FREED, chunk)
 
     def _delete_orphans(self, generation: int) -> None:
         with self._lock:
@@ -481,6 +497,21 @@ class NodesService(pb_grpc.NodesServicer):
             log.info("nodes: deleting %d orphan replicas", len(plan.delete))
             self.stats["orphans_deleted"] += len(plan.delete)
             self._m.orphans.inc(len(plan.delete))
+
+
+def _chunks(items: list, count_max: int):
+    """Runs of ``items`` that fit one operation: at most ``count_max`` items
+    and half of ``op_args_bytes_max`` encoded (node ids may be long)."""
+    chunk, size = [], 0
+    for item in items:
+        item_size = len(model.pack(item))
+        if chunk and (len(chunk) >= count_max or size + item_size > limits.op_args_bytes_max // 2):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        yield chunk
 
 
 def add_to_server(grpc_server, replica, namespace_or_store=None, registry: CollectorRegistry | None = None,

@@ -27,6 +27,11 @@ holders minus corrupt ones, ``pending`` replications in flight to it:
   that came back, then the fullest node's), only with nothing in flight.
 * when settled, the recorded list is brought to the good holders
   (UPDATE_REPLICAS add/drop).
+* a recorded replica on a ready node that has not reported it is
+  *unconfirmed* for ``report_grace_s`` after the planner first noticed it
+  (its incremental report may be on the way after a fresh commit): counted
+  like a pending replication and kept in the record meanwhile. Without
+  ``now`` there is no grace.
 
 Freed blocks (settled only): delete every reported copy; once no node holds
 one and no delete awaits confirmation, forget it (CLEAR_FREED). Orphans:
@@ -72,12 +77,13 @@ class Plan:
     delete: list = dataclasses.field(default_factory=list)       # [(node, block id)]
     updates: list = dataclasses.field(default_factory=list)      # [[block id, [add], [drop]]]
     clear_freed: list = dataclasses.field(default_factory=list)  # [block id]
+    unconfirmed: list = dataclasses.field(default_factory=list)  # [(block id, node)] noticed now
     under_replicated: int = 0
     missing: int = 0
     over_replicated: int = 0
 
     def extend(self, other: "Plan") -> None:
-        for field in ("replicate", "delete", "updates", "clear_freed"):
+        for field in ("replicate", "delete", "updates", "clear_freed", "unconfirmed"):
             getattr(self, field).extend(getattr(other, field))
         self.under_replicated += other.under_replicated
         self.missing += other.missing
@@ -104,26 +110,44 @@ class _Budget:
 
 def plan_files(files: Iterable[FileBlocks], registry: NodeRegistry, *,
                replication_default: int = limits.replication_default,
-               replications_per_node_max: int = limits.replications_per_node_max) -> Plan:
+               replications_per_node_max: int = limits.replications_per_node_max,
+               now: float | None = None, report_grace_s: float = 0.0) -> Plan:
     """Decisions for the blocks of ``files`` (one page of the namespace)."""
     plan = Plan()
     budget = _Budget(registry, replications_per_node_max)
     candidates = registry.candidates(ready_only=True)
     settled = registry.settled()
+    grace = None if now is None else (now, report_grace_s, {c.node_id for c in candidates})
     for f in files:
         r = f.replication or replication_default
         for block in f.blocks:
-            _plan_block(plan, block, r, registry, candidates, budget, settled)
+            _plan_block(plan, block, r, registry, candidates, budget, settled, grace)
     return plan
 
 
+def _unconfirmed(plan: Plan, block: BlockRecord, holders, deleting, registry: NodeRegistry, grace) -> frozenset:
+    if grace is None:
+        return frozenset()
+    now, grace_s, ready = grace
+    out = set()
+    for node_id in block.recorded:
+        if node_id in ready and node_id not in holders and node_id not in deleting:
+            since = registry.unconfirmed_since(block.block_id, node_id)
+            if since is None:
+                since = now
+                plan.unconfirmed.append((block.block_id, node_id))
+            if now - since < grace_s:
+                out.add(node_id)
+    return frozenset(out)
+
+
 def _plan_block(plan: Plan, block: BlockRecord, r: int, registry: NodeRegistry,
-                candidates: list[Candidate], budget: _Budget, settled: bool) -> None:
+                candidates: list[Candidate], budget: _Budget, settled: bool, grace) -> None:
     bid = block.block_id
-    holders, corrupt = registry.holders(bid), registry.corrupt(bid)
+    holders, corrupt, deleting = registry.holders(bid), registry.corrupt(bid), registry.deleting(bid)
     good = holders - corrupt
-    pending = registry.pending_targets(bid)
-    busy = holders | pending | registry.deleting(bid)
+    pending = registry.pending_targets(bid) | _unconfirmed(plan, block, holders, deleting, registry, grace)
+    busy = holders | pending | deleting
     room = [c for c in candidates if c.node_id not in busy and c.free_bytes >= block.length]
     want = min(r, len(good) + len(pending) + len(room))
     if not good:
@@ -136,7 +160,7 @@ def _plan_block(plan: Plan, block: BlockRecord, r: int, registry: NodeRegistry,
             plan.under_replicated += 1
         _drop_extras(plan, block, r, want, good, corrupt, pending, registry)
     if settled and good:
-        _reconcile(plan, block, good)
+        _reconcile(plan, block, good, pending)
 
 
 def _replicate(plan: Plan, bid: bytes, good, need: int, room: list[Candidate], length: int,
@@ -172,13 +196,14 @@ def _drop_extras(plan: Plan, block: BlockRecord, r: int, want: int, good, corrup
         plan.delete.append((node_id, bid))
 
 
-def _reconcile(plan: Plan, block: BlockRecord, good) -> None:
+def _reconcile(plan: Plan, block: BlockRecord, good, pending) -> None:
     """Bring the recorded replica list to the good holders (after this
-    pass's deletes, which apply_plan makes take effect at once)."""
+    pass's deletes, which apply_plan makes take effect at once); recorded
+    replicas still unconfirmed stay."""
     deleted = {n for n, b in plan.delete if b == block.block_id}
     keep = good - deleted
     add = sorted(keep - set(block.recorded))
-    drop = sorted(set(block.recorded) - keep)
+    drop = sorted(set(block.recorded) - keep - pending)
     if add or drop:
         plan.updates.append([block.block_id, add, drop])
 
@@ -218,3 +243,5 @@ def apply_plan(plan: Plan, registry: NodeRegistry, now: float) -> None:
     for node_id, bid in plan.delete:
         if registry.node(node_id) is not None:
             registry.queue_delete(node_id, bid)
+    for bid, node_id in plan.unconfirmed:
+        registry.note_unconfirmed(bid, node_id, now)

@@ -282,7 +282,7 @@ def test_freed_blocks_and_orphans_are_deleted_and_a_corrupt_replica_replaced(met
     assert meta.fsck("/keep").files == [] and not meta.fsck("/").at_risk
 
 
-def test_a_follower_answers_not_leader_with_the_leaders_address(tmp_path):
+def test_a_follower_answers_not_leader_and_a_new_leader_asks_nodes_for_full_reports(tmp_path):
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     rpcs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     rpc_of = dict(zip(addrs, rpcs))
@@ -314,6 +314,24 @@ def test_a_follower_answers_not_leader_with_the_leaders_address(tmp_path):
             assert stub.Allocate(pb.AllocateRequest(), timeout=5).not_leader
             assert stub.Nodes(pb.NodesRequest(), timeout=5).not_leader
         with grpc.insecure_channel(rpcs[leader]) as channel:
+            stub = pb_grpc.NodesStub(channel)
+            reply = stub.Heartbeat(pb.HeartbeatRequest(node_id="n1", rpc_address="n1:1"), timeout=5)
+            assert not reply.not_leader and reply.send_full_report
+            stub.BlockReport(pb.BlockReportRequest(node_id="n1", full=True), timeout=5)
+            reply = stub.Heartbeat(pb.HeartbeatRequest(node_id="n1", rpc_address="n1:1"), timeout=5)
+            assert not reply.send_full_report
+
+        # the leader goes: the new one knows nothing of n1 and asks for a full report
+        servers[leader].stop(0).wait()
+        services[leader].stop()
+        replicas[leader].stop()
+        others = [i for i in range(3) if i != leader]
+        deadline = time.monotonic() + 15
+        while not any(replicas[i].is_leader() for i in others):
+            assert time.monotonic() < deadline, "no new leader"
+            time.sleep(0.05)
+        new = next(i for i in others if replicas[i].is_leader())
+        with grpc.insecure_channel(rpcs[new]) as channel:
             reply = pb_grpc.NodesStub(channel).Heartbeat(pb.HeartbeatRequest(node_id="n1", rpc_address="n1:1"),
                                                          timeout=5)
             assert not reply.not_leader and reply.send_full_report

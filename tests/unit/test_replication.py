@@ -216,3 +216,34 @@ def test_fsck_is_provisional_until_the_registry_settles():
     reg = cluster({"n1": [1], "n2": [1]})
     reg.expect("n3", 0.0)
     assert not fsck.check([file(5, [(1, [])])], reg).complete
+
+
+def test_a_recorded_replica_not_yet_reported_is_waited_for_then_treated_as_absent():
+    # a fresh commit: the layout names n3, whose incremental report is late
+    reg = cluster({"n1": [1], "n2": [1], "n3": [], "n4": []}, used={"n3": 50 * GiB})
+    f = file(5, [(1, ["n1", "n2", "n3"])])
+    plan = plan_files([f], reg, now=0.0, report_grace_s=2.0)
+    assert (plan.replicate, plan.updates, plan.unconfirmed) == ([], [], [(bid(1), "n3")])
+    apply_plan(plan, reg, 0.0)
+    assert plan_files([f], reg, now=1.9, report_grace_s=2.0).replicate == []
+    # the report arrives: nothing to do
+    reg.block_report("n3", False, [(bid(1), B)], [], 1.0)
+    assert reg.unconfirmed_since(bid(1), "n3") is None
+    quiet = plan_files([f], reg, now=1.9, report_grace_s=2.0)
+    assert (quiet.replicate, quiet.updates, quiet.under_replicated) == ([], [], 0)
+    # ... or it never does: after the grace the replica counts as absent
+    reg.block_report("n3", False, [], [bid(1)], 2.0)
+    apply_plan(plan_files([f], reg, now=2.0, report_grace_s=2.0), reg, 2.0)
+    late = plan_files([f], reg, now=4.0, report_grace_s=2.0)
+    assert late.replicate == [("n4", Replicate(bid(1), "n1", "n1:7000"))]
+    assert late.updates == [[bid(1), [], ["n3"]]]
+
+
+def test_a_new_registry_is_not_settled_during_its_quiet_period():
+    reg = NodeRegistry(dead_after_s=10.0, quiet_until=1.0)
+    assert not reg.settled()                  # empty, but nodes had no time to heartbeat yet
+    assert plan_freed([[bid(1), ["n1"]]], reg).clear_freed == []
+    reg.heartbeat("n1", "n1:7000", 100 * GiB, 0, 0, 1.0)
+    reg.block_report("n1", True, [], [], 1.0)
+    assert reg.settled()
+    assert plan_freed([[bid(1), ["n1"]]], reg).clear_freed == [bid(1)]
