@@ -30,6 +30,7 @@ unreported (``--keep`` skips the cleanup).
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -93,7 +94,9 @@ def tops(shape: Shape) -> list[str]:
     return [client_top(shape, 0)] if shape.shared_dir else [client_top(shape, k) for k in range(shape.clients)]
 
 
+@functools.lru_cache(maxsize=1024)
 def leaves(shape: Shape, client: int) -> list[str]:
+    """The deepest directories of ``client``'s tree (cached: do not mutate)."""
     top = client_top(shape, client)
     levels = tree_levels(shape.depth, shape.fanout)
     return [f"{top}/{d}" for d in levels[-1]] if levels else [top]
@@ -148,8 +151,15 @@ def steps(shape: Shape, phase: str, client: int, *, renamed: bool = False) -> li
 
 
 def expected_ops(shape: Shape, phase: str) -> int:
-    """Operations all clients together perform in ``phase``."""
-    return sum(len(step) for k in range(shape.clients) for step in steps(shape, phase, k))
+    """Operations all clients together perform in ``phase`` (what ``steps``
+    yields, counted without building it)."""
+    if phase in ("dir-create", "dir-remove"):
+        return tree_size(shape.depth, shape.fanout) * (1 if shape.shared_dir else shape.clients)
+    if phase == "readdir":
+        return shape.clients * (shape.fanout ** shape.depth)
+    if phase in PHASES:
+        return shape.clients * shape.files_per_client
+    raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(PHASES)}")
 
 
 def phases_to_run(selected: list[str], keep: bool = False) -> list[tuple[str, bool]]:
