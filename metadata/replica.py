@@ -461,6 +461,30 @@ class _RaftNode(SyncObj):
         journal = _DurableJournal(conf.journalFile, durable)
         self._SyncObj__raftLog = journal
         self._cistern_journal = journal
+        self._cistern_woken_at = -1
+        self.addOnTickCallback(self._before_poll)
+
+    def _before_poll(self) -> None:
+        """pysyncobj on-tick hook: runs on the tick thread after the tick's
+        work, just before it polls (up to the tick period).
+
+        The leader's own entries must be synced before it counts itself:
+        sending append_entries starts that sync, but a lone member sends
+        nothing, so start it here too. And pysyncobj advances the commit
+        index only at the start of a tick: when a majority (counting this
+        leader) already holds the next entry -- always so for a lone member
+        -- nothing would wake the poll, and the entry would wait out the
+        tick period. Wake it instead (once per commit index, so an entry of
+        an older term, which counting does not commit, cannot make it spin)."""
+        if self._SyncObj__raftState != _ROLE_LEADER:
+            return
+        commit = self._SyncObj__raftCommitIndex
+        if self.last_log_index() <= commit:
+            return
+        self._cistern_journal.sync_async()
+        if commit != self._cistern_woken_at and self.commit_ready():
+            self._cistern_woken_at = commit
+            self._SyncObj__pipeNotifier.notify()
 
     @replicated
     def apply_entry(self, entry: bytes):
@@ -489,6 +513,19 @@ class _RaftNode(SyncObj):
         after = next_index.get(node)
         if before is not None and after is not None and after < before:
             next_index[node] = before
+
+    def commit_ready(self) -> bool:
+        """This leader's next tick would commit a new entry: a majority,
+        counting itself, holds the entry after the commit index."""
+        if self._SyncObj__raftState != _ROLE_LEADER:
+            return False
+        commit = self._SyncObj__raftCommitIndex
+        if self.last_log_index() <= commit:
+            return False
+        others = self._SyncObj__otherNodes
+        match = self._SyncObj__raftMatchIndex
+        holders = 1 + sum(1 for node in others if match.get(node, 0) > commit)
+        return holders * 2 > len(others) + 1
 
     def last_log_index(self) -> int:
         try:
