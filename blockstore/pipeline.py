@@ -96,6 +96,7 @@ class Downstream:
     def __init__(self, write_call, header: pb.WriteHeader, first_data, targets, *, timeout_s: float):
         assert targets
         self.targets = list(targets)
+        self._future = None   # set below; gRPC may start pulling messages before that
         self._queue: queue.Queue = queue.Queue(maxsize=limits.pipeline_queue_messages_max)
         self._closed = threading.Event()
         forwarded = pb.WriteHeader()
@@ -110,7 +111,7 @@ class Downstream:
             try:
                 item = self._queue.get(timeout=queue_poll_s)
             except queue.Empty:
-                if self._closed.is_set() or self._future.done():
+                if self._closed.is_set() or (self._future is not None and self._future.done()):
                     return
                 continue
             if item is _END:

@@ -152,7 +152,7 @@ class BlockService(pb_grpc.BlockServicer):
             self.stats.refused(e.errno)
             context.abort(grpc_status_for(e.errno), e.message)
         self.stats.wrote(header.length, len(results), time.monotonic() - started)
-        self.reporter.block_stored(bytes(header.block_id), header.length)
+        self._report("block_stored", bytes(header.block_id), header.length)
         return pb.WriteReply(replicas=[r.to_pb() for r in results])
 
     def _header(self, request_iterator):
@@ -240,10 +240,17 @@ class BlockService(pb_grpc.BlockServicer):
             yield pb.ReadChunk(offset=request.offset, block_length=info.length,
                                block_checksum=info.checksum).SerializeToString()
 
+    def _report(self, hook: str, *args) -> None:
+        # A failing reporter must never fail the call that already succeeded.
+        try:
+            getattr(self.reporter, hook)(*args)
+        except Exception:
+            log.exception("node %s: reporter.%s failed", self.node_id, hook)
+
     def _corrupt(self, block_id: bytes, message: str) -> None:
         log.error("node %s: %s; quarantined", self.node_id, message)
         self.store.quarantine(block_id)
-        self.reporter.block_corrupt(block_id, message)
+        self._report("block_corrupt", block_id, message)
 
     # -- the rest ------------------------------------------------------------------------
 
@@ -256,7 +263,7 @@ class BlockService(pb_grpc.BlockServicer):
         except CisternError as e:
             context.abort(grpc_status_for(e.errno), e.message)
         if deleted:
-            self.reporter.blocks_deleted(deleted)
+            self._report("blocks_deleted", deleted)
         return pb.DeleteReply(deleted=len(deleted))
 
     def Info(self, request, context):
@@ -284,7 +291,7 @@ class BlockService(pb_grpc.BlockServicer):
         started = time.monotonic()
         info = self.store.put(block_id, data, created_s=self._clock(), checksum=checksum, chunk_sums=sums)
         self.stats.wrote(info.length, 1, time.monotonic() - started)
-        self.reporter.block_stored(info.block_id, info.length)
+        self._report("block_stored", info.block_id, info.length)
         return pb.CopyReply(length=info.length, checksum=info.checksum)
 
     def Stat(self, request, context):

@@ -25,6 +25,8 @@ Contract:
   state writing (and their files), block files without an index entry, and
   index entries whose file is gone. None of these was ever acknowledged,
   except the last, which is lost data the block report will show as missing.
+* One store per data directory: a second ``BlockStore`` on it (in any
+  process) raises CisternError(EBUSY) while the first is open.
 * Threads: every method may be called from any thread. Writes of different
   blocks proceed in parallel; LMDB serializes the short index commits.
 * Time: the caller passes the creation time in (``created_s``); the store
@@ -34,6 +36,7 @@ Contract:
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -133,6 +136,7 @@ class BlockStore:
         self.quarantine_dir = os.path.join(self.data_dir, "quarantine")
         for d in (self.data_dir, self.blocks_dir, self.tmp_dir, self.quarantine_dir):
             os.makedirs(d, exist_ok=True)
+        self._lock_fd = _lock_data_dir(self.data_dir)
         # The index commits unsynced (a writing-state entry need not survive a
         # crash); a final entry is followed by an explicit env.sync().
         self.env = lmdb.open(os.path.join(self.data_dir, "index"), map_size=map_size_bytes,
@@ -149,6 +153,9 @@ class BlockStore:
 
     def close(self) -> None:
         self.env.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)   # releases the flock
+            self._lock_fd = None
 
     # -- paths ---------------------------------------------------------------
 
@@ -330,7 +337,12 @@ class BlockStore:
                 os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
             for at in range(start, stop, message_bytes):
                 want = min(message_bytes, stop - at)
-                data = os.pread(fd, want, at)
+                try:
+                    data = os.pread(fd, want, at)
+                except OSError as e:   # a failing disk: this replica is as bad as a corrupt one
+                    self._count_failure()
+                    raise CisternError(errno.EIO, f"block {info.block_id.hex()}: reading at {at}: "
+                                                  f"{e.strerror or e}") from None
                 if len(data) != want:
                     self._count_failure()
                     raise CisternError(errno.EIO, f"block {info.block_id.hex()} file is short at "
@@ -552,6 +564,18 @@ class BlockWriter:
         if not self.duplicate:
             _unlink_quietly(self.tmp_path)
         self.store._end_write(self.info.block_id, drop_entry=not self.duplicate)
+
+
+def _lock_data_dir(data_dir: str) -> int:
+    """An exclusive flock on DATA/LOCK for as long as the store is open: two
+    nodes on one data directory would delete each other's temp files."""
+    fd = os.open(os.path.join(data_dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CisternError(errno.EBUSY, f"data directory {data_dir} is in use by another block store") from None
+    return fd
 
 
 def _write_all(fd: int, view: memoryview) -> None:

@@ -249,3 +249,9 @@ def test_an_empty_block_is_a_block(store):
     bid = os.urandom(16)
     store.put(bid, b"", created_s=0)
     assert store.read(bid) == b"" and store.verify(bid) == "" and store.list() == [(bid, 0)]
+
+
+def test_a_second_store_on_the_same_directory_is_refused(store):
+    with pytest.raises(CisternError) as e:
+        BlockStore(store.data_dir, sync=False)
+    assert e.value.errno == errno.EBUSY and "in use" in e.value.message
