@@ -129,9 +129,15 @@ class LocalCluster:
             if peers:
                 argv += ["--peers", peers]
             child.process = self._spawn(argv, child)
+        meta_rpcs = ",".join(c.addresses["rpc"] for c in metas)
         for child in self.children:
-            if child.role == "node":
-                raise CisternError(errno.ENOSYS, "storage nodes are not part of this build yet; use --nodes 0")
+            if child.role != "node":
+                continue
+            os.makedirs(child.data, exist_ok=True)
+            argv = [command, "--log-level", self.log_level, "node", "--id", child.id,
+                    "--listen", child.addresses["rpc"], "--data", child.data,
+                    "--metrics", child.addresses["metrics"], "--meta", meta_rpcs]
+            child.process = self._spawn(argv, child)
 
     def _spawn(self, argv: list[str], child: Child) -> subprocess.Popen:
         log_path = os.path.join(child.data, f"{child.role}.log")
