@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.timeout(60)]
 
 GiB = 1 << 30
 B = 4 << 20
-CONF = dict(heartbeat_interval_s=0.1, node_dead_after_s=1.0, monitor_interval_s=0.1, orphan_grace_s=1.5)
+CONF = dict(heartbeat_interval_s=0.1, node_dead_after_s=1.5, monitor_interval_s=0.1, orphan_grace_s=1.5)
 
 
 def free_port() -> int:
@@ -230,7 +230,7 @@ def test_a_silent_node_is_lost_its_blocks_re_replicated_and_trimmed_when_it_retu
     lost_at = time.monotonic()
     pump([n1, n2, n4], lambda: all("n3" not in nodes for nodes in meta.recorded().values()),
          what="NODE_LOST committed")
-    assert time.monotonic() - lost_at >= 0.9
+    assert time.monotonic() - lost_at >= 1.4
     pump([n1, n2, n4], lambda: n4.replicated() == on_n3, what="Replicate instructions to n4")
     assert n1.replicated() == n2.replicated() == set()
     sources = {i.source_node for i in n4.received if i.kind == pb.Instruction.REPLICATE}
