@@ -77,6 +77,7 @@ class MetaServer:
         self.store = None
         self.namespace = None
         self.replica = None
+        self.nodes = None
         self.service = None
         self._grpc = None
         self._metrics = None
@@ -86,6 +87,7 @@ class MetaServer:
     def start(self) -> None:
         """Open the store, start the replica, then serve RPCs and metrics.
         Raises CisternError when an address is taken or the data is unusable."""
+        from cistern.metadata import nodes_service
         from cistern.metadata.replica import Replica, ReplicaConf
         from cistern.metadata.state import Namespace
         from cistern.metadata.store import Store
@@ -112,6 +114,9 @@ class MetaServer:
                                      options=rpc.server_options(message_bytes_max),
                                      maximum_concurrent_rpcs=grpc_workers_max)
             add_to_server(self.service, self._grpc)
+            # The storage-node face (heartbeats, block reports, placement,
+            # healing) shares the server; its monitor acts only on the leader.
+            self.nodes = nodes_service.add_to_server(self._grpc, self.replica, registry=self.registry)
             try:
                 port = self._grpc.add_insecure_port(self.rpc_address)
             except RuntimeError:
@@ -146,6 +151,9 @@ class MetaServer:
             if self._grpc is not None:
                 self._grpc.stop(grpc_stop_grace_s).wait(grpc_stop_grace_s + 1)
                 self._grpc = None
+            if self.nodes is not None:
+                self.nodes.stop()
+                self.nodes = None
             if self._metrics is not None:
                 self._metrics.stop()
                 self._metrics = None
