@@ -65,6 +65,8 @@ class Op(enum.IntEnum):
     FSCK_SCAN = 10     # (cred, after_ino, limit) -> [[[ino, replication|None, [[block_id, length, [node ids]], ...]], ...], done]
     BLOCK_OWNERS = 11  # (cred, [block_id, ...]) -> [ino | BLOCK_FREED | None (unknown), ...]
     FREED_SCAN = 12    # (cred, after block_id|None, limit) -> [[[block_id, [node ids]], ...], done]
+    # The data path: a file's blocks, for readers and for writers rewriting it.
+    GET_LAYOUT = 20    # (cred, ref) -> [attr, layout, replication|None]; read permission; follows symlinks
 
     # Namespace writes: committed through Raft.
     MKDIR = 100        # (cred, path, mode) -> attr

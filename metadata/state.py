@@ -420,7 +420,7 @@ class Namespace:
             Op.GETXATTR: self._getxattr, Op.LISTXATTR: self._listxattr, Op.STATFS: self._statfs,
             Op.ACCESS: self._access, Op.LOOKUP: self._lookup,
             Op.FSCK_SCAN: self._fsck_scan, Op.BLOCK_OWNERS: self._block_owners,
-            Op.FREED_SCAN: self._freed_scan,
+            Op.FREED_SCAN: self._freed_scan, Op.GET_LAYOUT: self._get_layout,
         }
 
     # -- public interface ------------------------------------------------------
@@ -1421,6 +1421,21 @@ class Namespace:
         if mask and not _may(node, cred, mask):
             raise _fail(E.EACCES, "access")
         return None
+
+    def _get_layout(self, t, cred, args):
+        """A regular file's attributes, layout and replication factor, read
+        in one transaction so the three agree (a reader caches them for its
+        handle). Needs read permission, as open(O_RDONLY) does."""
+        (ref,) = _args(args, 1)
+        ino, node = self._resolve(t, cred, ref, True)
+        if S.S_ISDIR(node[M]):
+            raise _fail(E.EISDIR, "layout")
+        if not S.S_ISREG(node[M]):
+            raise _fail(E.EINVAL, "layout of a non-regular file")
+        if not _may(node, cred, R_OK):
+            raise _fail(E.EACCES, "layout")
+        key = _INO.pack(ino)
+        return [_attr(ino, node), self._layout(t, ino), self._replication(t, key)]
 
     # -- block bookkeeping (the storage-node monitor and fsck; root only) -------
     #
