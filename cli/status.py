@@ -38,7 +38,33 @@ def collect(addresses: list[str]) -> dict:
                 rpc = member.get("rpc")
                 if rpc and rpc not in answers and rpc not in pending:
                     pending.append(rpc)
-    return summarize(answers)
+    summary = summarize(answers)
+    summary["storage"] = _storage(known) if summary["leader"] else None
+    summary["healthy"] = summary["healthy"] and not (summary["storage"] or {}).get("missing_blocks")
+    return summary
+
+
+def _storage(addresses: list[str]) -> dict | None:
+    """The leader's view of the storage nodes, or None when it cannot say."""
+    from cistern.metadata.nodes_client import NodesClient
+
+    try:
+        with NodesClient(addresses, timeout_s=status_timeout_s) as client:
+            reply = client.nodes()
+    except (CisternError, OSError):
+        return None
+    nodes = [{"id": n.node_id, "address": n.address, "capacity_bytes": n.capacity_bytes,
+              "used_bytes": n.used_bytes, "blocks": n.block_count,
+              "last_heartbeat_s_ago": round(n.last_heartbeat_s_ago, 1)} for n in reply.nodes]
+    return {
+        "nodes": nodes,
+        "capacity_bytes": sum(n["capacity_bytes"] for n in nodes),
+        "used_bytes": sum(n["used_bytes"] for n in nodes),
+        "under_replicated_blocks": reply.under_replicated_blocks,
+        "missing_blocks": reply.missing_blocks,
+        "pending_replications": reply.pending_replications,
+        "settled": reply.settled,
+    }
 
 
 def summarize(answers: dict[str, dict | None]) -> dict:
@@ -86,9 +112,30 @@ def render(summary: dict) -> str:
                          f"{m.get('commit_index', ''):>8} {m.get('applied_index', ''):>8}  {(m.get('digest') or '')[:16]}")
         else:
             lines.append(f"{'?':<6} {'down':<10} {m['address']:<22}")
-    lines += ["", "healthy" if summary["healthy"] else "NOT healthy: " + (
-        "no leader" if summary["leader"] is None else "no majority up")]
+    lines += _render_storage(summary.get("storage"))
+    lines += ["", "healthy" if summary["healthy"] else "NOT healthy: " + _why_unhealthy(summary)]
     return "\n".join(lines)
+
+
+def _why_unhealthy(summary: dict) -> str:
+    if summary["leader"] is None:
+        return "no leader"
+    if summary["members_up"] * 2 <= summary["members_total"]:
+        return "no majority up"
+    return f"{summary['storage']['missing_blocks']} blocks missing"
+
+
+def _render_storage(storage: dict | None) -> list[str]:
+    if storage is None:
+        return []
+    gib = 1 << 30
+    lines = ["", f"storage: {len(storage['nodes'])} nodes, {storage['used_bytes'] / gib:.1f} of "
+                 f"{storage['capacity_bytes'] / gib:.1f} GiB used; {storage['under_replicated_blocks']} "
+                 f"under-replicated, {storage['missing_blocks']} missing blocks"]
+    for n in storage["nodes"]:
+        lines.append(f"  {n['id']:<6} {n['address']:<22} {n['blocks']:>8} blocks  "
+                     f"{n['used_bytes'] / gib:>7.2f} GiB  heartbeat {n['last_heartbeat_s_ago']} s ago")
+    return lines
 
 
 def run(args) -> int:
