@@ -6,10 +6,11 @@ order.
 and ``run_node`` are the wiring cli calls) and runs it until SIGTERM/SIGINT;
 tests do the same in-process or through ``main(argv)`` in a child process.
 
-Not built yet (issue 3, metadata side): registration, heartbeats and block
-reports to the metadata leader. The seam is ``reporter``: an object with the
-hooks of ``service.NullReporter`` (start(node), stop(), block_stored,
-blocks_deleted, block_corrupt); ``meta_addresses`` is kept for it.
+Registration, heartbeats and block reports to the metadata leader go
+through ``reporter``: an object with the hooks of ``service.NullReporter``
+(start(node), stop(), block_stored, blocks_deleted, block_corrupt). By
+default it is ``reporter.Reporter`` when ``meta_addresses`` are given, and
+a ``NullReporter`` otherwise.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class NodeServer:
         self.meta_addresses = tuple(meta_addresses)
         self.metrics_address = metrics_address
         self.block_size_bytes = block_size_bytes
-        self.reporter = reporter or NullReporter()
+        self.reporter = reporter or _default_reporter(node_id, rpc_address, self.meta_addresses)
         self.sync = sync
         self.scrub = scrub
         self.scrub_rate_bytes_per_s = scrub_rate_bytes_per_s
@@ -156,6 +157,16 @@ class NodeServer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.stop()
+
+
+def _default_reporter(node_id: str, rpc_address: str, meta_addresses: tuple):
+    """The reporter to the metadata leader when metadata addresses are
+    known; a node without them serves blocks and reports to nobody."""
+    if not meta_addresses:
+        return NullReporter()
+    from cistern.blockstore.reporter import Reporter
+
+    return Reporter(node_id, rpc_address, meta_addresses)
 
 
 # -- command-line wiring (cli/node.py calls these) -----------------------------------

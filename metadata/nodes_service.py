@@ -91,6 +91,18 @@ class NodesConf:
     # this long (None: 3 heartbeat intervals): its report follows the write.
     report_grace_s: float | None = None
 
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "NodesConf":
+        """Defaults overridden by ``CISTERN_NODES_<FIELD>`` variables (e.g.
+        CISTERN_NODES_NODE_DEAD_AFTER_S=2): the metad process takes no
+        flags for these, and real-process tests shorten them this way."""
+        conf = cls()
+        for field in dataclasses.fields(cls):
+            raw = environ.get(f"CISTERN_NODES_{field.name.upper()}")
+            if raw:
+                setattr(conf, field.name, int(raw) if field.type == "int" else float(raw))
+        return conf
+
     def validate(self) -> None:
         assert self.heartbeat_interval_s * 3 < self.node_dead_after_s
         assert 0 < self.monitor_interval_s < self.node_dead_after_s
@@ -522,7 +534,7 @@ def add_to_server(grpc_server, replica, namespace_or_store=None, registry: Colle
     the leader). Returns the service; call its ``stop()`` before stopping
     the replica."""
     del namespace_or_store
-    service = NodesService(replica, conf=conf, clock=clock, registry=registry)
+    service = NodesService(replica, conf=conf or NodesConf.from_env(), clock=clock, registry=registry)
     pb_grpc.add_NodesServicer_to_server(service, grpc_server)
     service.start()
     return service
