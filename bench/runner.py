@@ -477,7 +477,7 @@ def stop_on_signals(stop):
 # -- the parent ---------------------------------------------------------------------------
 
 
-class Namespace:
+class Tree:
     """The parent's view of the target, for set-up, checks and tear-down."""
 
     def __init__(self, kind: str, base: str | None, cluster: str | None):
@@ -554,7 +554,7 @@ def run_target(kind: str, base: str | None, cluster: str | None, shape: Shape, i
                                 "bare_shape": {**shape_dict, "run_id": bare_shape.run_id}},
                                barrier, step_barrier, stop, prog, results))
              for k in range(n)]
-    ns = Namespace(kind, base, cluster)
+    ns = Tree(kind, base, cluster)
     restore = stop_on_signals(stop)
     records: list[dict] = []
     bare_records: list[dict] = []

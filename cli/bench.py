@@ -102,6 +102,9 @@ def run_meta(args) -> int:
     except KeyboardInterrupt:
         print("cistern bench meta: interrupted before any result", file=sys.stderr)
         return 130
+    except RuntimeError as e:        # a client process died or went silent
+        print(f"cistern bench meta: {e}", file=sys.stderr)
+        return 1
     finally:
         if local is not None:
             local.stop()
