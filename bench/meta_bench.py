@@ -2,10 +2,17 @@
 K operations in flight, against a running cluster (--cluster) or a fresh
 local 3-replica cluster.
 
-    .venv/bin/python -m cistern.bench.meta_bench --procs 16 --inflight 64 --seconds 10
+    cd /tmp && .venv/bin/python -m cistern.bench.meta_bench --procs 16 --inflight 64 --seconds 10
 
-Prints creates/s (N x K in flight), linearizable stats/s (GETATTR, same
-shape), and the latency of one create at a time (p50/p99).
+Prints, from one run: bare pysyncobj ops/s (3 processes, its defaults, a
+replicated dict update per call; ``raft_bench.py``'s baseline) beside
+Cistern creates/s (N x K in flight) and their ratio; linearizable stats/s
+(GETATTR, same shape); the latency of one create at a time (p50/p99). With
+``--prefill N`` also: creates/s on a small namespace, then after filling it
+to N files (many in flight across many directories), creates/s again, their
+ratio, and each metad's resident memory (VmRSS, split into anonymous and
+file-backed pages: LMDB's mmap'd pages count as RssFile). ``--json OUT``
+writes every figure as one JSON document (``-`` for stdout).
 """
 
 from __future__ import annotations
@@ -29,15 +36,22 @@ from cistern.metadata.model import Op
 CRED = model.ROOT_CRED
 
 
-def _pipeline(client, code, make_args, inflight: int, seconds: float, record_latency: bool):
-    """Keep `inflight` operations outstanding for `seconds`; (ops, errors, latencies_s)."""
+small_namespace_files = 10_000      # the reference point of the --prefill comparison
+prefill_files_per_dir = 10_000      # files per directory while prefilling
+prefill_inflight_min = 256          # per client process while prefilling
+
+
+def _pipeline(client, code, make_args, inflight: int, seconds: float, record_latency: bool,
+              count: int | None = None):
+    """Keep `inflight` operations outstanding for `seconds` (or until `count`
+    were issued); (ops, errors, latencies_s)."""
     slots = threading.Semaphore(inflight)
     lock = threading.Lock()
     counts = {"ok": 0, "err": 0, "first_error": ""}
     latencies: list[float] = []
     stop_at = time.monotonic() + seconds
     i = 0
-    while time.monotonic() < stop_at:
+    while time.monotonic() < stop_at and (count is None or i < count):
         slots.acquire()
         started = time.perf_counter()
         future = client.submit(code, make_args(i))
@@ -82,7 +96,17 @@ def _work(addresses, index, run_id, phase, inflight, seconds, start_event, resul
 
     with MetaClient(list(addresses)) as client:
         directory = b"/bench-%s/p%d" % (run_id.encode(), index)
-        if phase == "create":
+        count = None
+        if phase == "prefill":   # `span` files, prefill_files_per_dir per directory
+            _mkdir(client, b"/bench-%s" % run_id.encode())
+            _mkdir(client, directory)
+            for d in range((span + prefill_files_per_dir - 1) // prefill_files_per_dir):
+                _mkdir(client, b"%s/d%d" % (directory, d))
+            make = lambda i: model.encode_args(  # noqa: E731
+                CRED, b"%s/d%d/f%d" % (directory, i // prefill_files_per_dir, i), 0o644, True)
+            code = Op.CREATE
+            count = span
+        elif phase == "create":
             _mkdir(client, b"/bench-%s" % run_id.encode())
             _mkdir(client, directory)
             make = lambda i: model.encode_args(CRED, b"%s/f%d" % (directory, i), 0o644, True)  # noqa: E731
@@ -92,7 +116,7 @@ def _work(addresses, index, run_id, phase, inflight, seconds, start_event, resul
             code = Op.GETATTR
         start_event.wait()
         t0 = time.monotonic()
-        counts, latencies, _ = _pipeline(client, code, make, inflight, seconds, inflight == 1)
+        counts, latencies, _ = _pipeline(client, code, make, inflight, seconds, inflight == 1, count)
         elapsed = time.monotonic() - t0
     results.put({"index": index, "ok": counts["ok"], "err": counts["err"],
                  "first_error": counts["first_error"], "elapsed_s": elapsed,
@@ -127,6 +151,78 @@ def run_phase(addresses, run_id, phase, procs, inflight, seconds, span=1000) -> 
     return report
 
 
+def metad_memory(pid: int) -> dict:
+    """Resident memory of one process from /proc/PID/status, in MiB:
+    VmRSS = RssAnon (heap) + RssFile (mapped files: LMDB's pages) + RssShmem."""
+    found = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    found[key] = round(int(value.split()[0]) / 1024, 1)   # kB -> MiB
+    except OSError:
+        pass
+    return found
+
+
+def namespace_files(addresses) -> int:
+    from cistern.metadata.client import MetaClient
+
+    with MetaClient(list(addresses)) as client:
+        return int(client.call(Op.STATFS, model.encode_args(CRED))["files"])
+
+
+def measure_bare(ops: int, inflight: int) -> dict:
+    """Bare pysyncobj on 3 local processes (raft_bench's baseline)."""
+    from cistern.bench import raft_bench
+
+    return raft_bench.measure_bare(ops=ops, inflight=inflight)
+
+
+def _prefill(addresses, run_id, args, pids) -> dict:
+    """Fill the namespace to args.prefill files, then measure creates again."""
+    before = namespace_files(addresses)
+    need = max(0, args.prefill - before)
+    started = time.monotonic()
+    fill = run_phase(addresses, run_id + "p", "prefill", args.procs, max(args.inflight, prefill_inflight_min),
+                     24 * 3600.0, span=(need + args.procs - 1) // args.procs) if need else None
+    fill_s = time.monotonic() - started
+    files = namespace_files(addresses)
+    at_n = run_phase(addresses, run_id + "n", "create", args.procs, args.inflight, args.seconds)
+    return {"files_before": before, "files_after_prefill": files,
+            "prefill_ops_per_s": fill["ops_per_s"] if fill else 0.0, "prefill_s": round(fill_s, 1),
+            "prefill_errors": fill["errors"] if fill else 0,
+            "create_at_n": at_n,
+            "memory_mib": {str(pid): metad_memory(pid) for pid in pids}}
+
+
+def _print_text(result: dict) -> None:
+    bare = result.get("bare")
+    for r in result["phases"]:
+        line = (f"{r['phase']:>6}: {r['ops_per_s']:>9.1f} ops/s  procs={r['procs']} inflight={r['inflight']}"
+                f"  ops={r['ops']} errors={r['errors']}")
+        if "p50_ms" in r and r["inflight"] == 1:
+            line += f"  p50={r['p50_ms']:.3f}ms p99={r['p99_ms']:.3f}ms"
+        if r.get("first_error"):
+            line += f"  first error: {r['first_error']}"
+        print(line)
+    if bare:
+        print(f"  bare pysyncobj: {bare['ops_per_s']:>9.1f} ops/s  (3 processes, its defaults, "
+              f"{bare['inflight']} in flight)")
+    if "creates_vs_bare" in result:
+        print(f"  creates / bare pysyncobj = {result['creates_vs_bare']:.2f}")
+    pre = result.get("prefill")
+    if pre:
+        n = pre["create_at_n"]
+        print(f"prefill: {pre['files_before']} -> {pre['files_after_prefill']} files in {pre['prefill_s']}s "
+              f"({pre['prefill_ops_per_s']:.0f}/s, errors={pre['prefill_errors']})")
+        print(f"create@{pre['files_after_prefill']}: {n['ops_per_s']:>9.1f} ops/s  errors={n['errors']}  "
+              f"vs small namespace: {result.get('creates_at_n_vs_small', 0):.2f}")
+        for pid, mem in pre["memory_mib"].items():
+            print(f"  metad pid {pid}: " + "  ".join(f"{k}={v} MiB" for k, v in mem.items()))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cluster", default=None,
@@ -134,28 +230,40 @@ def main(argv=None) -> int:
     parser.add_argument("--procs", type=int, default=16)
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--phases", default="create,stat,latency",
-                        help="comma-separated subset of create,stat,latency")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--phases", default="bare,create,stat,latency",
+                        help="comma-separated subset of bare,create,stat,latency")
+    parser.add_argument("--bare-ops", type=int, default=20000, help="bare pysyncobj calls")
+    parser.add_argument("--bare-inflight", type=int, default=1000, help="bare pysyncobj calls in flight")
+    parser.add_argument("--prefill", type=int, default=0, metavar="N",
+                        help="then fill the namespace to N files, measure creates again and report metad RSS")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="OUT",
+                        help="write one JSON document to OUT ('-' or no value: stdout, instead of the text)")
     args = parser.parse_args(argv)
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the local cluster is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    result: dict = {"procs": args.procs, "inflight": args.inflight, "seconds": args.seconds, "phases": []}
+    if "bare" in phases:
+        result["bare"] = measure_bare(args.bare_ops, args.bare_inflight)
 
     cluster = None
     tmp = None
+    pids: list[int] = []
     if args.cluster:
-        addresses = list(resolve(args.cluster).meta_addresses)
+        spec = resolve(args.cluster)
+        addresses = list(spec.meta_addresses)
+        pids = [m["pid"] for m in spec.document.get("meta", []) if m.get("pid")]
     else:
         from cistern.metadata.proc_testing import MetaCluster
 
         tmp = tempfile.TemporaryDirectory(prefix="cistern-bench-")
         cluster = MetaCluster(tmp.name, 3, log_level="WARNING")
         addresses = cluster.addresses
+        pids = [m["pid"] for m in cluster.members]
     run_id = "%x" % (time.time_ns() // 1000 % (1 << 40))
-    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    reports = []
+    reports = result["phases"]
     try:
-        if "create" in phases or "stat" in phases:
+        if "create" in phases or "stat" in phases or args.prefill:
             reports.append(run_phase(addresses, run_id, "create", args.procs, args.inflight, args.seconds))
         if "stat" in phases:
             # Every worker stats files it created (the fewest any worker made, at most 1000).
@@ -163,21 +271,25 @@ def main(argv=None) -> int:
             reports.append(run_phase(addresses, run_id, "stat", args.procs, args.inflight, args.seconds, span))
         if "latency" in phases:
             reports.append(run_phase(addresses, run_id + "l", "create", 1, 1, min(args.seconds, 5.0)))
+        if args.prefill:
+            result["prefill"] = _prefill(addresses, run_id, args, pids)
     finally:
         if cluster is not None:
             cluster.stop_all()
             tmp.cleanup()
-    if args.json:
-        print(json.dumps(reports, indent=1))
+    creates = next((r["ops_per_s"] for r in reports if r["phase"] == "create" and r["inflight"] > 1), None)
+    if creates is not None and result.get("bare"):
+        result["creates_vs_bare"] = round(creates / max(result["bare"]["ops_per_s"], 1e-9), 2)
+    if creates and result.get("prefill"):
+        result["creates_at_n_vs_small"] = round(result["prefill"]["create_at_n"]["ops_per_s"] / creates, 2)
+    if args.json is None:
+        _print_text(result)
+    elif args.json == "-":
+        print(json.dumps(result, indent=1))
     else:
-        for r in reports:
-            line = (f"{r['phase']:>6}: {r['ops_per_s']:>9.1f} ops/s  procs={r['procs']} inflight={r['inflight']}"
-                    f"  ops={r['ops']} errors={r['errors']}")
-            if "p50_ms" in r and r["inflight"] == 1:
-                line += f"  p50={r['p50_ms']:.3f}ms p99={r['p99_ms']:.3f}ms"
-            if r.get("first_error"):
-                line += f"  first error: {r['first_error']}"
-            print(line)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        _print_text(result)
     return 0
 
 

@@ -79,6 +79,14 @@ def _run_bare(node, args) -> dict:
             "p50_ms": statistics.median(latencies) * 1e3 if latencies else None}
 
 
+def measure_bare(*, ops: int = 20000, inflight: int = 1000, serial: int = 20, **conf) -> dict:
+    """Bare pysyncobj on a fresh 3-process group (``conf`` overrides its
+    defaults): {"ops_per_s", "errors", "p50_ms", "ops", "inflight"}."""
+    args = argparse.Namespace(bare_ops=ops, bare_inflight=inflight, bare_serial=serial)
+    result = _cluster(_bare_member, (conf,), args)
+    return dict(result, ops=ops, inflight=inflight)
+
+
 def _bare_member(i, addrs, workdir, args, conf, claimed, results, stop):
     from cistern.metadata.replica import baseline_dict_node
     node = baseline_dict_node(addrs[i], [a for a in addrs if a != addrs[i]],
