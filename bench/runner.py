@@ -146,7 +146,9 @@ def _sync_loop(calls, stop, prog, slot, base_done):
 
 
 def _threaded_loop(calls, k, stop, prog, slot, base_done):
-    """k threads, each taking every k-th operation."""
+    """k threads (no more than there are operations), each taking every
+    k-th operation."""
+    k = max(1, min(k, len(calls)))
     outs = [None] * k
 
     def run(i):
