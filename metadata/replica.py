@@ -6,6 +6,8 @@ Contract (what ``service.py`` and ``server.py`` code against)
     rpc_addresses={}, conf=None)``; ``start()``, ``stop()``,
     ``submit_write(client_id, seq, acked_below, code, args) -> Future``,
     ``submit_read(code, args, *, linearizable=True) -> Future``,
+    ``submit_reads([(code, args), ...], on_done, *, linearizable=True)`` (a
+    group of reads, one callback, no future per operation),
     ``is_leader()``, ``leader_rpc_address()``, ``status()``,
     ``wait_leader(timeout_s)``. Every method is thread-safe.
 
@@ -648,6 +650,14 @@ def _fail(future: concurrent.futures.Future, exc: BaseException) -> None:
         pass
 
 
+def _fail_reads(groups, exc: BaseException) -> None:
+    for _, on_done in groups:
+        try:
+            on_done(None, exc)
+        except Exception:
+            log.exception("a read callback failed")
+
+
 class _Batch:
     __slots__ = ("futures", "reads", "done", "ops")
 
@@ -823,17 +833,36 @@ class Replica:
         """Answer a read; linearizable ones only on the leader after a shared
         barrier, others from this replica's applied state."""
         future: concurrent.futures.Future = concurrent.futures.Future()
-        if not self._running:
-            _fail(future, NotLeader(""))
+
+        def done(results, exc):
+            if exc is not None:
+                _fail(future, exc)
+            else:
+                _future_from(results[0], future)
+
+        self.submit_reads([(code, args)], done, linearizable=linearizable)
+        return future
+
+    def submit_reads(self, reads: list, on_done, *, linearizable: bool = True) -> None:
+        """Answer a group of reads ``[(code, args), ...]`` together: calls
+        ``on_done(results, None)`` once with their ``(errno, message,
+        value)`` results in order, or ``on_done(None, exc)`` (NotLeader,
+        CisternError) for all of them. Linearizable groups are answered on
+        the leader after a barrier as ``submit_read``; ``on_done`` runs on a
+        replica thread (keep it short) or, when refused at once, on the
+        caller's. Saves a future per operation on the hot path."""
+        if not reads:
+            on_done([], None)
+        elif not self._running:
+            on_done(None, NotLeader(""))
         elif not linearizable:
-            self._run_reads([(code, args, future)])
+            self._run_reads([(reads, on_done)])
         elif not self._node._isLeader():
-            _fail(future, NotLeader(self.leader_rpc_address()))
+            on_done(None, NotLeader(self.leader_rpc_address()))
         else:
             with self._lock:
-                self._pending_reads.append((code, args, future))
+                self._pending_reads.append((reads, on_done))
             self._kick()
-        return future
 
     def is_leader(self) -> bool:
         return self._node is not None and self._node._isLeader()
@@ -953,8 +982,11 @@ class Replica:
             futures.append(future)
             size += len(op)
         reads = []
-        while self._pending_reads and len(reads) < read_batch_max:
-            reads.append(self._pending_reads.popleft())
+        n_reads = 0
+        while self._pending_reads and n_reads < read_batch_max:
+            group = self._pending_reads.popleft()
+            reads.append(group)
+            n_reads += len(group[0])
         return _Batch(futures, reads, ops)
 
     def _submit(self, batch: _Batch) -> None:
@@ -1018,8 +1050,7 @@ class Replica:
             if reads_ok and self._running:
                 self._readers.submit(self._run_reads, batch.reads)
             else:
-                for _, _, future in batch.reads:
-                    _fail(future, exc or NotLeader(self.leader_rpc_address()))
+                _fail_reads(batch.reads, exc or NotLeader(self.leader_rpc_address()))
         self._kick()
 
     def _fail_everything(self, exc: BaseException) -> None:
@@ -1034,8 +1065,7 @@ class Replica:
             self._finish(batch, exc=exc)
         for _, future in pending:
             _fail(future, exc)
-        for _, _, future in reads:
-            _fail(future, exc)
+        _fail_reads(reads, exc)
 
     def _on_state_changed(self, old_state, new_state) -> None:
         """pysyncobj callback (tick thread)."""
@@ -1050,16 +1080,22 @@ class Replica:
 
     # -- reads -----------------------------------------------------------
 
-    def _run_reads(self, reads) -> None:
-        """Run reads in one LMDB read transaction; resolve their futures."""
+    def _run_reads(self, groups) -> None:
+        """Run groups of reads in one LMDB read transaction, then hand each
+        group its results (outside the transaction)."""
+        read_one = self._read_one
         try:
             with self._env.begin(write=False) as txn:
-                for code, args, future in reads:
-                    _future_from(self._read_one(txn, code, args), future)
+                answers = [[read_one(txn, code, args) for code, args in reads] for reads, _ in groups]
         except Exception as e:   # LMDB itself failed
             log.exception("replica %s: read transaction failed", self.node_id)
-            for _, _, future in reads:
-                _fail(future, CisternError(errno.EIO, f"read failed: {e}"))
+            _fail_reads(groups, CisternError(errno.EIO, f"read failed: {e}"))
+            return
+        for (_, on_done), results in zip(groups, answers):
+            try:
+                on_done(results, None)
+            except Exception:
+                log.exception("replica %s: a read callback failed", self.node_id)
 
     def _read_one(self, txn, code: int, args: bytes):
         if code == _READ_DIGEST:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import queue
 import threading
 
@@ -125,37 +126,44 @@ class MetadataService(pb_grpc.MetadataServicer):
 
     # -- submitting ------------------------------------------------------
 
-    def _submit_batch(self, batch: pb.RequestBatch, on_reply) -> int:
-        """Submit every request of batch; ``on_reply(reply, not_leader_hint)``
-        is called once per request (hint is None unless the replica said it
-        is not the leader). Returns the number of requests."""
+    def _submit_batch(self, batch: pb.RequestBatch, on_replies) -> int:
+        """Submit every request of batch; ``on_replies(replies, not_leader_hint)``
+        is called with lists of replies, one reply per request in all (hint
+        is None unless the replica said it is not the leader). The batch's
+        reads go to the replica as one group (one barrier slot, one
+        callback). Returns the number of requests."""
         problem = check_batch(batch)
         if problem:
-            for request in batch.requests:
-                on_reply(_error_reply(request.seq, errno.EINVAL, problem), None)
+            on_replies([_error_reply(request.seq, errno.EINVAL, problem) for request in batch.requests], None)
             return len(batch.requests)
         client_id = batch.client_id
-        linearizable = not batch.stale_ok
-        n_reads = n_writes = 0
+        read_seqs, reads = [], []
+        n_writes = 0
         for request in batch.requests:
             err, message = check_request(request, client_id)
             if err:
-                on_reply(_error_reply(request.seq, err, message), None)
+                on_replies([_error_reply(request.seq, err, message)], None)
                 continue
+            if request.code < _FIRST_WRITE_CODE:
+                read_seqs.append(request.seq)
+                reads.append((request.code, request.args))
+                continue
+            n_writes += 1
             try:
-                if request.code < _FIRST_WRITE_CODE:
-                    n_reads += 1
-                    future = self._replica.submit_read(request.code, request.args,
-                                                       linearizable=linearizable)
-                else:
-                    n_writes += 1
-                    future = self._replica.submit_write(client_id, request.seq, batch.acked_below,
-                                                        request.code, request.args)
+                future = self._replica.submit_write(client_id, request.seq, batch.acked_below,
+                                                    request.code, request.args)
             except Exception as e:  # the replica refused at once (stopping, not leader)
-                on_reply(*_reply_for_exception(request.seq, e))
+                reply, hint = _reply_for_exception(request.seq, e)
+                on_replies([reply], hint)
                 continue
-            future.add_done_callback(_reply_callback(request.seq, on_reply))
-        self.stats.batch_in(n_reads, n_writes)
+            future.add_done_callback(_reply_callback(request.seq, on_replies))
+        if reads:
+            try:
+                self._replica.submit_reads(reads, _reads_callback(read_seqs, on_replies),
+                                           linearizable=not batch.stale_ok)
+            except Exception as e:  # the replica refused at once
+                _reads_callback(read_seqs, on_replies)(None, e)
+        self.stats.batch_in(len(reads), n_writes)
         return len(batch.requests)
 
     # -- RPCs ------------------------------------------------------------
@@ -165,13 +173,13 @@ class MetadataService(pb_grpc.MetadataServicer):
         state = {"submitted": 0, "replied": 0, "reading": True}
         room = threading.Event()   # set by the writer: answered operations made room
 
-        def on_reply(reply, hint):
-            replies.put((reply, hint))
+        def on_replies(batch, hint):
+            replies.put((batch, hint))
 
         def read():
             try:
                 for batch in request_iterator:
-                    state["submitted"] += self._submit_batch(batch, on_reply)
+                    state["submitted"] += self._submit_batch(batch, on_replies)
                     while (state["submitted"] - state["replied"] > stream_ops_in_flight_max
                            and context.is_active()):
                         room.wait(stream_idle_poll_s)
@@ -208,11 +216,11 @@ class MetadataService(pb_grpc.MetadataServicer):
             for item in items:
                 if item is _DONE:
                     continue
-                reply, leader = item
+                batch, leader = item
                 if leader is None:
-                    ordinary.append(reply)
+                    ordinary.extend(batch)
                 else:
-                    redirected.append(reply)
+                    redirected.extend(batch)
                     hint = hint or leader
             state["replied"] += len(ordinary) + len(redirected)
             room.set()
@@ -233,15 +241,15 @@ class MetadataService(pb_grpc.MetadataServicer):
         expected = len(request.requests)
         lock = threading.Lock()
 
-        def on_reply(reply, hint):
+        def on_replies(batch, hint):
             with lock:
-                collected.append((reply, hint))
+                collected.extend((reply, hint) for reply in batch)
                 if len(collected) == expected:
                     done.set()
 
         if expected == 0:
             return pb.ReplyBatch()
-        self._submit_batch(request, on_reply)
+        self._submit_batch(request, on_replies)
         remaining = context.time_remaining()
         wait_s = call_wait_max_s if remaining is None else min(remaining, call_wait_max_s)
         if not done.wait(timeout=wait_s):
@@ -259,14 +267,33 @@ class MetadataService(pb_grpc.MetadataServicer):
         return status_reply(status, self.stats.as_dict())
 
 
-def _reply_callback(seq: int, on_reply):
+def _reply_callback(seq: int, on_replies):
     def done(future):
         try:
             value = future.result()
         except BaseException as e:
-            on_reply(*_reply_for_exception(seq, e))
+            reply, hint = _reply_for_exception(seq, e)
+            on_replies([reply], hint)
             return
-        on_reply(pb.Reply(seq=seq, value=model.pack(value)), None)
+        on_replies([pb.Reply(seq=seq, value=model.pack(value))], None)
+    return done
+
+
+def _reads_callback(seqs: list, on_replies):
+    """The replica's callback for one group of reads: their replies as one list."""
+    def done(results, exc):
+        if exc is not None:
+            replies = [_reply_for_exception(seq, exc) for seq in seqs]
+            on_replies([reply for reply, _ in replies], replies[0][1] if replies else None)
+            return
+        pack, Reply = model.pack, pb.Reply
+        out = []
+        for seq, (err, message, value) in zip(seqs, results):
+            if err:
+                out.append(Reply(seq=seq, errno=err, message=message or os.strerror(err)))
+            else:
+                out.append(Reply(seq=seq, value=pack(value)))
+        on_replies(out, None)
     return done
 
 

@@ -535,3 +535,28 @@ def test_writes_in_flight_when_the_leader_stops_apply_exactly_once(group):
     leader = g.leader()
     assert [get(leader, b"w-%d" % w) for w in range(writers_n)] == [writes_n] * writers_n
     g.converge()
+
+
+def test_a_partitioned_leader_that_still_believes_it_leads_never_answers_a_read_stale(group):
+    # Linearizability of reads (Raft thesis 6.4): a read answered after a
+    # write's acknowledgment must see it, even when the replica asked is a
+    # deposed leader that has not noticed yet. Cut the leader off both ways
+    # (it keeps believing it leads until leader_fallback_timeout_s), let the
+    # other two elect a leader and acknowledge a write, then read on the old
+    # leader: without a read barrier it would answer 1 at once; with one, the
+    # read waits for an entry that cannot commit and fails.
+    g = group(leader_fallback_timeout_s=8.0).start_all()
+    old = g.leader()
+    cid = os.urandom(16)
+    assert incr(old, cid, 1, b"k").result(5) == 1
+    transport = old._node._SyncObj__transport
+    transport.send = lambda node, message: None
+    transport._onMessageReceivedCallback = lambda node, message: None
+    new = g.leader(timeout_s=15, exclude=old)
+    assert incr(new, cid, 2, b"k").result(5) == 2
+    assert old.is_leader(), "the old leader noticed too early for this test to mean anything"
+    read = old.submit_read(GET, model.encode_args(CRED, b"k"))
+    with pytest.raises(CisternError):
+        value = read.result(30)
+        raise AssertionError(f"a deposed leader answered a linearizable read with {value}")
+    assert get(old, b"k", linearizable=False) == 1   # a stale read says so; it stays allowed
