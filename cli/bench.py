@@ -111,7 +111,8 @@ def run_meta(args) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     if local is not None:
         doc["config"]["cluster"] = "local (temporary, removed)"
-    print(report.table(doc))
+    # With --json - the JSON owns stdout and the table goes to stderr.
+    print(report.table(doc), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json:
         text = json.dumps(doc, indent=1)
         if args.json == "-":
