@@ -15,7 +15,7 @@ import time
 
 
 def register(commands) -> None:
-    p = commands.add_parser("fs", help="file operations: ls, mkdir, touch, stat, rm, mv")
+    p = commands.add_parser("fs", help="file operations: ls, mkdir, touch, stat, rm, mv, put, get, cat")
     p.add_argument("--cluster", default=None, help="cluster.json path or comma-separated metadata addresses")
     sub = p.add_subparsers(dest="fs_command", metavar="FS_COMMAND", parser_class=type(p))
     sub.required = True
@@ -50,6 +50,21 @@ def register(commands) -> None:
     mv.add_argument("paths", nargs=2, metavar="PATH")
     mv.set_defaults(run=_run_mv)
 
+    put = sub.add_parser("put", help="copy a local file (or - for standard input) to PATH")
+    put.add_argument("--replication", type=int, default=None, help="replication factor of the new file")
+    put.add_argument("local", metavar="LOCAL|-")
+    put.add_argument("path", metavar="PATH")
+    put.set_defaults(run=_run_put)
+
+    get = sub.add_parser("get", help="copy PATH to a local file (or - for standard output)")
+    get.add_argument("path", metavar="PATH")
+    get.add_argument("local", metavar="LOCAL|-")
+    get.set_defaults(run=_run_get)
+
+    cat = sub.add_parser("cat", help="write files to standard output")
+    cat.add_argument("paths", nargs="+")
+    cat.set_defaults(run=_run_cat)
+
 
 def _connect(args):
     from cistern.client import connect
@@ -83,6 +98,82 @@ def _run_mv(args) -> int:
             _complain(args, f"{src} -> {dst}", e)
             return 1
     return 0
+
+
+copy_piece_bytes = 4 << 20     # put/get/cat move this much per read and write
+
+
+def _copy(src, dst) -> None:
+    while True:
+        piece = src.read(copy_piece_bytes)
+        if not piece:
+            return
+        dst.write(piece)
+
+
+def _run_put(args) -> int:
+    """Local file or stdin -> PATH, published in one commit at close."""
+    with _connect(args) as client:
+        try:
+            local = sys.stdin.buffer if args.local == "-" else open(args.local, "rb")
+        except OSError as e:
+            _data_complain(args, args.local, e)
+            return 1
+        try:
+            with local, client.open(args.path, "wb", replication=args.replication) as f:
+                _copy(local, f)
+        except OSError as e:
+            _data_complain(args, args.path if e.filename in (None, args.path) else e.filename, e)
+            return 1
+    return 0
+
+
+def _run_get(args) -> int:
+    """PATH -> local file (written to a temporary name, then renamed) or stdout."""
+    with _connect(args) as client:
+        try:
+            with client.open(args.path, "rb") as f:
+                if args.local == "-":
+                    _copy(f, sys.stdout.buffer)
+                    sys.stdout.buffer.flush()
+                    return 0
+                tmp = f"{args.local}.cistern-get.{os.getpid()}"
+                try:
+                    with open(tmp, "wb") as out:
+                        _copy(f, out)
+                    os.replace(tmp, args.local)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+        except OSError as e:
+            _data_complain(args, args.path if e.filename in (None, args.path) else e.filename, e)
+            return 1
+    return 0
+
+
+def _run_cat(args) -> int:
+    """Each file in turn to stdout; a failure is one line, and the rest go on."""
+    failed = False
+    with _connect(args) as client:
+        for path in args.paths:
+            try:
+                with client.open(path, "rb") as f:
+                    _copy(f, sys.stdout.buffer)
+            except OSError as e:
+                failed = True
+                sys.stdout.buffer.flush()
+                _data_complain(args, path, e)
+    sys.stdout.buffer.flush()
+    return 1 if failed else 0
+
+
+def _data_complain(args, path: str, e: OSError) -> None:
+    """One line; the bare strerror when the message only repeats the name."""
+    text = os.strerror(e.errno) if e.errno else str(e)
+    reason = e.strerror or text
+    if reason.endswith(text):
+        reason = text
+    print(f"cistern fs {args.fs_command}: {path}: {' '.join(reason.split())}", file=sys.stderr)
 
 
 def _complain(args, path: str, e: OSError) -> None:

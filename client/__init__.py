@@ -13,6 +13,13 @@ Public surface:
   ``client.futures`` (``Futures``: every method returns a
   ``concurrent.futures.Future``) and ``client.aio`` (``AsyncClient``: every
   method is a coroutine) — ``aio.py``.
+* The data path (blocking only): ``Client.open(path, mode, ...)`` (a
+  ``files.File`` or a TextIOWrapper over one), ``read_file``,
+  ``write_file``, ``block_locations(path)``, ``layout(path)``;
+  ``extents.py`` (pure: mode parsing, a handle's view of the file's
+  blocks and buffers), ``files.py`` (the file object), ``blocks.py``
+  (``DataPath``: placement, uploads, replica choice and failover,
+  bad-replica reports, the lease renewer).
 * ``paths.py``: how path arguments become wire paths (pure);
   ``plans.py``: every operation written once as a generator of metadata
   operations, driven by the three faces; ``testing.py``: an in-process

@@ -46,6 +46,7 @@ and ``walk`` (iterators) exist only on the blocking and asyncio faces.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import stat as stat_module
 from concurrent.futures import Future
@@ -64,12 +65,16 @@ umask_default = 0o022
 
 def connect(cluster: str | None = None, *, uid: int | None = None, gid: int | None = None,
             groups=None, timeout_s: float = 30.0, stale_reads: bool = False,
-            umask: int = umask_default) -> "Client":
+            umask: int = umask_default, block_size: int | None = None,
+            node_id: str | None = None) -> "Client":
     """A ``Client`` for the cluster named by ``cluster`` (a cluster.json path
     or comma-separated metadata addresses; None reads $CISTERN_CLUSTER).
     Credentials default to this process's uid, gid and groups. Raises
     OSError (ENOENT, EINVAL) when the cluster cannot be found or parsed; does
-    not wait for the cluster (the first call does, up to ``timeout_s``)."""
+    not wait for the cluster (the first call does, up to ``timeout_s``).
+    ``block_size`` (bytes) is the size of blocks this client writes (default:
+    the smallest the live nodes accept); ``node_id`` names the storage node
+    on this host, read first (default ``$CISTERN_NODE_ID``)."""
     from cistern.metadata.client import MetaClient   # grpc loads only for real clusters
 
     try:
@@ -77,7 +82,8 @@ def connect(cluster: str | None = None, *, uid: int | None = None, gid: int | No
     except CisternError as e:
         raise to_oserror(e.errno, e.message, cluster) from None
     meta = MetaClient(list(spec.meta_addresses), timeout_s=timeout_s)
-    return Client(meta, uid=uid, gid=gid, groups=groups, stale_reads=stale_reads, umask=umask)
+    return Client(meta, uid=uid, gid=gid, groups=groups, stale_reads=stale_reads, umask=umask,
+                  block_size=block_size, node_id=node_id, timeout_s=timeout_s)
 
 
 def _blocking(plan):
@@ -93,10 +99,17 @@ class Client:
     it as a context manager."""
 
     def __init__(self, meta, *, uid: int | None = None, gid: int | None = None, groups=None,
-                 stale_reads: bool = False, umask: int = umask_default):
+                 stale_reads: bool = False, umask: int = umask_default, block_size: int | None = None,
+                 node_id: str | None = None, timeout_s: float = 30.0, data=None):
         """``meta`` is a ``MetaClient`` (or anything with its interface);
-        the client owns it and closes it on ``close()``."""
+        the client owns it and closes it on ``close()``. The data path
+        (``blocks.DataPath``, or ``data`` when given) talks to the Nodes
+        service at ``meta.addresses`` (metad hosts it on the same port)."""
+        from .blocks import DataPath
+
         self._meta = meta
+        self._data = data or DataPath(getattr(meta, "addresses", ()), renew=self._renew_leases,
+                                      block_size_bytes=block_size, node_id=node_id, timeout_s=timeout_s)
         self._cred = (
             os.getuid() if uid is None else int(uid),
             os.getgid() if gid is None else int(gid),
@@ -155,6 +168,7 @@ class Client:
         """Closes the connection (a view's close does nothing). Calls made
         after it fail with OSError(ESHUTDOWN)."""
         if self._owner:
+            self._data.close()
             self._meta.close()
 
     def __enter__(self) -> "Client":
@@ -228,7 +242,90 @@ class Client:
     setxattr = _blocking(Plans.setxattr)
     removexattr = _blocking(Plans.removexattr)
     txn = _blocking(Plans.txn)
-    open = _blocking(Plans.open)
+    layout = _blocking(Plans.layout)
+
+    # -- the data path (blocking only; contracts in files.py and blocks.py) --
+
+    @property
+    def data(self):
+        """The connection's ``blocks.DataPath`` (shared by every view)."""
+        return self._data
+
+    def open(self, path, mode="r", buffering=-1, encoding=None, errors=None, newline=None, *,
+             replication: int | None = None, block_size: int | None = None):
+        """``builtins.open`` for a Cistern file: a binary ``files.File``
+        (an ``io.BufferedIOBase``) or, in text modes, an ``io.TextIOWrapper``
+        over one. Modes r, w, a, x, + and b/t as builtins.open, with its
+        ValueErrors. A writer holds the file's lease until it closes (EBUSY
+        for a second writer); 'w' empties the file with its first commit,
+        so readers keep the old contents until then. ``replication`` sets
+        the file's replication factor (its xattr) for writers;
+        ``block_size`` the size of the blocks this handle writes. Errors:
+        FileNotFoundError, IsADirectoryError, FileExistsError (x),
+        PermissionError, OSError(EBUSY)."""
+        from . import extents, files
+
+        om = extents.parse_mode(mode, encoding, errors, newline, buffering)
+        given = paths.fspath(path, "open")
+        opened = self._run(Plans.open_file(self, given, om, self._data.holder, replication))
+        try:
+            size = block_size or (self._data.block_size_bytes() if om.writable else (4 << 20))
+            raw = files.File(opened, self._data, self._commit_write, self._release_lease, name=given,
+                             mode=mode, open_mode=om, block_size_bytes=int(size), replication=replication)
+        except BaseException:
+            if opened.lease_id is not None:
+                self._release_lease(opened.ino, opened.lease_id)
+            raise
+        if om.binary:
+            return raw
+        text = io.TextIOWrapper(raw, encoding, errors, newline, line_buffering=buffering == 1)
+        text.mode = mode
+        return text
+
+    def read_file(self, path) -> bytes:
+        """The whole contents of a file."""
+        with self.open(path, "rb") as f:
+            return f.read()
+
+    def write_file(self, path, data, *, replication: int | None = None) -> int:
+        """Replace a file's contents with ``data`` in one commit; its length."""
+        with self.open(path, "wb", replication=replication) as f:
+            return f.write(data)
+
+    def block_locations(self, path) -> list[dict]:
+        """HDFS's getFileBlockLocations: per block, ``{"offset", "length",
+        "block_id", "nodes": [node ids], "addresses": [addresses of the live
+        ones]}``; lengths stop at the file's size."""
+        attr, layout, _ = self.layout(path)
+        table = self._data.refresh_nodes() if layout else {}
+        out, at = [], 0
+        for block_id, length, _, nodes in layout:
+            out.append({"offset": at, "length": min(length, attr.size - at), "block_id": block_id,
+                        "nodes": list(nodes), "addresses": [table[n] for n in nodes if n in table]})
+            at += length
+        return out
+
+    def _commit_write(self, ino: int, lease_id: int, layout: list, size: int):
+        from cistern.metadata.model import TIME_NOW, Op
+
+        call = Call(Op.COMMIT_WRITE, (ino, lease_id, layout, size, TIME_NOW))
+        try:
+            return self._submit(call).result()
+        except CisternError as e:
+            raise call.oserror(e) from None
+
+    def _release_lease(self, ino: int, lease_id: int) -> None:
+        from cistern.metadata.model import Op
+
+        try:
+            self._submit(Call(Op.RELEASE_LEASE, (ino, lease_id))).result()
+        except CisternError:
+            pass   # lapsed or gone: nothing is held either way
+
+    def _renew_leases(self, holder: bytes) -> None:
+        from cistern.metadata.model import Op
+
+        self._submit(Call(Op.RENEW_LEASES, (holder,))).result()
 
     def scandir(self, path="/") -> "ScandirIterator":
         """``os.scandir``: an iterator of ``DirEntry`` (a context manager

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from cistern.core.errors import CisternError, to_oserror
 from cistern.metadata import limits
-from cistern.metadata.model import TIME_NOW, Attr, Op
+from cistern.metadata.model import REPLICATION_XATTR, TIME_NOW, Attr, Op
 
 from . import paths
 from .paths import Target
@@ -454,11 +454,54 @@ class Plans:
                 for (code, _), v in zip(wire_ops, values)]
 
     def open(self, path, mode="r", *args, **kwargs):
-        """Reading and writing file contents belongs to the data path, which
-        is not built yet: raises OSError(ENOSYS)."""
-        raise to_oserror(errno.ENOSYS, "open() needs the data path, which this client does not have yet",
-                         os.fspath(path))
+        """File contents move over the blocking data path only: the futures
+        and asyncio faces raise OSError(ENOSYS); use ``Client.open``."""
+        raise to_oserror(errno.ENOSYS, "open() is blocking-only: use Client.open", os.fspath(path))
         yield  # a generator like every plan
+
+    def open_file(self, path, om, holder: bytes, replication=None):
+        """The metadata half of ``Client.open`` for an ``extents.OpenMode``:
+        creates the file (w, a, x; EEXIST for x), takes the write lease
+        under ``holder`` (EBUSY while another writer holds it), sets the
+        replication xattr when ``replication`` is given, and reads the layout
+        (GET_LAYOUT: read permission). Returns ``files.Opened``. A failure
+        after the lease was taken releases it."""
+        from .files import Opened
+
+        t = paths.parse(path, function="open")
+        if not om.writable:
+            attr, layout, factor = yield Call(Op.GET_LAYOUT, (t.wire,), t.given)
+            return Opened(as_attr(attr).ino, None, as_attr(attr), layout, factor)
+        if om.create:
+            if t.dir_only:
+                raise to_oserror(errno.EISDIR, "", t.given)
+            yield Call(Op.CREATE, (t.wire, 0o666 & ~self.umask, bool(om.exclusive)), t.given)
+        ino, lease_id = yield Call(Op.OPEN_LEASE, (t.wire, holder), t.given)
+        try:
+            if replication is not None:
+                yield Call(Op.SETXATTR, (ino, REPLICATION_XATTR, str(int(replication)).encode(), 0), t.given)
+            try:
+                attr, layout, factor = yield Call(Op.GET_LAYOUT, (ino,), t.given)
+            except PermissionError:
+                if not om.truncate:
+                    raise
+                # 'w' on a write-only file: nothing to read, only the size to reset.
+                attr, layout, factor = (yield from _getattr(t, True)), [], replication
+            return Opened(ino, lease_id, as_attr(attr), layout, factor)
+        except BaseException:
+            try:
+                yield Call(Op.RELEASE_LEASE, (ino, lease_id), t.given)
+            except OSError:
+                pass
+            raise
+
+    def layout(self, path) -> list:
+        """``[attr, layout, replication]`` of a regular file (GET_LAYOUT):
+        the layout is ``[[block_id, length, checksum, [node ids]], ...]``.
+        Errors: ENOENT, EISDIR, EACCES (read permission)."""
+        t = paths.parse(path, function="open")
+        attr, layout, factor = yield Call(Op.GET_LAYOUT, (t.wire,), t.given)
+        return [as_attr(attr), layout, factor]
 
 
 # -- helpers shared by the plans ----------------------------------------------

@@ -1,0 +1,328 @@
+"""``DataPath``: the client's block I/O shell — placement, pipelined block
+uploads, replica choice and failover for reads, bad-replica reports, the
+write-lease renewer — over ``metadata.nodes_client.NodesClient`` and
+``blockstore.client.BlockClient``. One per ``Client`` connection, shared by
+its ``with_creds`` views and every open file.
+
+Contract:
+
+* Thread-safe. Uploads and read-ahead run on a small thread pool
+  (``io_threads_max``); every call can also be made from any thread.
+* Errors: ``OSError`` with an errno (EIO when no replica could serve a
+  block or no pipeline took an upload; ENOSPC when no node has room;
+  ETIMEDOUT when the metadata leader does not answer).
+* Uploads (``upload``): a block is allocated by the leader and streamed down
+  its pipeline; every node that acks has it fsynced. When a target fails,
+  the block is allocated again excluding the failed nodes and sent again
+  (``upload_attempts_max`` in all); if the last attempt reaches only some of
+  its targets, the block is accepted with the nodes that acked (at least
+  one) and only those are recorded: the leader's healing monitor brings it
+  back to its replication factor. Nothing uploaded is visible to readers
+  until the file's COMMIT_WRITE; an upload never committed is an orphan the
+  leader deletes after its grace period.
+* Reads (``read``): replicas are tried in ``order_replicas`` order — this
+  host's node first (``node_id``, default ``$CISTERN_NODE_ID``), then the
+  others rotated so concurrent readers spread out. Bytes are verified per
+  64 KiB sub-chunk by ``BlockClient`` (and whole blocks against the layout's
+  xxh3-128). Any error moves on to the next replica; a replica that answered
+  with bad or missing data (EBADMSG, EIO, ENOENT) is reported to the leader
+  as bad (in the background); an unreachable node is not reported (the
+  leader notices dead nodes by their heartbeats). When every replica fails,
+  the node table is refreshed once and the replicas tried again.
+* Leases: ``hold_lease``/``drop_lease`` keep the set of write leases this
+  connection holds; while it is not empty a renewer thread sends one
+  RENEW_LEASES for the connection's holder id every
+  ``lease_renew_interval_s`` (leases are renewed per holder, as HDFS's lease
+  renewer does).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from cistern.core.errors import CisternError, to_oserror
+from cistern.metadata import limits as meta_limits
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DataPath", "order_replicas", "new_holder_id"]
+
+MiB = 1 << 20
+block_size_default_bytes = 4 * MiB      # blockstore's default, when no node says otherwise
+io_threads_max = 8                      # uploads and read-ahead in flight, per connection
+upload_attempts_max = 3                 # allocations tried for one block before accepting fewer replicas
+node_table_refresh_min_s = 1.0          # the live node table is fetched at most this often on a miss
+report_errnos = frozenset((errno.EBADMSG, errno.EIO, errno.ENOENT))   # the replica's data is bad
+NODE_ENV_VAR = "CISTERN_NODE_ID"
+
+
+def new_holder_id() -> bytes:
+    """A lease holder id unique to one client connection (host, pid, random)."""
+    name = f"{socket.gethostname()[:100]}:{os.getpid()}:{os.urandom(8).hex()}"
+    return name.encode()[:meta_limits.lease_holder_length_max_bytes]
+
+
+def order_replicas(node_ids, local_node: str | None, turn: int) -> list:
+    """The order to try a block's replicas in: the local node first, then
+    the others starting at ``turn`` (mod their count), so successive reads
+    rotate over the replicas. Pure."""
+    ids = list(node_ids)
+    first = [n for n in ids if local_node is not None and n == local_node]
+    rest = [n for n in ids if n not in first]
+    if rest:
+        k = turn % len(rest)
+        rest = rest[k:] + rest[:k]
+    return first + rest
+
+
+class DataPath:
+    def __init__(self, meta_addresses, *, renew=None, block_size_bytes: int | None = None,
+                 node_id: str | None = None, timeout_s: float = 30.0, nodes=None, blocks=None):
+        """``renew(holder)`` sends RENEW_LEASES (the Client passes a function
+        over its metadata client). ``nodes``/``blocks`` replace the
+        NodesClient/BlockClient (tests)."""
+        self.meta_addresses = list(meta_addresses or ())
+        self.holder = new_holder_id()
+        self.node_id = node_id if node_id is not None else (os.environ.get(NODE_ENV_VAR) or None)
+        self.timeout_s = timeout_s
+        self._block_size = block_size_bytes
+        self._renew = renew
+        self._nodes = nodes
+        self._blocks = blocks
+        self._lock = threading.Lock()
+        self._addresses: dict[str, str] = {}
+        self._table_fetched = 0.0
+        self._turn = itertools.count()
+        self._pool: ThreadPoolExecutor | None = None
+        self._leases: set = set()
+        self._lease_wake = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._closed = False
+
+    # -- lazily made clients ------------------------------------------------
+
+    @property
+    def nodes(self):
+        with self._lock:
+            if self._nodes is None:
+                from cistern.metadata.nodes_client import NodesClient
+
+                if not self.meta_addresses:
+                    raise to_oserror(errno.ENOSYS, "this client has no metadata addresses for the data path")
+                self._nodes = NodesClient(self.meta_addresses, timeout_s=self.timeout_s)
+            return self._nodes
+
+    @property
+    def blocks(self):
+        with self._lock:
+            if self._blocks is None:
+                from cistern.blockstore.client import BlockClient
+
+                self._blocks = BlockClient()
+            return self._blocks
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise to_oserror(errno.ESHUTDOWN, "client is closed")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(io_threads_max, thread_name_prefix="cistern-data")
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            nodes, blocks = self._nodes, self._blocks
+            self._leases.clear()
+        self._lease_wake.set()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        for c in (nodes, blocks):
+            if c is not None:
+                c.close()
+
+    # -- node table and block size ------------------------------------------
+
+    def block_size_bytes(self) -> int:
+        """The size of new blocks: as configured, else the smallest block
+        size the live nodes report (a node refuses longer blocks), else 4 MiB."""
+        if self._block_size is None:
+            sizes = []
+            try:
+                for entry in self.nodes.nodes().nodes:
+                    self._learn(entry.node_id, entry.address)
+                    sizes.append(int(self.blocks.stat(entry.address, timeout_s=5.0).get("block_size_bytes", 0)))
+            except CisternError as e:
+                log.debug("block size discovery failed: %s", e)
+            sizes = [s for s in sizes if s > 0]
+            self._block_size = min(sizes) if sizes else block_size_default_bytes
+        return self._block_size
+
+    def _learn(self, node_id: str, address: str) -> None:
+        with self._lock:
+            self._addresses[node_id] = address
+
+    def refresh_nodes(self, force: bool = False) -> dict:
+        """The live node table {node_id: address} (fetched at most every
+        ``node_table_refresh_min_s`` unless forced)."""
+        now = time.monotonic()
+        if force or now - self._table_fetched >= node_table_refresh_min_s:
+            self._table_fetched = now
+            try:
+                reply = self.nodes.nodes()
+            except CisternError as e:
+                raise to_oserror(e.errno, e.message) from None
+            table = {entry.node_id: entry.address for entry in reply.nodes}
+            with self._lock:
+                self._addresses.update(table)
+        with self._lock:
+            return dict(self._addresses)
+
+    def address(self, node_id: str) -> str | None:
+        with self._lock:
+            found = self._addresses.get(node_id)
+        if found is None:
+            found = self.refresh_nodes().get(node_id)
+        return found
+
+    # -- uploads ---------------------------------------------------------------
+
+    def submit_upload(self, data: bytes, replication: int | None) -> Future:
+        return self.pool.submit(self.upload, data, replication)
+
+    def upload(self, data: bytes, replication: int | None) -> list:
+        """Store ``data`` as a new block; its layout entry
+        ``[block_id, length, xxh3-128, [node ids that acked]]``."""
+        from cistern.blockstore.store import block_checksum
+
+        checksum = block_checksum(data)
+        exclude: set = set()
+        best = None
+        for _ in range(upload_attempts_max):
+            block_id, targets = self._allocate(replication, exclude)
+            results = self.blocks.write_block_results([a for _, a in targets], block_id, data)
+            acked = [node_id for (node_id, _), r in zip(targets, results) if r.ok]
+            # Nodes after a failed one were never reached (ECANCELED): they may be fine.
+            failed = [node_id for (node_id, _), r in zip(targets, results) if not r.ok]
+            broken = [node_id for (node_id, _), r in zip(targets, results)
+                      if not r.ok and r.errno != errno.ECANCELED]
+            if acked and (best is None or len(acked) > len(best[3])):
+                best = [block_id, len(data), checksum, acked]
+            if not failed:
+                return best
+            log.info("block %s: %s failed (%s); allocating again without them", block_id.hex(), broken,
+                     "; ".join(r.message for r in results if not r.ok)[:300])
+            exclude.update(broken)
+        if best is None:
+            raise to_oserror(errno.EIO, f"no storage node took a block (tried {sorted(exclude)})")
+        return best
+
+    def _allocate(self, replication, exclude):
+        try:
+            allocated = self.nodes.allocate(1, replication=replication or 0, writer_node=self.node_id,
+                                            exclude=sorted(exclude), block_size_bytes=self.block_size_bytes())
+        except CisternError as e:
+            raise to_oserror(e.errno, f"allocate: {e.message}") from None
+        if not allocated or not allocated[0][1]:
+            raise to_oserror(errno.ENOSPC, "allocate: no live storage node")
+        block_id, targets = allocated[0]
+        for node_id, address in targets:
+            self._learn(node_id, address)
+        return block_id, targets
+
+    # -- reads -------------------------------------------------------------------
+
+    def submit_read(self, block, offset: int = 0, length: int | None = None) -> Future:
+        return self.pool.submit(self.read, block, offset, length)
+
+    def read(self, block, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes [offset, offset+length) of a layout block (the whole block
+        when length is None), from the first replica that serves them
+        verified."""
+        block_id, block_length, checksum, node_ids = block
+        failures = []
+        for attempt in range(2):
+            order = order_replicas(node_ids, self.node_id, next(self._turn))
+            for node_id in order:
+                address = self.address(node_id)
+                if address is None:
+                    failures.append(f"{node_id}: not live")
+                    continue
+                try:
+                    return self._read_one(address, block_id, block_length, checksum, offset, length)
+                except CisternError as e:
+                    failures.append(f"{node_id}: {e.message}")
+                    if e.errno in report_errnos:
+                        self._report_bad(block_id, node_id, e.message)
+            if attempt == 0:
+                try:
+                    self.refresh_nodes(force=True)
+                except OSError:
+                    break
+        raise to_oserror(errno.EIO, f"block {bytes(block_id).hex()}: no replica could be read: "
+                                    + "; ".join(failures)[:500])
+
+    def _read_one(self, address, block_id, block_length, checksum, offset, length) -> bytes:
+        if length is None:
+            data = self.blocks.read_block(address, block_id, checksum=checksum or None)
+            if len(data) != block_length:
+                raise CisternError(errno.EBADMSG, f"{address}: block is {len(data)} bytes, not {block_length}")
+            return data
+        data = self.blocks.read_block(address, block_id, offset, length)
+        if len(data) != length:
+            raise CisternError(errno.EBADMSG, f"{address}: short read ({len(data)} of {length} bytes)")
+        return data
+
+    def _report_bad(self, block_id: bytes, node_id: str, reason: str) -> None:
+        def report():
+            try:
+                self.nodes.report_bad_replica(block_id, node_id, self.holder.decode(errors="replace"), reason[:500])
+            except Exception as e:   # a report is advice; the scrubber finds it anyway
+                log.info("reporting bad replica %s on %s failed: %s", block_id.hex(), node_id, e)
+
+        try:
+            self.pool.submit(report)
+        except (OSError, RuntimeError):
+            pass
+
+    # -- leases ------------------------------------------------------------------
+
+    def hold_lease(self, key) -> None:
+        with self._lock:
+            self._leases.add(key)
+            start = self._renewer is None or not self._renewer.is_alive()
+            if start:
+                self._renewer = threading.Thread(target=self._renew_loop, name="cistern-lease-renewer",
+                                                 daemon=True)
+        if start:
+            self._renewer.start()
+
+    def drop_lease(self, key) -> None:
+        with self._lock:
+            self._leases.discard(key)
+
+    def leases_held(self) -> int:
+        with self._lock:
+            return len(self._leases)
+
+    def _renew_loop(self) -> None:
+        while True:
+            self._lease_wake.wait(meta_limits.lease_renew_interval_s)
+            with self._lock:
+                if not self._leases or self._closed:
+                    self._renewer = None
+                    return
+            try:
+                if self._renew is not None:
+                    self._renew(self.holder)
+            except Exception as e:    # the next turn tries again; the TTL is 6 turns long
+                log.warning("lease renewal failed: %s", e)

@@ -1,0 +1,344 @@
+"""``File``: the binary file object ``Client.open`` returns (text modes wrap
+it in ``io.TextIOWrapper``), over the pure ``extents.Extents`` and the
+``blocks.DataPath`` shell.
+
+Contract:
+
+* An ``io.BufferedIOBase``: read, read1, readinto, readinto1, peek,
+  readline/iteration, write, seek, tell, truncate, flush, close, fsync,
+  readable/writable/seekable, context manager. ``fileno()`` raises
+  ``io.UnsupportedOperation``. Thread-safe (one lock per file).
+* Consistency is close-to-open: a handle reads the layout it opened with
+  (plus its own writes); another client's writes appear to handles opened
+  after that client's commit.
+* Writes are buffered per block in this process. ``flush()``, ``fsync()``,
+  ``truncate()`` and ``close()`` upload what is buffered and publish the new
+  layout, size and mtime in one metadata COMMIT_WRITE under the handle's
+  lease: readers see all of a commit or none of it. Nothing written is
+  visible (or durable) before that; a writer that dies leaves the last
+  committed contents intact. After ``flush()`` returns, the data is on every
+  node that acked its blocks (fsynced) and the commit is in the Raft log of
+  a majority of metadata replicas.
+* Errors are ``OSError``: EIO when no replica could serve a block or no node
+  took an upload (a failed upload stays buffered and the next flush tries
+  again), ESTALE when the lease was lost (the file was removed, or the
+  writer was silent longer than the lease TTL and another writer took it).
+* Read-ahead: a read that continues where the previous one ended fetches
+  whole blocks and prefetches the next ``read_ahead_blocks`` in the
+  background; any other read fetches just the byte range it needs.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import io
+import threading
+
+from .extents import Extent, Extents
+
+__all__ = ["File", "Opened"]
+
+read_ahead_blocks = 2            # whole blocks fetched ahead of a sequential reader
+uploads_in_flight_max = 3        # per file: bounds buffered memory to about this many blocks more
+zero_fill_piece_bytes = 1 << 20  # a hole written over is filled this much at a time
+
+
+class Opened:
+    """What the open plan found: the inode, the lease (writers), the
+    attributes, layout and replication factor the handle starts from."""
+
+    __slots__ = ("ino", "lease_id", "attr", "layout", "replication")
+
+    def __init__(self, ino, lease_id, attr, layout, replication):
+        self.ino, self.lease_id, self.attr = ino, lease_id, attr
+        self.layout, self.replication = layout, replication
+
+
+class File(io.BufferedIOBase):
+    def __init__(self, opened: Opened, data, commit, release, *, name, mode: str, open_mode,
+                 block_size_bytes: int, replication: int | None):
+        """``commit(ino, lease_id, layout, size)`` and ``release(ino,
+        lease_id)`` are the Client's metadata calls; ``data`` a DataPath."""
+        super().__init__()
+        self.name = name
+        self.mode = mode
+        self._om = open_mode
+        self._opened = opened
+        self._data = data
+        self._commit = commit
+        self._release = release
+        self._replication = replication or opened.replication
+        layout = [] if open_mode.truncate else opened.layout
+        size = 0 if open_mode.truncate else opened.attr.size
+        self._x = Extents(layout, size, block_size_bytes)
+        self._pos = 0
+        self._lock = threading.RLock()
+        self._uncommitted = bool(open_mode.truncate)   # 'w' truncates with its first commit
+        self._uploads: collections.deque = collections.deque()
+        self._cache: collections.OrderedDict = collections.OrderedDict()   # block id -> Future of bytes
+        self._read_end = 0      # where the last read ended: a read starting here is sequential
+        self._closing = False
+        if open_mode.writable:
+            data.hold_lease(self._lease_key)
+
+    @property
+    def _lease_key(self):
+        return (self._opened.ino, self._opened.lease_id, id(self))
+
+    # -- io.BufferedIOBase ---------------------------------------------------
+
+    def readable(self) -> bool:
+        self._check_open()
+        return self._om.readable
+
+    def writable(self) -> bool:
+        self._check_open()
+        return self._om.writable
+
+    def seekable(self) -> bool:
+        self._check_open()
+        return True
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a Cistern file has no file descriptor")
+
+    def isatty(self) -> bool:
+        self._check_open()
+        return False
+
+    def detach(self):
+        raise io.UnsupportedOperation("detach")
+
+    @property
+    def raw(self):
+        return self
+
+    @property
+    def size(self) -> int:
+        """The file's size as this handle sees it (its own writes included)."""
+        return self._x.size
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    def _check(self, readable: bool) -> None:
+        self._check_open()
+        if readable and not self._om.readable:
+            raise io.UnsupportedOperation("read")
+        if not readable and not self._om.writable:
+            raise io.UnsupportedOperation("write")
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        offset = offset.__index__()
+        with self._lock:
+            self._check_open()
+            if whence == io.SEEK_SET:
+                pos = offset
+            elif whence == io.SEEK_CUR:
+                pos = self._pos + offset
+            elif whence == io.SEEK_END:
+                pos = self._x.size + offset
+            else:
+                raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+            if pos < 0:
+                raise OSError(errno.EINVAL, "Invalid argument") if whence != io.SEEK_SET \
+                    else ValueError(f"negative seek position {offset}")
+            self._pos = pos
+            return pos
+
+    def tell(self) -> int:
+        with self._lock:
+            self._check_open()
+            return self._pos
+
+    # -- reading ---------------------------------------------------------------
+
+    def read(self, size: int | None = -1) -> bytes:
+        with self._lock:
+            self._check(True)
+            n = self._x.size - self._pos if size is None or size < 0 else size
+            data = self._read_at(self._pos, n)
+            self._pos += len(data)
+            return data
+
+    read1 = read
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    readinto1 = readinto
+
+    def peek(self, size: int = 0) -> bytes:
+        """Bytes from the position to the end of its extent (at least one
+        unless at the end), without moving."""
+        with self._lock:
+            self._check(True)
+            pieces = self._x.pieces(self._pos, max(size, 1))
+            if not pieces:
+                return b""
+            first = pieces[0]
+            n = first.length if first.extent is None else first.extent.end - self._pos
+            return self._read_at(self._pos, max(n, size), track=False)
+
+    def _read_at(self, pos: int, n: int, track: bool = True) -> bytes:
+        sequential = pos == self._read_end
+        out = []
+        for piece in self._x.pieces(pos, n):
+            out.append(self._piece_bytes(piece, sequential))
+        data = b"".join(out)
+        if track:
+            self._read_end = pos + len(data)
+            if sequential and data:
+                self._read_ahead(self._read_end)
+        return data
+
+    def _piece_bytes(self, piece, sequential: bool) -> bytes:
+        e, offset, length = piece
+        if e is None:
+            return bytes(length)
+        if not e.stored:
+            return bytes(e.data[offset:offset + length])
+        cached = self._cache.get(e.block[0])
+        if cached is None and sequential:
+            cached = self._fetch_ahead(e)
+        if cached is not None:
+            return self._result(cached)[offset:offset + length]
+        return self._data.read(e.block, offset, length)
+
+    def _result(self, future) -> bytes:
+        try:
+            return future.result()
+        except OSError as err:
+            raise err from None
+
+    def _fetch_ahead(self, e: Extent):
+        future = self._cache.get(e.block[0])
+        if future is None:
+            future = self._cache[e.block[0]] = self._data.submit_read(e.block)
+            while len(self._cache) > read_ahead_blocks + 2:
+                self._cache.popitem(last=False)
+        return future
+
+    def _read_ahead(self, pos: int) -> None:
+        if pos >= self._x.end:
+            return
+        i = self._x.index(pos)
+        for e in self._x.items[i:i + read_ahead_blocks + 1]:
+            if e.stored:
+                self._fetch_ahead(e)
+
+    def _load(self, e: Extent) -> bytes:
+        """A stored extent's bytes, for a read-modify-write."""
+        future = self._cache.pop(e.block[0], None)
+        data = self._result(future) if future is not None else self._data.read(e.block)
+        return data[:e.length]
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        with self._lock:
+            self._check(False)
+            if self._om.append:
+                self._pos = self._x.size
+            n = len(view)
+            self._fill_hole(self._pos)
+            step = self._x.block_size_bytes
+            for i in range(0, n, step):
+                self._x.write(self._pos, view[i:i + step], self._load)
+                self._pos += min(step, n - i)
+                self._pump(final=False)
+            self._uncommitted = True
+            return n
+
+    def _fill_hole(self, pos: int) -> None:
+        while self._x.end < pos:
+            n = min(pos - self._x.end, zero_fill_piece_bytes)
+            self._x.write(self._x.end, bytes(n), self._load)
+            self._pump(final=False)
+
+    def _pump(self, final: bool) -> None:
+        for e in self._x.to_upload(self._pos, final):
+            handle = object()
+            payload = self._x.uploading(e, handle)
+            self._uploads.append((e, handle, self._data.submit_upload(payload, self._replication)))
+        while len(self._uploads) > (0 if final else uploads_in_flight_max):
+            self._settle(*self._uploads.popleft())
+
+    def _settle(self, e: Extent, handle, future) -> None:
+        try:
+            block = future.result()
+        except OSError as err:
+            self._x.upload_failed(e, handle)
+            self._fail_pending()
+            raise err from None
+        self._x.uploaded(e, handle, block)
+
+    def _fail_pending(self) -> None:
+        """After one failed upload, the rest finish but nothing is assumed."""
+        while self._uploads:
+            e, handle, future = self._uploads.popleft()
+            try:
+                self._x.uploaded(e, handle, future.result())
+            except OSError:
+                self._x.upload_failed(e, handle)
+
+    def truncate(self, size: int | None = None) -> int:
+        with self._lock:
+            self._check(False)
+            size = self._pos if size is None else size.__index__()
+            if size < 0:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            self._x.truncate(min(size, self._x.size))
+            self._x.size = size
+            self._uncommitted = True
+            self._flush()
+            return size
+
+    def flush(self) -> None:
+        with self._lock:
+            if self.closed or self._closing:
+                return
+            self._flush()
+
+    def fsync(self) -> None:
+        """``os.fsync``: the same as flush (a commit is durable when it returns)."""
+        self.flush()
+
+    def _flush(self) -> None:
+        if not self._om.writable or not self._uncommitted:
+            return
+        for e in self._x.stale():
+            self._x.make_dirty(e, self._load)
+        self._pump(final=True)
+        attr = self._commit(self._opened.ino, self._opened.lease_id, self._x.layout(), self._x.size)
+        self._opened.attr = attr
+        self._uncommitted = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self._closing = True
+            try:
+                self._flush()
+            finally:
+                try:
+                    if self._om.writable:
+                        self._data.drop_lease(self._lease_key)
+                        self._release(self._opened.ino, self._opened.lease_id)
+                finally:
+                    self._cache.clear()
+                    super().close()
+
+    def __repr__(self) -> str:
+        return f"<cistern.client.File name={self.name!r} mode={self.mode!r}>"
+
