@@ -208,7 +208,12 @@ class DataPath:
         exclude: set = set()
         best = None
         for _ in range(upload_attempts_max):
-            block_id, targets = self._allocate(replication, exclude)
+            try:
+                block_id, targets = self._allocate(replication, exclude)
+            except OSError:
+                if not exclude:
+                    raise
+                break   # no node left beyond the failed ones: keep what acked, if anything did
             results = self.blocks.write_block_results([a for _, a in targets], block_id, data)
             acked = [node_id for (node_id, _), r in zip(targets, results) if r.ok]
             # Nodes after a failed one were never reached (ECANCELED): they may be fine.

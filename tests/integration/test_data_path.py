@@ -32,7 +32,8 @@ NODES_ENV = {
     "CISTERN_NODES_HEARTBEAT_INTERVAL_S": "0.2",
     "CISTERN_NODES_NODE_DEAD_AFTER_S": "2.0",
     "CISTERN_NODES_MONITOR_INTERVAL_S": "0.2",
-    "CISTERN_NODES_ORPHAN_GRACE_S": "2.0",
+    # Longer than any write here takes: blocks uploaded but not yet committed are orphans too.
+    "CISTERN_NODES_ORPHAN_GRACE_S": "5.0",
     "CISTERN_NODES_REPLICATION_TIMEOUT_S": "10",
 }
 WAIT_S = 30.0
@@ -56,10 +57,10 @@ def wait_for(predicate, what: str, timeout_s: float = WAIT_S):
 
 
 class Cluster:
-    def __init__(self, tmp, block_size: int = BLOCK):
+    def __init__(self, tmp, block_size: int = BLOCK, env=NODES_ENV):
         self.tmp = tmp
         self.block_size = block_size
-        self.meta = MetaCluster(tmp / "meta", 3, env=NODES_ENV, log_level="WARNING")
+        self.meta = MetaCluster(tmp / "meta", 3, env=env, log_level="WARNING")
         self.addresses = ",".join(self.meta.addresses)
         self.nodes: dict[str, dict] = {}
 
@@ -357,7 +358,8 @@ def test_fs_put_get_cat_round_trip_with_stdin_and_stdout(cluster, tmp_path):
 def test_a_1gib_file_in_4mib_blocks_reads_back_identical(tmp_path_factory):
     """1 GiB with the default 4 MiB blocks and 3 replicas, written and read
     back through the client, hash compared."""
-    c = Cluster(tmp_path_factory.mktemp("gib"), block_size=4 << 20)
+    env = {k: v for k, v in NODES_ENV.items() if "ORPHAN" not in k}   # the default grace: an hour
+    c = Cluster(tmp_path_factory.mktemp("gib"), block_size=4 << 20, env=env)
     try:
         for node_id in ("n1", "n2", "n3"):
             c.start_node(node_id)

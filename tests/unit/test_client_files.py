@@ -1,0 +1,470 @@
+"""The data path's logic without nodes: open-mode parsing against
+builtins.open, the pure ``Extents`` core (block splitting, read-modify-write,
+appends, truncation, holes), the ``File`` object over an in-process metadata
+backend and an in-memory block store, and ``DataPath``'s replica order,
+failover, bad-replica reports and upload retries with fake clients."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from concurrent.futures import Future
+
+import pytest
+
+from cistern.blockstore.pipeline import ReplicaResult
+from cistern.client.api import Client
+from cistern.client.blocks import DataPath, order_replicas
+from cistern.client.extents import Extents, parse_mode
+from cistern.client.testing import InProcessMetaClient
+from cistern.core.errors import CisternError
+
+BS = 16   # a tiny block size makes block boundaries easy to hit
+
+
+# -- mode parsing -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["r", "rb", "rt", "r+", "rb+", "w", "wb", "w+", "a", "ab", "a+", "x", "xb",
+                                  "x+", "rw", "rr", "", "b", "+", "rbt", "q", "wa", "U", "r+b+"])
+def test_modes_are_accepted_and_refused_as_builtins_open_does(mode, tmp_path):
+    path = tmp_path / "f"
+    try:
+        open(path, mode).close()
+        expected = None
+    except ValueError as e:
+        expected = str(e)
+    except FileNotFoundError:
+        expected = None
+    if expected is None:
+        om = parse_mode(mode)
+        assert om.binary == ("b" in mode)
+        assert om.readable == ("r" in mode or "+" in mode)
+        assert om.writable == (not mode.startswith("r") or "+" in mode)
+    else:
+        with pytest.raises(ValueError):
+            parse_mode(mode)
+    if path.exists():
+        path.unlink()
+
+
+def test_binary_mode_refuses_text_arguments_and_text_refuses_unbuffered():
+    for kwargs in ({"encoding": "utf-8"}, {"errors": "strict"}, {"newline": ""}):
+        with pytest.raises(ValueError, match="binary mode doesn't take"):
+            parse_mode("rb", **kwargs)
+    with pytest.raises(ValueError, match="unbuffered text"):
+        parse_mode("r", buffering=0)
+    with pytest.raises(TypeError):
+        parse_mode(1)
+    om = parse_mode("a")
+    assert (om.create, om.append, om.truncate, om.exclusive) == (True, True, False, False)
+    om = parse_mode("x")
+    assert (om.create, om.exclusive) == (True, True)
+
+
+# -- the pure core -------------------------------------------------------------------
+
+
+def stored(n: int, length: int):
+    return [bytes([n]) * 16, length, b"", ["n1"]]
+
+
+def no_load(e):
+    raise AssertionError(f"unexpected load of {e}")
+
+
+def test_sequential_writes_split_into_full_blocks_and_a_short_last_one():
+    x = Extents([], 0, BS)
+    x.write(0, b"a" * 40, no_load)
+    assert [(e.start, e.length, e.dirty) for e in x.items] == [(0, 16, True), (16, 16, True), (32, 8, True)]
+    assert x.size == 40
+    # The write position is in the last extent: only the two complete ones go now.
+    assert [e.start for e in x.to_upload(40)] == [0, 16]
+    assert [e.start for e in x.to_upload(40, final=True)] == [0, 16, 32]
+
+
+def test_overwriting_the_middle_rewrites_only_the_blocks_it_touches():
+    layout = [stored(1, 16), stored(2, 16), stored(3, 16)]
+    x = Extents(layout, 48, BS)
+    loads = []
+    x.write(14, b"XYZW", lambda e: loads.append(e.start) or bytes([e.block[0][0]]) * e.length)
+    assert loads == [0, 16]
+    assert [e.stored for e in x.items] == [False, False, True]
+    assert bytes(x.items[0].data) == b"\x01" * 14 + b"XY"
+    assert bytes(x.items[1].data) == b"ZW" + b"\x02" * 14
+    assert x.items[2].block == stored(3, 16)
+    assert x.size == 48
+
+
+def test_appending_rewrites_a_short_last_block_as_a_fuller_one():
+    x = Extents([stored(1, 16), stored(2, 5)], 21, BS)
+    x.write(21, b"b" * 20, lambda e: b"\x02" * 5)
+    assert [(e.start, e.length, e.stored) for e in x.items] == [(0, 16, True), (16, 16, False), (32, 9, False)]
+    assert bytes(x.items[1].data) == b"\x02" * 5 + b"b" * 11
+
+
+def test_pieces_of_a_read_cover_extents_and_the_hole_after_them():
+    x = Extents([stored(1, 16), stored(2, 16)], 40, BS)
+    pieces = x.pieces(10, 100)
+    assert [(p.extent.start if p.extent else None, p.offset, p.length) for p in pieces] == [
+        (0, 10, 6), (16, 0, 16), (None, 0, 8)]
+    assert x.pieces(40, 10) == [] and x.pieces(50, 10) == []
+
+
+def test_truncate_keeps_a_straddling_block_which_must_be_rewritten_before_anything_follows_it():
+    x = Extents([stored(1, 16), stored(2, 16), stored(3, 16)], 48, BS)
+    x.truncate(20)
+    assert [(e.start, e.length) for e in x.items] == [(0, 16), (16, 4)]
+    assert x.stale() == []                      # nothing after the hidden tail: it may stay
+    assert x.layout() == [stored(1, 16), stored(2, 16)]
+    x.size = 30                                 # a growing truncate would expose the old tail
+    assert x.stale() == [x.items[1]]
+
+
+def test_a_layout_with_a_straddling_block_from_the_metadata_is_clipped_to_the_size():
+    x = Extents([stored(1, 16), stored(2, 16)], 20, BS)
+    assert x.items[1].length == 4 and x.end == 20
+    assert x.stale() == []
+
+
+def test_an_upload_finished_after_the_extent_changed_is_ignored():
+    x = Extents([], 0, BS)
+    x.write(0, b"a" * 16, no_load)
+    e = x.items[0]
+    first = object()
+    x.uploading(e, first)
+    x.write(0, b"b", no_load)                   # changes it while the upload runs
+    assert not x.uploaded(e, first, [b"\x09" * 16, 16, b"", ["n1"]])
+    assert e.dirty and bytes(e.data) == b"b" + b"a" * 15
+
+
+# -- the file object over fakes --------------------------------------------------------
+
+
+class FakeData:
+    """A DataPath stand-in: blocks in a dict, uploads and reads counted."""
+
+    def __init__(self, block_size: int = BS):
+        self.holder = b"test-holder"
+        self.size = block_size
+        self.blocks: dict[bytes, bytes] = {}
+        self.leases: set = set()
+        self.uploads = self.whole_reads = self.range_reads = 0
+        self.fail_uploads = 0
+
+    def block_size_bytes(self) -> int:
+        return self.size
+
+    def hold_lease(self, key) -> None:
+        self.leases.add(key)
+
+    def drop_lease(self, key) -> None:
+        self.leases.discard(key)
+
+    def _future(self, fn, *args) -> Future:
+        f = Future()
+        try:
+            f.set_result(fn(*args))
+        except OSError as e:
+            f.set_exception(e)
+        return f
+
+    def submit_upload(self, data, replication) -> Future:
+        return self._future(self.upload, data, replication)
+
+    def upload(self, data, replication):
+        if self.fail_uploads:
+            self.fail_uploads -= 1
+            raise OSError(errno.EIO, "no storage node took a block")
+        self.uploads += 1
+        block_id = os.urandom(16)
+        self.blocks[block_id] = bytes(data)
+        return [block_id, len(data), b"", ["n1"]]
+
+    def submit_read(self, block, offset=0, length=None) -> Future:
+        return self._future(self.read, block, offset, length)
+
+    def read(self, block, offset=0, length=None):
+        data = self.blocks[block[0]]
+        if length is None:
+            self.whole_reads += 1
+            return data
+        self.range_reads += 1
+        return data[offset:offset + length]
+
+    def refresh_nodes(self, force=False):
+        return {"n1": "127.0.0.1:1"}
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def data():
+    return FakeData()
+
+
+@pytest.fixture
+def client(data):
+    c = Client(InProcessMetaClient(), uid=0, gid=0, groups=[], data=data)
+    yield c
+    c.close()
+
+
+def test_writes_are_buffered_per_block_and_published_by_one_commit_at_close(client, data):
+    f = client.open("/f", "wb")
+    f.write(b"a" * 10)
+    assert data.uploads == 0                    # a block is not uploaded while the writer is in it
+    f.write(b"b" * 10)
+    assert data.uploads == 1                    # the first block is full and left behind
+    f.write(b"c" * 20)
+    assert data.uploads == 2                    # the second too; the third (8 bytes) waits
+    assert client.stat("/f").st_size == 0       # nothing visible before the commit
+    version = client.attr("/f").version
+    f.close()
+    assert data.uploads == 3 and client.read_file("/f") == b"a" * 10 + b"b" * 10 + b"c" * 20
+    assert client.attr("/f").version == version + 1   # one commit
+    assert data.leases == set()
+
+
+def test_w_keeps_the_old_contents_visible_until_its_commit(client):
+    client.write_file("/f", b"old contents")
+    f = client.open("/f", "wb")
+    assert client.read_file("/f") == b"old contents"
+    f.write(b"new")
+    assert client.read_file("/f") == b"old contents"
+    f.flush()
+    assert client.read_file("/f") == b"new"
+    f.close()
+
+
+def test_a_handle_reads_its_own_unflushed_writes_and_seek_tell_work(client):
+    client.write_file("/f", bytes(range(50)))
+    with client.open("/f", "r+b") as f:
+        f.seek(10)
+        f.write(b"XY")
+        assert f.tell() == 12
+        f.seek(-2, io.SEEK_CUR)
+        assert f.read(4) == b"XY\x0c\x0d"
+        assert f.seek(0, io.SEEK_END) == 50
+        assert f.read() == b""
+        with pytest.raises(ValueError):
+            f.seek(-1)
+    assert client.read_file("/f")[8:14] == b"\x08\x09XY\x0c\x0d"
+
+
+def test_append_mode_writes_at_the_end_whatever_the_position(client):
+    client.write_file("/f", b"12345")
+    with client.open("/f", "a+b") as f:
+        f.seek(0)
+        f.write(b"67")
+        f.seek(0)
+        assert f.read() == b"1234567"
+    assert client.read_file("/f") == b"1234567"
+
+
+def test_truncate_commits_at_once_and_a_growing_one_reads_zeros(client):
+    client.write_file("/f", b"z" * 40)
+    with client.open("/f", "r+b") as f:
+        assert f.truncate(20) == 20
+        assert client.read_file("/f") == b"z" * 20
+        f.truncate(30)
+    assert client.read_file("/f") == b"z" * 20 + bytes(10)
+
+
+def test_sequential_reads_fetch_whole_blocks_and_random_ones_only_ranges(client, data):
+    client.write_file("/f", bytes(range(100)))
+    data.whole_reads = data.range_reads = 0
+    with client.open("/f", "rb") as f:
+        assert f.read(5) == bytes(range(5))
+        assert data.whole_reads >= 1 and data.range_reads == 0
+        whole = data.whole_reads
+        chunks = [f.read(5) for _ in range(19)]
+        assert b"".join(chunks) == bytes(range(5, 100))
+        assert data.range_reads == 0 and data.whole_reads <= 7    # 7 blocks, each fetched once
+        f.seek(3)
+        assert f.read(20) == bytes(range(3, 23))
+        assert data.whole_reads <= max(whole, 7)
+
+
+def test_text_mode_lines_and_iteration(client):
+    with client.open("/t.txt", "w", encoding="utf-8") as f:
+        f.write("héllo\nworld\n")
+        assert f.mode == "w" and f.name == "/t.txt"
+    with client.open("/t.txt", encoding="utf-8") as f:
+        assert list(f) == ["héllo\n", "world\n"]
+    with client.open("/t.txt", "rb") as f:
+        assert f.readline() == "héllo\n".encode()
+
+
+def test_errors_and_unsupported_operations(client):
+    with pytest.raises(FileNotFoundError):
+        client.open("/missing")
+    client.mkdir("/d")
+    with pytest.raises(IsADirectoryError):
+        client.open("/d", "wb")
+    client.write_file("/f", b"x")
+    with pytest.raises(FileExistsError):
+        client.open("/f", "xb")
+    with client.open("/f", "rb") as f:
+        with pytest.raises(io.UnsupportedOperation):
+            f.write(b"y")
+        with pytest.raises(io.UnsupportedOperation):
+            f.fileno()
+    with client.open("/f", "wb") as f:
+        with pytest.raises(io.UnsupportedOperation):
+            f.read()
+    with pytest.raises(ValueError):
+        f.write(b"closed")
+
+
+def test_a_removed_file_makes_the_writer_commit_estale(client):
+    f = client.open("/gone", "wb")
+    f.write(b"data")
+    client.remove("/gone")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.ESTALE
+
+
+def test_a_failed_upload_stays_buffered_and_the_next_flush_retries(client, data):
+    f = client.open("/f", "wb")
+    f.write(b"q" * 8)
+    data.fail_uploads = 1
+    with pytest.raises(OSError):
+        f.flush()
+    assert client.stat("/f").st_size == 0
+    f.flush()
+    f.close()
+    assert client.read_file("/f") == b"q" * 8
+
+
+def test_replication_is_set_on_the_file_and_used_for_uploads(client, data):
+    seen = []
+    real = data.upload
+    data.upload = lambda d, r: (seen.append(r), real(d, r))[1]
+    with client.open("/r", "wb", replication=2) as f:
+        f.write(b"x")
+    assert seen == [2] and client.getxattr("/r", "user.cistern.replication") == b"2"
+    assert client.layout("/r")[2] == 2
+
+
+# -- DataPath with fake node and block clients ------------------------------------------
+
+
+def test_replica_order_puts_the_local_node_first_and_rotates_the_rest():
+    assert order_replicas(["a", "b", "c"], "b", 0) == ["b", "a", "c"]
+    assert order_replicas(["a", "b", "c"], "b", 1) == ["b", "c", "a"]
+    assert order_replicas(["a", "b", "c"], None, 2) == ["c", "a", "b"]
+    assert order_replicas([], "x", 5) == []
+
+
+class FakeNodes:
+    def __init__(self, live):
+        self.live = dict(live)
+        self.reports = []
+        self.allocations = []
+
+    def nodes(self):
+        class Entry:
+            def __init__(self, node_id, address):
+                self.node_id, self.address, self.full_report = node_id, address, True
+
+        class Reply:
+            nodes = [Entry(k, v) for k, v in self.live.items()]
+        return Reply()
+
+    def allocate(self, count, *, replication=3, writer_node=None, exclude=(), block_size_bytes=None):
+        self.allocations.append(sorted(exclude))
+        targets = [(k, v) for k, v in self.live.items() if k not in exclude][:3]
+        return [(os.urandom(16), targets)]
+
+    def report_bad_replica(self, block_id, node_id, reporter, reason=""):
+        self.reports.append((block_id, node_id))
+
+    def close(self):
+        pass
+
+
+class FakeBlocks:
+    def __init__(self):
+        self.data: dict[tuple, bytes] = {}     # (address, block id) -> bytes
+        self.down: set = set()
+        self.reads = []
+
+    def read_block(self, address, block_id, offset=0, length=None, *, checksum=None, timeout_s=None):
+        self.reads.append(address)
+        if address in self.down:
+            raise CisternError(errno.EAGAIN, f"{address}: UNAVAILABLE")
+        if (address, block_id) not in self.data:
+            raise CisternError(errno.ENOENT, f"{address}: no such block")
+        data = self.data[(address, block_id)]
+        if data.startswith(b"BAD"):
+            raise CisternError(errno.EBADMSG, f"{address}: sub-chunk 0 arrived corrupt")
+        return data if length is None else data[offset:offset + length]
+
+    def write_block_results(self, targets, block_id, data, timeout_s=None):
+        out = []
+        for i, t in enumerate(targets):
+            if t in self.down:
+                out.append(ReplicaResult(t, errno=errno.EAGAIN, message="down"))
+                out.extend(ReplicaResult(x, errno=errno.ECANCELED, message="not reached") for x in targets[i + 1:])
+                return out
+            self.data[(t, block_id)] = bytes(data)
+            out.append(ReplicaResult(t))
+        return out
+
+    def close(self):
+        pass
+
+
+def make_path(local=None):
+    nodes = FakeNodes({"n1": "h1", "n2": "h2", "n3": "h3", "n4": "h4"})
+    blocks = FakeBlocks()
+    path = DataPath(["m:1"], nodes=nodes, blocks=blocks, node_id=local, block_size_bytes=BS)
+    return path, nodes, blocks
+
+
+def test_a_read_fails_over_past_a_dead_node_and_a_corrupt_replica_and_reports_only_the_bad_one():
+    path, nodes, blocks = make_path(local="n1")
+    bid = b"\x01" * 16
+    blocks.down.add("h1")
+    blocks.data[("h2", bid)] = b"BAD data"
+    blocks.data[("h3", bid)] = b"good data"
+    for _ in range(3):
+        assert path.read([bid, 9, b"", ["n1", "n2", "n3"]]) == b"good data"
+        assert blocks.reads[0] == "h1"          # the local node is always tried first
+        blocks.reads.clear()
+    path.close()
+    assert (bid, "n2") in nodes.reports and all(n != "n1" for _, n in nodes.reports)
+
+
+def test_a_read_with_no_good_replica_is_eio():
+    path, nodes, blocks = make_path()
+    with pytest.raises(OSError) as e:
+        path.read([b"\x02" * 16, 4, b"", ["n1", "n2"]])
+    assert e.value.errno == errno.EIO
+    path.close()
+
+
+def test_an_upload_around_a_failed_target_is_allocated_again_without_it():
+    path, nodes, blocks = make_path()
+    blocks.down.add("h1")
+    block = path.upload(b"payload", 3)
+    assert nodes.allocations == [[], ["n1"]]      # n2, n3 were only "not reached": not excluded
+    assert block[1:3] == [7, block[2]] and sorted(block[3]) == ["n2", "n3", "n4"]
+    path.close()
+
+
+def test_an_upload_that_keeps_losing_targets_keeps_the_nodes_that_acked():
+    path, nodes, blocks = make_path()
+    nodes.live = {"n1": "h1", "n2": "h2"}
+    blocks.down.add("h2")
+    block = path.upload(b"payload", 3)
+    assert block[3] == ["n1"]
+    nodes.live = {"n2": "h2"}
+    with pytest.raises(OSError) as e:
+        path.upload(b"payload", 3)
+    assert e.value.errno == errno.EIO
+    path.close()
