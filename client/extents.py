@@ -230,10 +230,11 @@ class Extents:
         e.data, e.block, e.upload = data, None, None
         self.dirty[id(e)] = e
 
-    def uploading(self, e: Extent, handle) -> bytes:
-        """Freeze a dirty extent's bytes for upload; returns them."""
+    def uploading(self, e: Extent, handle):
+        """Freeze a dirty extent's bytes for upload; returns them. Not
+        copied: nothing writes into an uploading extent's buffer (a change
+        makes it dirty again with a copy, ``make_dirty``)."""
         assert e.dirty
-        e.data = bytes(e.data)
         e.upload = handle
         return e.data
 

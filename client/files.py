@@ -39,7 +39,7 @@ from .extents import Extent, Extents
 
 __all__ = ["File", "Opened"]
 
-read_ahead_blocks = 2            # whole blocks fetched ahead of a sequential reader
+read_ahead_blocks = 4            # whole blocks fetched ahead of a sequential reader
 uploads_in_flight_max = 3        # per file: bounds buffered memory to about this many blocks more
 zero_fill_piece_bytes = 1 << 20  # a hole written over is filled this much at a time
 

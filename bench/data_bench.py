@@ -1,0 +1,135 @@
+"""Data-path throughput: one large file written and read back sequentially
+through the client (``Client.open``, 3 replicas, default 4 MiB blocks: three
+real metad and three real node processes with fsync on), against the same
+bytes written directly to node 1's disk with dd-style 1 MiB writes plus
+fsync and read back in 1 MiB reads, in one run.
+
+    .venv/bin/python -m cistern.bench.data_bench --mib 512 [--rounds 3] [--block-mib 4] [--local]
+
+Prints MB/s both ways and the ratios (issue 3 targets: writes >= 30% and
+reads >= 60% of the direct-disk figure). Cold reads come from the disk
+(pages evicted with fadvise, no root needed); cached reads from the page
+cache. ``--local`` makes the client read node 1 first, as a task on that
+node would. Direct and client rounds alternate and medians are shown,
+because the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from cistern.bench.block_bench import block_files, direct_disk, evict
+
+MiB = 1024 * 1024
+_NODE_ENTRY = "import sys; from cistern.blockstore.server import main; sys.exit(main(sys.argv[1:]))"
+
+
+def start_nodes(workdir: str, meta_addresses: str, block_bytes: int) -> list[dict]:
+    from cistern.metadata.proc_testing import _die_with_parent, free_port
+
+    nodes = []
+    for i in range(3):
+        node = {"id": f"n{i + 1}", "rpc": f"127.0.0.1:{free_port()}", "data": os.path.join(workdir, f"n{i + 1}")}
+        argv = [sys.executable, "-P", "-c", _NODE_ENTRY, "--log-level", "WARNING", "--id", node["id"],
+                "--data", node["data"], "--listen", node["rpc"], "--meta", meta_addresses,
+                "--block-size", str(block_bytes), "--no-scrub"]
+        with open(os.path.join(workdir, f"{node['id']}.log"), "ab") as log:
+            node["proc"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True, preexec_fn=_die_with_parent)
+        nodes.append(node)
+    return nodes
+
+
+def wait_live(client, count: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if sum(1 for n in client.data.nodes.nodes().nodes if n.full_report) >= count:
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{count} storage nodes did not register")
+
+
+def through_client(client, nodes, path: str, total: int, payload: bytes, local_reader):
+    """(write_s, cold_read_s, cached_read_s) of one file through the client."""
+    started = time.perf_counter()
+    with client.open(path, "wb") as f:
+        for offset in range(0, total, MiB):
+            f.write(payload[offset % len(payload):offset % len(payload) + MiB])
+    write_s = time.perf_counter() - started
+    for node in nodes:
+        evict(block_files(node["data"]))
+    reads = []
+    for _ in range(2):
+        started = time.perf_counter()
+        got = 0
+        with local_reader.open(path, "rb") as f:
+            while piece := f.read(MiB):
+                got += len(piece)
+        reads.append(time.perf_counter() - started)
+        assert got == total, (got, total)
+    client.remove(path)
+    return write_s, reads[0], reads[1]
+
+
+def main(argv=None) -> int:
+    from cistern.client import connect
+    from cistern.metadata.proc_testing import MetaCluster
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mib", type=int, default=512, help="file size in MiB (default 512)")
+    p.add_argument("--block-mib", type=int, default=4, help="block size in MiB (default 4)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating direct/client rounds; medians shown")
+    p.add_argument("--local", action="store_true", help="the reader prefers node 1 (a task on that node)")
+    p.add_argument("--dir", default=None, help="where the daemons keep their data (default: a temp dir)")
+    args = p.parse_args(argv)
+    block_bytes = args.block_mib * MiB
+    total = args.mib * MiB
+    payload = os.urandom(64 * MiB + MiB)
+    workdir = tempfile.mkdtemp(prefix="data_bench.", dir=args.dir)
+    meta = MetaCluster(os.path.join(workdir, "meta"), 3, log_level="WARNING")
+    nodes = []
+    try:
+        addresses = ",".join(meta.addresses)
+        nodes = start_nodes(workdir, addresses, block_bytes)
+        with connect(addresses, block_size=block_bytes) as client, \
+                connect(addresses, node_id="n1" if args.local else None) as reader:
+            wait_live(client, 3)
+            disks, clients = [], []
+            for r in range(args.rounds):
+                disks.append(direct_disk(os.path.join(nodes[0]["data"], "dd.bin"), total, payload))
+                clients.append(through_client(client, nodes, f"/bench-{r}", total, payload, reader))
+    finally:
+        for node in nodes:
+            node["proc"].terminate()
+        for node in nodes:
+            try:
+                node["proc"].wait(5)
+            except subprocess.TimeoutExpired:
+                node["proc"].kill()
+        meta.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    disk = [statistics.median(r[i] for r in disks) for i in range(3)]
+    cl = [statistics.median(r[i] for r in clients) for i in range(3)]
+    mb = total / 1e6
+    print(f"{args.mib} MiB file, {args.block_mib} MiB blocks, 3 replicas on one machine's disk"
+          f"{', reader local to node 1' if args.local else ''}; MB/s, median of {args.rounds} rounds")
+    print(f"  {'':36} {'write':>8} {'read (disk)':>12} {'read (cached)':>14}")
+    print(f"  {'direct disk, 1 MiB I/O + fsync':36} {mb / disk[0]:8.0f} {mb / disk[1]:12.0f} {mb / disk[2]:14.0f}")
+    print(f"  {'client open(), 1 MiB writes/reads':36} {mb / cl[0]:8.0f} {mb / cl[1]:12.0f} {mb / cl[2]:14.0f}")
+    print(f"  {'ratio':36} {disk[0] / cl[0]:8.0%} {disk[1] / cl[1]:12.0%} {disk[2] / cl[2]:14.0%}"
+          f"   (targets: write >= 30%, read >= 60%)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
