@@ -118,10 +118,13 @@ def check_request(request: pb.Request, client_id: bytes) -> tuple[int, str]:
 
 class MetadataService(pb_grpc.MetadataServicer):
     """Serves one ``Replica`` (see metadata/replica.py for the interface used:
-    submit_write, submit_read, status, is_leader, leader_rpc_address)."""
+    submit_writes and submit_reads, or else submit_write and submit_read;
+    status, is_leader, leader_rpc_address)."""
 
     def __init__(self, replica, *, registry=None):
         self._replica = replica
+        self._submit_writes = getattr(replica, "submit_writes", None) or _writes_by_future(replica)
+        self._submit_reads = getattr(replica, "submit_reads", None) or _reads_by_future(replica)
         self.stats = ServiceStats(registry)
 
     # -- submitting ------------------------------------------------------
@@ -137,8 +140,7 @@ class MetadataService(pb_grpc.MetadataServicer):
             on_replies([_error_reply(request.seq, errno.EINVAL, problem) for request in batch.requests], None)
             return len(batch.requests)
         client_id = batch.client_id
-        read_seqs, reads = [], []
-        n_writes = 0
+        read_seqs, reads, writes = [], [], []
         for request in batch.requests:
             err, message = check_request(request, client_id)
             if err:
@@ -147,23 +149,21 @@ class MetadataService(pb_grpc.MetadataServicer):
             if request.code < _FIRST_WRITE_CODE:
                 read_seqs.append(request.seq)
                 reads.append((request.code, request.args))
-                continue
-            n_writes += 1
+            else:
+                writes.append((request.seq, request.code, request.args))
+        if writes:
+            callback = _writes_callback([seq for seq, _, _ in writes], on_replies)
             try:
-                future = self._replica.submit_write(client_id, request.seq, batch.acked_below,
-                                                    request.code, request.args)
-            except Exception as e:  # the replica refused at once (stopping, not leader)
-                reply, hint = _reply_for_exception(request.seq, e)
-                on_replies([reply], hint)
-                continue
-            future.add_done_callback(_reply_callback(request.seq, on_replies))
+                self._submit_writes(client_id, batch.acked_below, writes, callback)
+            except Exception as e:  # the replica refused at once
+                callback([(i, None) for i in range(len(writes))], e)
         if reads:
             try:
-                self._replica.submit_reads(reads, _reads_callback(read_seqs, on_replies),
-                                           linearizable=not batch.stale_ok)
+                self._submit_reads(reads, _reads_callback(read_seqs, on_replies),
+                                   linearizable=not batch.stale_ok)
             except Exception as e:  # the replica refused at once
                 _reads_callback(read_seqs, on_replies)(None, e)
-        self.stats.batch_in(len(reads), n_writes)
+        self.stats.batch_in(len(reads), len(writes))
         return len(batch.requests)
 
     # -- RPCs ------------------------------------------------------------
@@ -267,15 +267,71 @@ class MetadataService(pb_grpc.MetadataServicer):
         return status_reply(status, self.stats.as_dict())
 
 
-def _reply_callback(seq: int, on_replies):
-    def done(future):
-        try:
-            value = future.result()
-        except BaseException as e:
-            reply, hint = _reply_for_exception(seq, e)
-            on_replies([reply], hint)
+def _writes_by_future(replica):
+    """``submit_writes`` over a replica that only has ``submit_write``."""
+    def submit_writes(client_id, acked_below, writes, on_done):
+        for i, (seq, code, args) in enumerate(writes):
+            future = replica.submit_write(client_id, seq, acked_below, code, args)
+            future.add_done_callback(lambda f, i=i: on_done(*_pair_of(i, f)))
+    return submit_writes
+
+
+def _reads_by_future(replica):
+    """``submit_reads`` over a replica that only has ``submit_read``: one
+    call of ``on_done`` once every read of the group is answered."""
+    def submit_reads(reads, on_done, *, linearizable=True):
+        futures = [replica.submit_read(code, args, linearizable=linearizable) for code, args in reads]
+        remaining = [len(futures)]
+        lock = threading.Lock()
+
+        def one_done(_):
+            with lock:
+                remaining[0] -= 1
+                if remaining[0]:
+                    return
+            results = []
+            for future in futures:
+                pairs, exc = _pair_of(0, future)
+                if exc is not None:
+                    on_done(None, exc)
+                    return
+                results.append(pairs[0][1])
+            on_done(results, None)
+
+        for future in futures:
+            future.add_done_callback(one_done)
+    return submit_reads
+
+
+def _pair_of(i: int, future):
+    """([(i, result)], None) for an answered operation, ([(i, None)], exc)
+    for one that must be redirected or failed as a whole."""
+    try:
+        return [(i, (0, "", future.result()))], None
+    except NotLeader as e:
+        return [(i, None)], e
+    except CisternError as e:
+        return [(i, (e.errno, e.message, None))], None
+    except BaseException as e:
+        return [(i, None)], e
+
+
+def _writes_callback(seqs: list, on_replies):
+    """The replica's callback for one group of writes: each call answers
+    some of them (those that shared a Raft entry) as one list."""
+    def done(pairs, exc):
+        if exc is not None:
+            replies = [_reply_for_exception(seqs[i], exc) for i, _ in pairs]
+            on_replies([reply for reply, _ in replies], replies[0][1] if replies else None)
             return
-        on_replies([pb.Reply(seq=seq, value=model.pack(value))], None)
+        pack, Reply = model.pack, pb.Reply
+        out = []
+        for i, (err, message, value) in pairs:
+            if err:
+                out.append(Reply(seq=seqs[i], errno=err, message=message or os.strerror(err)))
+            else:
+                out.append(Reply(seq=seqs[i], value=pack(value)))
+        on_replies(out, None)
     return done
 
 
