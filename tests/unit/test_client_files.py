@@ -468,3 +468,23 @@ def test_an_upload_that_keeps_losing_targets_keeps_the_nodes_that_acked():
         path.upload(b"payload", 3)
     assert e.value.errno == errno.EIO
     path.close()
+
+
+def test_a_whole_block_on_the_local_node_is_read_from_its_file_and_a_bad_file_falls_back(tmp_path):
+    from cistern.blockstore.store import block_checksum
+
+    nodes = FakeNodes({"n1": "h1", "n2": "h2"})
+    blocks = FakeBlocks()
+    path = DataPath(["m:1"], nodes=nodes, blocks=blocks, node_id="n1", local_data_dir=str(tmp_path))
+    bid = bytes(range(16))
+    good = b"local block data"
+    block = [bid, len(good), block_checksum(good), ["n2", "n1"]]
+    (tmp_path / "blocks" / bid.hex()[:2]).mkdir(parents=True)
+    (tmp_path / "blocks" / bid.hex()[:2] / bid.hex()).write_bytes(good)
+    assert path.read(block) == good and blocks.reads == []       # no RPC at all
+    (tmp_path / "blocks" / bid.hex()[:2] / bid.hex()).write_bytes(b"LOCAL block data")
+    blocks.data[("h1", bid)] = good
+    assert path.read(block) == good and blocks.reads == ["h1"]   # through the node's service
+    blocks.reads.clear()
+    assert path.read(block, 6, 5) == b"block" and blocks.reads == ["h1"]   # ranged: always the service
+    path.close()
