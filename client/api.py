@@ -45,6 +45,7 @@ and ``walk`` (iterators) exist only on the blocking and asyncio faces.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
@@ -272,12 +273,16 @@ class Client:
         om = extents.parse_mode(mode, encoding, errors, newline, buffering)
         given = paths.fspath(path, "open")
         opened = self._run(Plans.open_file(self, given, om, self._data.holder, replication))
+        if om.writable and not self._data.hold_lease(opened.ino):
+            # This connection writes the file already: the lease is that handle's to release.
+            raise to_oserror(errno.EBUSY, "file is open for writing on this connection", given)
         try:
             size = block_size or (self._data.block_size_bytes() if om.writable else (4 << 20))
             raw = files.File(opened, self._data, self._commit_write, self._release_lease, name=given,
                              mode=mode, open_mode=om, block_size_bytes=int(size), replication=replication)
         except BaseException:
             if opened.lease_id is not None:
+                self._data.drop_lease(opened.ino)
                 self._release_lease(opened.ino, opened.lease_id)
             raise
         if om.binary:

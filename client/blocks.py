@@ -36,8 +36,9 @@ Contract:
   falls back to the node's block service (which re-verifies, quarantines
   and reports a corrupt copy itself). Ranged reads always go through the
   service, which verifies each 64 KiB sub-chunk.
-* Leases: ``hold_lease``/``drop_lease`` keep the set of write leases this
-  connection holds; while it is not empty a renewer thread sends one
+* Leases: ``hold_lease``/``drop_lease`` keep the set of files this
+  connection holds write leases on (one writer per file per connection:
+  ``Client.open`` refuses a second with EBUSY, as another client would be); while it is not empty a renewer thread sends one
   RENEW_LEASES for the connection's holder id every
   ``lease_renew_interval_s`` (leases are renewed per holder, as HDFS's lease
   renewer does).
@@ -112,6 +113,7 @@ class DataPath:
         self._turn = itertools.count()
         self._pool: ThreadPoolExecutor | None = None
         self._leases: set = set()
+        self.lease_renew_interval_s = float(meta_limits.lease_renew_interval_s)
         self._lease_wake = threading.Event()
         self._renewer: threading.Thread | None = None
         self._closed = False
@@ -174,7 +176,9 @@ class DataPath:
             except CisternError as e:
                 log.debug("block size discovery failed: %s", e)
             sizes = [s for s in sizes if s > 0]
-            self._block_size = min(sizes) if sizes else block_size_default_bytes
+            if not sizes:
+                return block_size_default_bytes    # no node to ask yet: ask again next time
+            self._block_size = min(sizes)
         return self._block_size
 
     def _learn(self, node_id: str, address: str) -> None:
@@ -329,8 +333,13 @@ class DataPath:
 
     # -- leases ------------------------------------------------------------------
 
-    def hold_lease(self, key) -> None:
+    def hold_lease(self, key) -> bool:
+        """Count a write lease (keyed by inode) as held; False when this
+        connection holds it already (leases belong to the holder id, so a
+        second writer on one connection would share the first one's lease)."""
         with self._lock:
+            if key in self._leases:
+                return False
             self._leases.add(key)
             start = self._renewer is None or not self._renewer.is_alive()
             if start:
@@ -338,6 +347,7 @@ class DataPath:
                                                  daemon=True)
         if start:
             self._renewer.start()
+        return True
 
     def drop_lease(self, key) -> None:
         with self._lock:
@@ -349,7 +359,7 @@ class DataPath:
 
     def _renew_loop(self) -> None:
         while True:
-            self._lease_wake.wait(meta_limits.lease_renew_interval_s)
+            self._lease_wake.wait(self.lease_renew_interval_s)
             with self._lock:
                 if not self._leases or self._closed:
                     self._renewer = None

@@ -59,7 +59,9 @@ class File(io.BufferedIOBase):
     def __init__(self, opened: Opened, data, commit, release, *, name, mode: str, open_mode,
                  block_size_bytes: int, replication: int | None):
         """``commit(ino, lease_id, layout, size)`` and ``release(ino,
-        lease_id)`` are the Client's metadata calls; ``data`` a DataPath."""
+        lease_id)`` are the Client's metadata calls; ``data`` a DataPath on
+        which a writer's caller has already counted the lease
+        (``hold_lease(ino)``); close drops it."""
         super().__init__()
         self.name = name
         self.mode = mode
@@ -79,12 +81,6 @@ class File(io.BufferedIOBase):
         self._cache: collections.OrderedDict = collections.OrderedDict()   # block id -> Future of bytes
         self._read_end = 0      # where the last read ended: a read starting here is sequential
         self._closing = False
-        if open_mode.writable:
-            data.hold_lease(self._lease_key)
-
-    @property
-    def _lease_key(self):
-        return (self._opened.ino, self._opened.lease_id, id(self))
 
     # -- io.BufferedIOBase ---------------------------------------------------
 
@@ -333,7 +329,7 @@ class File(io.BufferedIOBase):
             finally:
                 try:
                     if self._om.writable:
-                        self._data.drop_lease(self._lease_key)
+                        self._data.drop_lease(self._opened.ino)
                         self._release(self._opened.ino, self._opened.lease_id)
                 finally:
                     self._cache.clear()

@@ -156,8 +156,11 @@ class FakeData:
     def block_size_bytes(self) -> int:
         return self.size
 
-    def hold_lease(self, key) -> None:
+    def hold_lease(self, key) -> bool:
+        if key in self.leases:
+            return False
         self.leases.add(key)
+        return True
 
     def drop_lease(self, key) -> None:
         self.leases.discard(key)
@@ -488,3 +491,63 @@ def test_a_whole_block_on_the_local_node_is_read_from_its_file_and_a_bad_file_fa
     blocks.reads.clear()
     assert path.read(block, 6, 5) == b"block" and blocks.reads == ["h1"]   # ranged: always the service
     path.close()
+
+
+def test_one_connection_opens_a_file_for_writing_once_and_another_client_is_refused_too(client, data):
+    f = client.open("/one", "wb")
+    with pytest.raises(OSError) as e:
+        client.open("/one", "ab")
+    assert e.value.errno == errno.EBUSY
+    f.write(b"still mine")
+    f.close()
+    assert client.read_file("/one") == b"still mine"
+    with client.open("/one", "ab") as f:      # free again once closed
+        f.write(b"!")
+
+
+def lease_client(now):
+    import time
+
+    c = Client(InProcessMetaClient(clock_ns=lambda: now[0]), uid=0, gid=0, groups=[], block_size=BS)
+    c.data._nodes = FakeNodes({"n1": "h1"})
+    c.data._blocks = FakeBlocks()
+    renewals = []
+    real = c.data._renew
+    c.data._renew = lambda holder: (renewals.append(holder), real(holder))
+
+    def advance(seconds):
+        before = len(renewals)
+        now[0] += int(seconds * 1e9)
+        deadline = time.monotonic() + 5
+        while c.data.lease_renew_interval_s < 1 and len(renewals) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return c, renewals, advance
+
+
+def test_the_renewer_keeps_a_slow_writers_lease_past_the_ttl():
+    now = [10 ** 18]
+    c, renewals, advance = lease_client(now)
+    c.data.lease_renew_interval_s = 0.02
+    f = c.open("/slow", "wb")
+    f.write(b"x" * 20)
+    for _ in range(4):
+        advance(20)                             # 80 s in all: the TTL is 30 s
+    f.close()
+    assert renewals and set(renewals) == {c.data.holder}
+    assert c.read_file("/slow") == b"x" * 20
+    assert c.data.leases_held() == 0
+    c.close()
+
+
+def test_without_renewals_the_lease_lapses_and_the_commit_is_estale():
+    now = [10 ** 18]
+    c, renewals, advance = lease_client(now)
+    c.data.lease_renew_interval_s = 3600
+    f = c.open("/lapsed", "wb")
+    f.write(b"x")
+    advance(31)
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.ESTALE and renewals == []
+    assert c.stat("/lapsed").st_size == 0      # nothing of the writer's became visible
+    c.close()
