@@ -69,7 +69,7 @@ hint_hops_max = 3                                           # leader hints follo
 # next one out alone (measured ~6 operations per message at 16 x 64 in
 # flight). With nothing outstanding an operation leaves at once, so one at a
 # time pays no extra latency.
-stream_batches_in_flight_max = 2
+stream_batches_in_flight_max = 4
 
 
 class _Op:
