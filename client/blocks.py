@@ -170,11 +170,16 @@ class DataPath:
         if self._block_size is None:
             sizes = []
             try:
-                for entry in self.nodes.nodes().nodes:
-                    self._learn(entry.node_id, entry.address)
-                    sizes.append(int(self.blocks.stat(entry.address, timeout_s=5.0).get("block_size_bytes", 0)))
+                entries = list(self.nodes.nodes().nodes)
             except CisternError as e:
                 log.debug("block size discovery failed: %s", e)
+                entries = []
+            for entry in entries:
+                self._learn(entry.node_id, entry.address)
+                try:
+                    sizes.append(int(self.blocks.stat(entry.address, timeout_s=5.0).get("block_size_bytes", 0)))
+                except CisternError as e:    # a node starting or going: the others answer
+                    log.debug("block size from %s: %s", entry.node_id, e)
             sizes = [s for s in sizes if s > 0]
             if not sizes:
                 return block_size_default_bytes    # no node to ask yet: ask again next time
@@ -220,6 +225,7 @@ class DataPath:
 
         checksum = block_checksum(data)
         exclude: set = set()
+        reasons: list = []
         best = None
         for _ in range(upload_attempts_max):
             try:
@@ -241,8 +247,10 @@ class DataPath:
             log.info("block %s: %s failed (%s); allocating again without them", block_id.hex(), broken,
                      "; ".join(r.message for r in results if not r.ok)[:300])
             exclude.update(broken)
+            reasons.extend(f"{t[0]}: {r.message}" for t, r in zip(targets, results) if not r.ok
+                           and r.errno != errno.ECANCELED)
         if best is None:
-            raise to_oserror(errno.EIO, f"no storage node took a block (tried {sorted(exclude)})")
+            raise to_oserror(errno.EIO, "no storage node took a block: " + "; ".join(reasons)[:400])
         return best
 
     def _allocate(self, replication, exclude):
