@@ -28,19 +28,25 @@ def register(commands) -> None:
 def run(args) -> int:
     data = args.data or tempfile.mkdtemp(prefix="cistern-demo-")
     command = cistern_command()
-    print(f"$ cistern up --data {data} --meta 3 --nodes 0 &", flush=True)
-    up = subprocess.Popen([command, "up", "--data", data, "--meta", "3", "--nodes", "0"])
+    print(f"$ cistern up --data {data} --meta 3 --nodes 3 &", flush=True)
+    up = subprocess.Popen([command, "up", "--data", data, "--meta", "3", "--nodes", "3"])
     cluster_file = os.path.join(data, CLUSTER_FILE)
     try:
         _wait_for(cluster_file, up)
         env = dict(os.environ, CISTERN_CLUSTER=cluster_file)
+        sample = os.path.join(data, "sample.bin")
+        with open(sample, "wb") as f:
+            f.write(os.urandom(10 * 1024 * 1024))
         steps = [
             ["status"],
             ["fs", "mkdir", "-p", "/demo/reports/2026"],
             ["fs", "touch", "/demo/reports/2026/q1.csv", "/demo/reports/2026/q2.csv"],
-            ["fs", "ls", "-l", "/demo/reports/2026"],
+            ["fs", "put", sample, "/demo/sample.bin"],
+            ["fs", "ls", "-l", "/demo", "/demo/reports/2026"],
             ["fs", "mv", "/demo/reports/2026/q2.csv", "/demo/reports/q2-final.csv"],
             ["fs", "stat", "/demo/reports/q2-final.csv"],
+            ["fs", "get", "/demo/sample.bin", sample + ".back"],
+            ["fsck", "/demo"],
             ["fs", "rm", "/demo/reports"],
             ["fs", "rm", "-r", "/demo"],
             ["fs", "ls", "/"],
@@ -48,7 +54,9 @@ def run(args) -> int:
         for step in steps:
             print(f"\n$ cistern {' '.join(step)}", flush=True)
             subprocess.run([command, *step], env=env, check=False)
-        print("\n(the `rm /demo/reports` above fails on purpose: a directory needs -r)")
+        same = _same_bytes(sample, sample + ".back")
+        print(f"\n(the 10 MiB file came back {'byte for byte' if same else 'DIFFERENT'}; "
+              "the `rm /demo/reports` above fails on purpose: a directory needs -r)")
         return 0
     finally:
         print(f"\n$ kill -TERM {up.pid}   # Ctrl-C stops `cistern up` cleanly", flush=True)
@@ -67,3 +75,11 @@ def _wait_for(path: str, up: subprocess.Popen) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"cistern demo: no cluster after {ready_timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()
+    except OSError:
+        return False

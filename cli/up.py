@@ -11,8 +11,7 @@ def register(commands) -> None:
     p = commands.add_parser("up", help="run a local cluster in the foreground (Ctrl-C stops it)")
     p.add_argument("--data", required=True, metavar="DIR", help="cluster data directory (reused on restart)")
     p.add_argument("--meta", type=int, default=3, help="metadata replicas (odd; default 3)")
-    p.add_argument("--nodes", type=int, default=0,
-                   help="storage nodes (default 0 until storage nodes land; see README)")
+    p.add_argument("--nodes", type=int, default=3, help="storage nodes (default 3; 0 for metadata only)")
     p.add_argument("--mount", default=None, metavar="MNT", help="also mount the cluster at MNT")
     p.set_defaults(run=run)
 
@@ -32,7 +31,7 @@ def run(args) -> int:
         cluster.start()
         leader = cluster.wait_ready()
         path = cluster.write_cluster_json()
-        print(f"cistern up: ready: {args.meta} metadata replicas, leader {leader.get('id')} "
+        print(f"cistern up: ready: {args.meta} metadata replicas, {args.nodes} storage nodes, leader {leader.get('id')} "
               f"(term {leader.get('term')}); cluster file {path}", flush=True)
         while not stop.wait(0.5):
             for child in cluster.exited_children():
