@@ -42,6 +42,7 @@ __all__ = ["File", "Opened"]
 read_ahead_blocks = 4            # whole blocks fetched ahead of a sequential reader
 uploads_in_flight_max = 3        # per file: bounds buffered memory to about this many blocks more
 zero_fill_piece_bytes = 1 << 20  # a hole written over is filled this much at a time
+peek_bytes_max = 64 << 10        # peek (readline) returns at most this much unless asked for more
 
 
 class Opened:
@@ -182,7 +183,7 @@ class File(io.BufferedIOBase):
                 return b""
             first = pieces[0]
             n = first.length if first.extent is None else first.extent.end - self._pos
-            return self._read_at(self._pos, max(n, size), track=False)
+            return self._read_at(self._pos, max(min(n, peek_bytes_max), size), track=False)
 
     def _read_at(self, pos: int, n: int, track: bool = True) -> bytes:
         sequential = pos == self._read_end
