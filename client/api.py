@@ -243,7 +243,7 @@ class Client:
     chown = _blocking(Plans.chown)
     lchown = _blocking(Plans.lchown)
     utime = _blocking(Plans.utime)
-    truncate = _blocking(Plans.truncate)
+    _truncate_metadata = _blocking(Plans.truncate)
     setxattr = _blocking(Plans.setxattr)
     removexattr = _blocking(Plans.removexattr)
     txn = _blocking(Plans.txn)
@@ -255,6 +255,28 @@ class Client:
     def data(self):
         """The connection's ``blocks.DataPath`` (shared by every view)."""
         return self._data
+
+    def truncate(self, path, length) -> None:
+        """``os.truncate``. Errors: EINVAL (negative), EISDIR, EACCES.
+
+        Blocks are immutable, so a shrink that ends inside a block keeps that
+        block whole and the size hides its tail. Growing such a file must not
+        bring the tail back: that case goes through the data path, which
+        rewrites the block's visible bytes first (so it needs read permission
+        too, unlike truncate(2)). Every other size change is one metadata
+        operation. Durable on a majority when it returns."""
+        if isinstance(length, int) and self._grow_would_reveal_a_tail(path, length):
+            with self.open(path, "r+b") as f:
+                f.truncate(length)
+            return
+        self._truncate_metadata(path, length)
+
+    def _grow_would_reveal_a_tail(self, path, length: int) -> bool:
+        try:
+            attr, layout, _ = self.layout(path)
+        except OSError:
+            return False  # not a readable regular file: the metadata call reports the error
+        return length > attr.size and sum(block[1] for block in layout) > attr.size
 
     def open(self, path, mode="r", buffering=-1, encoding=None, errors=None, newline=None, *,
              replication: int | None = None, block_size: int | None = None):

@@ -273,16 +273,28 @@ def test_a_writer_killed_mid_file_leaves_the_previous_version_and_its_orphans_go
 
 
 def test_removing_and_truncating_free_blocks_on_the_nodes(client, cluster):
-    client.write_file("/freed", os.urandom(3 * BLOCK))
+    data = os.urandom(3 * BLOCK)
+    client.write_file("/freed", data)
     blocks = [b["block_id"] for b in client.block_locations("/freed")]
     client.truncate("/freed", BLOCK // 2)
     dropped = blocks[1:]
     wait_for(lambda: not any(b in cluster.block_ids_on(n) for b in dropped for n in ("n1", "n2", "n3")),
              "truncated blocks deleted")
-    assert blocks[0] in cluster.block_ids_on("n1")
+    assert client.read_file("/freed") == data[:BLOCK // 2]
+    (kept,) = [b["block_id"] for b in client.block_locations("/freed")]
+    assert kept == blocks[0] and kept in cluster.block_ids_on("n1")
     client.remove("/freed")
-    wait_for(lambda: not any(blocks[0] in cluster.block_ids_on(n) for n in ("n1", "n2", "n3")),
+    wait_for(lambda: not any(kept in cluster.block_ids_on(n) for n in ("n1", "n2", "n3")),
              "a removed file's blocks deleted")
+
+
+def test_a_file_shrunk_then_grown_reads_zeros_past_the_cut(client):
+    data = os.urandom(BLOCK + 1000)
+    client.write_file("/regrow", data)
+    client.truncate("/regrow", 100)
+    client.truncate("/regrow", 5000)
+    assert client.read_file("/regrow") == data[:100] + bytes(4900)
+    assert client.stat("/regrow").st_size == 5000
 
 
 def test_a_flipped_byte_on_one_replica_is_read_around_and_reported(client, cluster):

@@ -557,12 +557,6 @@ def test_setattr_attr_and_readdir_give_the_raw_records(client):
     assert client.readdir("/r") == [(b"f", attr.ino, stat.S_IFREG)]
 
 
-def test_open_is_left_to_the_data_path(client):
-    with pytest.raises(OSError) as exc:
-        client.open("/f", "rb")
-    assert exc.value.errno == errno.ENOSYS
-
-
 def test_long_names_fail_like_os(both):
     long_name = "/" + "n" * 256
     for call in (lambda fs: fs.mkdir(long_name), lambda fs: fs.create(long_name),
