@@ -32,7 +32,8 @@ _NODE_ENTRY = "import sys; from cistern.blockstore.server import main; sys.exit(
 
 
 def start_nodes(workdir: str, meta_addresses: str, block_bytes: int) -> list[dict]:
-    from cistern.metadata.proc_testing import _die_with_parent, free_port
+    from cistern.core import procs
+    from cistern.metadata.proc_testing import free_port
 
     nodes = []
     for i in range(3):
@@ -42,7 +43,7 @@ def start_nodes(workdir: str, meta_addresses: str, block_bytes: int) -> list[dic
                 "--block-size", str(block_bytes), "--no-scrub"]
         with open(os.path.join(workdir, f"{node['id']}.log"), "ab") as log:
             node["proc"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+                                            start_new_session=True, env=procs.child_env())
         nodes.append(node)
     return nodes
 

@@ -30,6 +30,7 @@ from cistern.blockstore import limits
 from cistern.blockstore.scrubber import Scrubber
 from cistern.blockstore.service import BlockService, NullReporter, StoreCollector, add_to_server
 from cistern.blockstore.store import BlockStore
+from cistern.core import procs
 from cistern.core import metrics, rpc
 from cistern.core.errors import CisternError
 
@@ -203,6 +204,7 @@ def run_node(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """A stand-alone entry (``python -P -c "from cistern.blockstore.server import
     main; main()"``) for tests and tools until cli wires ``cistern node``."""
+    procs.die_with_parent_if_asked()
     p = argparse.ArgumentParser(prog="blockd")
     p.add_argument("--log-level", default=os.environ.get("CISTERN_LOG", "WARNING"))
     add_node_arguments(p)

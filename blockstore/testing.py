@@ -18,7 +18,8 @@ import time
 
 from cistern.blockstore.client import BlockClient
 from cistern.core.errors import CisternError
-from cistern.metadata.proc_testing import _die_with_parent, free_port
+from cistern.core import procs
+from cistern.metadata.proc_testing import free_port
 
 start_timeout_s = 20.0
 stop_grace_s = 5.0
@@ -84,7 +85,7 @@ class NodeCluster:
         with open(me["log"], "ab") as log:
             self.procs[i] = subprocess.Popen(self._argv(i), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, cwd=self.tmpdir,
-                                             start_new_session=True, preexec_fn=_die_with_parent)
+                                             start_new_session=True, env=procs.child_env())
         me["pid"] = self.procs[i].pid
         if wait:
             self.wait_serving(i)

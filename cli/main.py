@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from cistern.core import procs
 from cistern.core.errors import CisternError
 
 EXIT_FAILED = 1
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    procs.die_with_parent_if_asked()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),

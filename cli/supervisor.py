@@ -9,19 +9,18 @@ its data: Raft members are known by address, so the addresses must not move.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
+from cistern.core import procs
 from cistern.core.errors import CisternError
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,6 @@ CLUSTER_FILE = "cluster.json"
 ready_timeout_s = 60.0
 stop_grace_s = 10.0
 poll_interval_s = 0.2
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -62,12 +60,6 @@ def cistern_command() -> str:
     if not found:
         raise CisternError(errno.ENOENT, "the cistern command is not installed (run ./setup.sh)")
     return found
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the supervisor dies, even by
-    # SIGKILL, the kernel sends the child SIGTERM, so nothing is left running.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LocalCluster:
@@ -143,7 +135,7 @@ class LocalCluster:
         log_path = os.path.join(child.data, f"{child.role}.log")
         with open(log_path, "ab") as out:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    preexec_fn=_die_with_parent, close_fds=True)
+                                    env=procs.child_env(), close_fds=True)
 
     def wait_ready(self, timeout_s: float = ready_timeout_s) -> dict:
         """Wait until a leader is elected and a majority answers; returns the

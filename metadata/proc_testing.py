@@ -21,6 +21,7 @@ import weakref
 
 import grpc
 
+from cistern.core import procs
 from cistern.core.errors import CisternError, Unavailable
 from cistern.metadata.proto import metadata_pb2 as pb
 from cistern.metadata.proto import metadata_pb2_grpc as pb_grpc
@@ -37,21 +38,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the test process dies (even
-    # by SIGKILL, when no cleanup code runs), the kernel kills the daemon too.
-    # Linux delivers it when the *thread* that forked exits, so clusters are
-    # started from long-lived threads (the test's main thread).
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except Exception:   # not Linux: atexit and stop_all still apply
-        pass
 
 
 def cistern_command() -> list[str]:
@@ -128,9 +114,8 @@ class MetaCluster:
         with open(me["log"], "ab") as log:
             # A new session, so a signal a test sends to one daemon reaches only it.
             self.procs[i] = subprocess.Popen(self._argv(i), stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=self.env,
-                                             cwd=self.tmpdir, start_new_session=True,
-                                             preexec_fn=_die_with_parent)
+                                             stdin=subprocess.DEVNULL, env=procs.child_env(self.env),
+                                             cwd=self.tmpdir, start_new_session=True)
         me["pid"] = self.procs[i].pid
 
     def kill(self, i: int, sig: int = signal.SIGKILL, timeout_s: float = stop_grace_s) -> int | None:

@@ -23,7 +23,8 @@ import pytest
 
 from cistern.client import connect
 from cistern.metadata.model import ROOT_CRED, Op, encode_args
-from cistern.metadata.proc_testing import MetaCluster, _die_with_parent, cistern_command, free_port
+from cistern.core import procs
+from cistern.metadata.proc_testing import MetaCluster, cistern_command, free_port
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -71,7 +72,7 @@ class Cluster:
                                     "--block-size", str(self.block_size)]
         with open(self.tmp / f"{node_id}.log", "ab") as log:
             node["proc"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+                                            start_new_session=True, env=procs.child_env())
         self.nodes[node_id] = node
 
     def kill_node(self, node_id: str) -> None:
@@ -239,6 +240,7 @@ def test_a_reader_never_sees_a_partial_commit(client, cluster):
 
 WRITER = r"""
 import os, sys, time
+from cistern.core import procs; procs.die_with_parent_if_asked()
 from cistern.client import connect
 c = connect(sys.argv[1], uid=0, gid=0, groups=[])
 f = c.open("/killed", "wb")
@@ -255,7 +257,7 @@ def test_a_writer_killed_mid_file_leaves_the_previous_version_and_its_orphans_go
     client.write_file("/killed", old)
     before = cluster.block_ids_on("n1")
     proc = subprocess.Popen([sys.executable, "-P", "-c", WRITER, cluster.addresses, str(BLOCK)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=procs.child_env())
     try:
         line = proc.stdout.readline()
         assert line == b"written\n", (line, proc.stderr.read() if proc.poll() is not None else b"")

@@ -22,7 +22,8 @@ from cistern.core.errors import CisternError
 from cistern.metadata import model
 from cistern.metadata.model import ROOT_CRED, TIME_NOW, Op
 from cistern.metadata.nodes_client import NodesClient
-from cistern.metadata.proc_testing import MetaCluster, _die_with_parent, cistern_command, free_port
+from cistern.core import procs
+from cistern.metadata.proc_testing import MetaCluster, cistern_command, free_port
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -56,7 +57,7 @@ class Cluster:
                                     "--block-size", str(BLOCK)]
         with open(self.tmp / f"{node_id}.log", "ab") as log:
             node["proc"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+                                            start_new_session=True, env=procs.child_env())
         self.nodes[node_id] = node
         return node["address"]
 
