@@ -19,7 +19,6 @@ import argparse
 import errno
 import logging
 import os
-import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -144,20 +143,7 @@ class NodeServer:
 
     def run_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop cleanly. Main thread only."""
-        stop_requested = threading.Event()
-
-        def on_signal(signum, frame):
-            log.info("node %s: signal %d, stopping", self.node_id, signum)
-            stop_requested.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while not stop_requested.is_set() and not self._stopped.is_set():
-                stop_requested.wait(0.5)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.stop()
+        procs.serve_until_signalled(f"node {self.node_id}", self._stopped, self.stop)
 
 
 def _default_reporter(node_id: str, rpc_address: str, meta_addresses: tuple):

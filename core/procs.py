@@ -39,3 +39,26 @@ def die_with_parent_if_asked() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != int(parent):
         os._exit(1)
+
+
+def serve_until_signalled(name: str, stopped, stop) -> None:
+    """Block until SIGTERM or SIGINT (or until ``stopped``, an Event, is set
+    by someone else), then call ``stop()``. Main thread only: signal handlers
+    can only be installed there. The daemons' ``run_forever``."""
+    import logging
+    import threading
+
+    requested = threading.Event()
+
+    def on_signal(signum, frame):
+        logging.getLogger(__name__).info("%s: signal %d, stopping", name, signum)
+        requested.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not requested.is_set() and not stopped.is_set():
+            requested.wait(0.5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop()

@@ -11,12 +11,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from cistern.core import procs
 from cistern.core import metrics, rpc
 from cistern.core.errors import CisternError
 from cistern.metadata import limits
@@ -169,17 +169,4 @@ class MetaServer:
 
     def run_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop cleanly. Main thread only."""
-        stop_requested = threading.Event()
-
-        def on_signal(signum, frame):
-            log.info("metad %s: signal %d, stopping", self.node_id, signum)
-            stop_requested.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while not stop_requested.is_set() and not self._stopped.is_set():
-                stop_requested.wait(0.5)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.stop()
+        procs.serve_until_signalled(f"metad {self.node_id}", self._stopped, self.stop)
