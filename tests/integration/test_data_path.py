@@ -23,8 +23,9 @@ import pytest
 
 from cistern.client import connect
 from cistern.metadata.model import ROOT_CRED, Op, encode_args
+from cistern.blockstore.testing import StorageCluster
 from cistern.core import procs
-from cistern.metadata.proc_testing import MetaCluster, cistern_command, free_port
+from cistern.metadata.proc_testing import cistern_command
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -57,54 +58,15 @@ def wait_for(predicate, what: str, timeout_s: float = WAIT_S):
         time.sleep(0.1)
 
 
-class Cluster:
+class Cluster(StorageCluster):
     def __init__(self, tmp, block_size: int = BLOCK, env=NODES_ENV):
-        self.tmp = tmp
-        self.block_size = block_size
-        self.meta = MetaCluster(tmp / "meta", 3, env=env, log_level="WARNING")
-        self.addresses = ",".join(self.meta.addresses)
-        self.nodes: dict[str, dict] = {}
-
-    def start_node(self, node_id: str) -> None:
-        node = self.nodes.get(node_id) or {"address": f"127.0.0.1:{free_port()}", "data": str(self.tmp / node_id)}
-        argv = cistern_command() + ["--log-level", "WARNING", "node", "--id", node_id, "--data", node["data"],
-                                    "--listen", node["address"], "--meta", self.addresses,
-                                    "--block-size", str(self.block_size)]
-        with open(self.tmp / f"{node_id}.log", "ab") as log:
-            node["proc"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, env=procs.child_env())
-        self.nodes[node_id] = node
-
-    def kill_node(self, node_id: str) -> None:
-        proc = self.nodes[node_id]["proc"]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        super().__init__(tmp, block_size=block_size, env=env)
 
     def wait_live(self, client, node_ids) -> None:
         def live():
             reply = client.data.nodes.nodes()
             return {n.node_id for n in reply.nodes if n.full_report} == set(node_ids)
         wait_for(live, f"live nodes {sorted(node_ids)}")
-
-    def block_file(self, node_id: str, block_id: bytes) -> str:
-        name = block_id.hex()
-        return os.path.join(self.nodes[node_id]["data"], "blocks", name[:2], name)
-
-    def block_ids_on(self, node_id: str) -> set:
-        root = os.path.join(self.nodes[node_id]["data"], "blocks")
-        return {bytes.fromhex(f) for _, _, files in os.walk(root) for f in files if len(f) == 32}
-
-    def stop(self) -> None:
-        for node in self.nodes.values():
-            proc = node.get("proc")
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-        self.meta.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ Timings are shortened through the metad's CISTERN_NODES_* environment
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 
 import pytest
@@ -22,8 +20,7 @@ from cistern.core.errors import CisternError
 from cistern.metadata import model
 from cistern.metadata.model import ROOT_CRED, TIME_NOW, Op
 from cistern.metadata.nodes_client import NodesClient
-from cistern.core import procs
-from cistern.metadata.proc_testing import MetaCluster, cistern_command, free_port
+from cistern.blockstore.testing import StorageCluster
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -38,50 +35,19 @@ NODES_ENV = {
 HEAL_TIMEOUT_S = 30.0
 
 
-class Cluster:
+class Cluster(StorageCluster):
     """A MetaCluster plus storage node processes; ``stop()`` ends them all."""
 
     def __init__(self, tmp_path):
-        self.tmp = tmp_path
-        self.meta = MetaCluster(tmp_path / "meta", 3, env=NODES_ENV, log_level="WARNING")
-        self.nodes: dict[str, dict] = {}
+        super().__init__(tmp_path, block_size=BLOCK, env=NODES_ENV, node_log_level="INFO")
         self.mc = self.meta.client(timeout_s=20)
         self.nc = NodesClient(self.meta.addresses, timeout_s=20)
         self.blocks = BlockClient()
 
-    def start_node(self, node_id: str) -> str:
-        node = self.nodes.get(node_id) or {"address": f"127.0.0.1:{free_port()}",
-                                           "data": str(self.tmp / node_id)}
-        argv = cistern_command() + ["--log-level", "INFO", "node", "--id", node_id, "--data", node["data"],
-                                    "--listen", node["address"], "--meta", ",".join(self.meta.addresses),
-                                    "--block-size", str(BLOCK)]
-        with open(self.tmp / f"{node_id}.log", "ab") as log:
-            node["proc"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, env=procs.child_env())
-        self.nodes[node_id] = node
-        return node["address"]
-
-    def kill_node(self, node_id: str) -> None:
-        proc = self.nodes[node_id]["proc"]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
     def stop(self) -> None:
-        for node in self.nodes.values():
-            proc = node.get("proc")
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
         for closeable in (self.blocks, self.nc, self.mc):
             closeable.close()
-        self.meta.stop_all()
-
-    def address(self, node_id: str) -> str:
-        return self.nodes[node_id]["address"]
+        super().stop()
 
     # -- the metadata side ---------------------------------------------------------------
 
