@@ -137,16 +137,19 @@ class LocalCluster:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env=procs.child_env(), close_fds=True)
 
-    def wait_ready(self, timeout_s: float = ready_timeout_s) -> dict:
+    def wait_ready(self, timeout_s: float = ready_timeout_s, should_stop=lambda: False) -> dict:
         """Wait until a leader is elected and a majority answers; returns the
-        leader's status. Raises CisternError(ETIMEDOUT) or, when a child has
-        exited, CisternError(EIO) naming it and its log."""
+        leader's status. Raises CisternError(ETIMEDOUT), CisternError(EIO)
+        naming a child that exited and its log, or CisternError(ECANCELED)
+        as soon as ``should_stop()`` says so (a signal during start-up)."""
         from cistern.metadata.client import MetaClient
 
         metas = [c for c in self.children if c.role == "meta"]
         deadline = time.monotonic() + timeout_s
         with MetaClient([c.addresses["rpc"] for c in metas], timeout_s=timeout_s) as client:
             while time.monotonic() < deadline:
+                if should_stop():
+                    raise CisternError(errno.ECANCELED, "interrupted while starting; stopped every daemon")
                 self._check_children_alive()
                 answers = [_status_or_none(client, c.addresses["rpc"]) for c in metas]
                 up = [a for a in answers if a is not None]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
+import time
+
+from cistern.core import procs
 
 
 def register(commands) -> None:
@@ -22,18 +24,21 @@ def run(args) -> int:
     if args.mount:
         print("cistern up: --mount is not part of this build yet", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    # Signals only set a flag: the main thread does the stopping, in order.
+    stop: list[int] = []
+    # Signals only append to a list: the main thread does the stopping, in
+    # order. (Setting an Event from a handler can deadlock: the handler runs
+    # on the main thread, which may hold that Event's lock inside wait().)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
     cluster = LocalCluster(args.data, args.meta, args.nodes, args.log_level.upper())
     try:
         cluster.start()
-        leader = cluster.wait_ready()
+        leader = cluster.wait_ready(should_stop=lambda: bool(stop))
         path = cluster.write_cluster_json()
         print(f"cistern up: ready: {args.meta} metadata replicas, {args.nodes} storage nodes, leader {leader.get('id')} "
               f"(term {leader.get('term')}); cluster file {path}", flush=True)
-        while not stop.wait(0.5):
+        while not stop:
+            time.sleep(procs.signal_poll_interval_s)
             for child in cluster.exited_children():
                 if not getattr(child, "reported", False):
                     child.reported = True

@@ -15,10 +15,13 @@ child exits, so start long-lived children from long-lived threads.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
+import time
 
 ENV_VAR = "CISTERN_DIE_WITH_PARENT"
+signal_poll_interval_s = 0.2
 _PR_SET_PDEATHSIG = 1
 
 
@@ -45,19 +48,17 @@ def serve_until_signalled(name: str, stopped, stop) -> None:
     """Block until SIGTERM or SIGINT (or until ``stopped``, an Event, is set
     by someone else), then call ``stop()``. Main thread only: signal handlers
     can only be installed there. The daemons' ``run_forever``."""
-    import logging
-    import threading
-
-    requested = threading.Event()
-
-    def on_signal(signum, frame):
-        logging.getLogger(__name__).info("%s: signal %d, stopping", name, signum)
-        requested.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    requested: list[int] = []
+    # The handler only appends to a list: it runs on the main thread between
+    # bytecodes, possibly while that thread holds a lock (an Event's, inside
+    # Event.wait), so taking any lock there can deadlock the process.
+    previous = {sig: signal.signal(sig, lambda signum, frame: requested.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not requested.is_set() and not stopped.is_set():
-            requested.wait(0.5)
+        while not requested and not stopped.is_set():
+            time.sleep(signal_poll_interval_s)
+        if requested:
+            logging.getLogger(__name__).info("%s: signal %d, stopping", name, requested[0])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

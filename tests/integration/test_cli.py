@@ -162,3 +162,21 @@ def test_five_replicas_stay_healthy_with_two_down(up):
     assert result.returncode == 0, result.stdout
     summary = json.loads(result.stdout)
     assert summary["members_up"] == 3 and summary["members_total"] == 5
+
+
+def test_sigterm_during_start_up_and_repeated_sigterms_still_stop_everything(up, tmp_path):
+    # A handler that took a lock could deadlock against the main thread that
+    # held it, so hammer the supervisor with signals at both stages.
+    early = up(data=tmp_path / "early")
+    time.sleep(0.3)
+    early.process.send_signal(signal.SIGTERM)
+    assert early.process.wait(timeout=30) in (0, 1)
+    assert not os.path.exists(early.cluster_file)
+
+    u = up(data=tmp_path / "late")
+    document = u.wait_ready()
+    for _ in range(20):
+        u.process.send_signal(signal.SIGTERM)
+        time.sleep(0.01)
+    assert u.process.wait(timeout=30) == 0
+    assert not any(alive(m["pid"]) for m in document["meta"])
