@@ -262,6 +262,12 @@ class NodesService(pb_grpc.NodesServicer):
                     self._registry.reserve(node_id, size)
                 blocks.append(pb.AllocatedBlock(block_id=block_id, targets=[
                     pb.Target(node_id=n, address=self._registry.address(n)) for n in targets]))
+            settled = self._registry.settled()
+        if not blocks and not settled:
+            # A new leader knows no node until each heartbeats it: "none has
+            # room" would be final to a writer, so say "not yet" (EAGAIN is
+            # UNAVAILABLE, which clients retry until their deadline).
+            _abort(context, errno.EAGAIN, "the leader is still hearing from the storage nodes; retry")
         if not blocks:
             _abort(context, errno.ENOSPC, "no live storage node has room for the block")
         return pb.AllocateReply(blocks=blocks)

@@ -198,7 +198,10 @@ def test_bad_input_gets_a_clear_error_and_unknown_reporters_are_asked_for_a_full
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as e:
         meta.stub.Allocate(pb.AllocateRequest(count=1), timeout=5)
-    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # A leader that has not heard from the nodes yet says "not yet"
+    # (retryable), never "no room" (final to a writer).
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "still hearing from the storage nodes" in e.value.details()
     with pytest.raises(grpc.RpcError) as e:
         meta.stub.Allocate(pb.AllocateRequest(count=100_000), timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
