@@ -19,7 +19,7 @@ import time
 from cistern.blockstore.client import BlockClient
 from cistern.core.errors import CisternError
 from cistern.core import procs
-from cistern.metadata.proc_testing import free_port
+from cistern.metadata.proc_testing import ProcessGroup, free_port
 
 start_timeout_s = 20.0
 stop_grace_s = 5.0
@@ -39,7 +39,7 @@ def local_node(data_dir: str, node_id: str = "n1", **kwargs):
     return server
 
 
-class NodeCluster:
+class NodeCluster(ProcessGroup):
     def __init__(self, tmpdir, n: int = 3, *, block_size_bytes: int | None = None,
                  log_level: str = "INFO", start: bool = True, extra_args=()):
         assert n >= 1
@@ -135,20 +135,8 @@ class NodeCluster:
         self.client.close()
         return [proc.returncode if proc else None for proc in self.procs]
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_all()
-
-    def log_tail(self, i: int, n_bytes: int = 4000) -> str:
-        try:
-            with open(self.nodes[i]["log"], "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - n_bytes))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+    def _log_path(self, i: int) -> str:
+        return self.nodes[i]["log"]
 
 
 class StorageCluster:

@@ -25,8 +25,8 @@ assert keepalive_timeout_ms < keepalive_time_ms
 assert server_ping_interval_min_ms <= keepalive_time_ms
 
 
-def channel_options(message_bytes_max: int) -> list[tuple[str, int]]:
-    """Options for a client channel whose messages may reach message_bytes_max."""
+def _common_options(message_bytes_max: int) -> list[tuple[str, int]]:
+    """What both ends of a channel must agree on: message size and keepalive."""
     assert message_bytes_max > 0
     return [
         ("grpc.max_send_message_length", message_bytes_max),
@@ -34,6 +34,12 @@ def channel_options(message_bytes_max: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", keepalive_time_ms),
         ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def channel_options(message_bytes_max: int) -> list[tuple[str, int]]:
+    """Options for a client channel whose messages may reach message_bytes_max."""
+    return _common_options(message_bytes_max) + [
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", reconnect_backoff_initial_ms),
         ("grpc.min_reconnect_backoff_ms", reconnect_backoff_initial_ms),
@@ -46,13 +52,7 @@ def channel_options(message_bytes_max: int) -> list[tuple[str, int]]:
 
 def server_options(message_bytes_max: int) -> list[tuple[str, int]]:
     """Options for a server whose messages may reach message_bytes_max."""
-    assert message_bytes_max > 0
-    return [
-        ("grpc.max_send_message_length", message_bytes_max),
-        ("grpc.max_receive_message_length", message_bytes_max),
-        ("grpc.keepalive_time_ms", keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", 1),
+    return _common_options(message_bytes_max) + [
         ("grpc.http2.min_ping_interval_without_data_ms", server_ping_interval_min_ms),
         ("grpc.http2.max_ping_strikes", 0),
         # Two daemons must never share a port: the second bind has to fail.

@@ -48,7 +48,34 @@ def cistern_command() -> list[str]:
     return [script]
 
 
-class MetaCluster:
+class ProcessGroup:
+    """Base of the test clusters of real processes: ``with`` stops them all
+    (``stop_all``), and ``log_tail(i)`` shows the end of process i's log
+    (``_log_path``) for a failing test's message."""
+
+    def stop_all(self):
+        raise NotImplementedError
+
+    def _log_path(self, i: int) -> str:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_all()
+
+    def log_tail(self, i: int, n_bytes: int = 4000) -> str:
+        try:
+            with open(self._log_path(i), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - n_bytes))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+class MetaCluster(ProcessGroup):
     def __init__(self, tmpdir, n: int = 3, *, start: bool = True, log_level: str = "INFO",
                  env: dict | None = None):
         assert n >= 1
@@ -152,20 +179,8 @@ class MetaCluster:
             channel.close()
         self._channels.clear()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_all()
-
-    def log_tail(self, i: int, n_bytes: int = 4000) -> str:
-        try:
-            with open(self.members[i]["log"], "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - n_bytes))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+    def _log_path(self, i: int) -> str:
+        return self.members[i]["log"]
 
     # -- inspection ------------------------------------------------------
 

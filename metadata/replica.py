@@ -1191,20 +1191,29 @@ class Replica:
             raw = txn.get(KEY_APPLIED, db=self._db)
             digest = txn.get(KEY_DIGEST, db=self._db) or DIGEST_ZERO
             return 0, "", [_U64.unpack(raw)[0] if raw else 0, bytes(digest)]
-        machine = self._machine_for(code)
+        machine, decoded = self._route(code, args)
         if machine is None:
-            return errno.ENOSYS, f"no state machine for code {code}", None
-        try:
-            decoded = model.unpack(args)
-        except Exception:
-            return errno.EINVAL, "arguments are not valid msgpack", None
-        if not isinstance(decoded, list):
-            return errno.EINVAL, "arguments are not a msgpack list", None
+            return decoded   # the refusal: ENOSYS or EINVAL
         try:
             return _result_tuple(machine.read(txn, code, decoded))
         except Exception as e:
             log.exception("replica %s: machine raised on read code %d", self.node_id, code)
             return errno.EIO, f"internal error in read {code}: {type(e).__name__}", None
+
+    def _route(self, code: int, args: bytes):
+        """(machine, decoded argument list) for an operation, or (None, the
+        error result) when no machine owns the code or the arguments are not
+        a msgpack list. Shared by reads and applies, so both refuse alike."""
+        machine = self._machine_for(code)
+        if machine is None:
+            return None, (errno.ENOSYS, f"no state machine for code {code}", None)
+        try:
+            decoded = model.unpack(args)
+        except Exception:
+            return None, (errno.EINVAL, "arguments are not valid msgpack", None)
+        if not isinstance(decoded, list):
+            return None, (errno.EINVAL, "arguments are not a msgpack list", None)
+        return machine, decoded
 
     def _machine_for(self, code: int):
         for codes, machine in self._routes:
@@ -1307,15 +1316,9 @@ class Replica:
         return result
 
     def _call_machine(self, txn, time_ns: int, position: int, code: int, args) -> tuple:
-        machine = self._machine_for(code)
+        machine, decoded = self._route(code, args)
         if machine is None:
-            return errno.ENOSYS, f"no state machine for code {code}", None
-        try:
-            decoded = model.unpack(args)
-        except Exception:
-            return errno.EINVAL, "arguments are not valid msgpack", None
-        if not isinstance(decoded, list):
-            return errno.EINVAL, "arguments are not a msgpack list", None
+            return decoded   # the refusal: ENOSYS or EINVAL
         try:
             return _result_tuple(machine.apply(txn, time_ns, code, decoded))
         except Exception as e:
