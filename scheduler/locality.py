@@ -69,12 +69,18 @@ class OfferView(NamedTuple):
 
 @dataclass
 class Placement:
-    """``launch[offer_id]`` = [(task_id, local), ...] in launch order;
-    ``decline[offer_id]`` = refuse seconds, for every offer that launches
-    nothing. Each offer is in exactly one of the two."""
+    """``launch[offer_id]`` = [(task_id, local), ...] in launch order (offers
+    that launch nothing are absent: decline them); ``refuse_s[offer_id]`` =
+    the decline filter for every offer, for the whole offer when it
+    launches nothing, for what is left of it otherwise."""
 
     launch: dict = field(default_factory=dict)
-    decline: dict = field(default_factory=dict)
+    refuse_s: dict = field(default_factory=dict)
+
+    @property
+    def decline(self) -> dict:
+        """{offer_id: refuse seconds} of the offers that launch nothing."""
+        return {o: s for o, s in self.refuse_s.items() if o not in self.launch}
 
     def task_ids(self) -> list:
         return [task_id for tasks in self.launch.values() for task_id, _ in tasks]
@@ -126,8 +132,7 @@ def place(pending: Sequence[PendingTask], offers: Sequence[OfferView], *, now_s:
     wanted = {node for t in left for node in t.preferred}
     refuse_s = _refuse_s(left, now_s, live, locality_wait_s)
     for offer in offers:
-        if offer.offer_id not in placement.launch:
-            placement.decline[offer.offer_id] = min(refuse_s, refuse_preferred_s) if offer.node_id in wanted else refuse_s
+        placement.refuse_s[offer.offer_id] = min(refuse_s, refuse_preferred_s) if offer.node_id in wanted else refuse_s
     return placement
 
 

@@ -114,3 +114,11 @@ def test_fits_tolerates_float_sums():
     assert fits(Resources(0.7, 0, 0), free)
     assert not fits(Resources(0.8, 0, 0), free)
     assert not fits(Resources(0.1, 2 * MiB, 0), free)
+
+
+def test_leftover_of_an_accepted_offer_gets_a_filter_too():
+    pending = [task("a", "n1", since=0.0), task("b", "n1", since=0.0)]
+    p = place(pending, [offer("o1", "n1", cpus=0.5)], now_s=0.0, live_nodes=LIVE)
+    assert p.launch == {"o1": [("a", True)]}
+    assert p.decline == {}
+    assert p.refuse_s == {"o1": refuse_preferred_s}     # b still wants n1: offer it again soon
