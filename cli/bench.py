@@ -25,7 +25,7 @@ from cistern.core import cluster as cluster_spec
 
 
 def register(commands) -> None:
-    p = commands.add_parser("bench", help="benchmarks (bench meta: metadata throughput)")
+    p = commands.add_parser("bench", help="benchmarks (bench meta: metadata throughput; bench fuse: the mount)")
     sub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", parser_class=type(p))
     sub.required = True
     m = sub.add_parser("meta", help="metadata throughput and latency (mdtest phases)",
@@ -59,6 +59,13 @@ def register(commands) -> None:
     m.add_argument("--keep", action="store_true", help="leave the tree in place (skip the clean-up phases)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(run=run_meta)
+    f = sub.add_parser("fuse", help="the FUSE mount against a fusepy passthrough over tmpfs",
+                       description="The Cistern FUSE mount against a minimal fusepy passthrough over tmpfs, "
+                                   "in one run: creates/s, stats/s, readdir, sequential MB/s, and their ratios.")
+    from cistern.bench import fuse_bench
+
+    fuse_bench.add_arguments(f)
+    f.set_defaults(run=fuse_bench.run)
 
 
 def _phases():
