@@ -68,7 +68,7 @@ class Passthrough(fusepy.Operations):
         os.chown(self._p(path), uid, gid, follow_symlinks=False)
 
     def utimens(self, path, times=None):
-        os.utime(self._p(path), ns=times)
+        os.utime(self._p(path), ns=times, follow_symlinks=False)
 
     def statfs(self, path):
         st = os.statvfs(self._p(path))
