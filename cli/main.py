@@ -28,14 +28,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cistern.cli import bench, demo, fs, fsck, meta, node, run, status, up
+    from cistern.cli import bench, demo, fs, fsck, meta, mount, node, run, status, up
 
     parser = _Parser(prog="cistern", description="Cistern: a storage-first distributed file service.")
     parser.add_argument("--log-level", default=os.environ.get("CISTERN_LOG", "WARNING"),
                         help="logging level for daemons and tools (default: WARNING)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for module in (up, meta, node, status, fs, fsck, run, demo, bench):
+    for module in (up, meta, node, status, fs, fsck, run, demo, bench, mount):
         module.register(commands)
     return parser
 

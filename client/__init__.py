@@ -20,16 +20,19 @@ Public surface:
   blocks and buffers), ``files.py`` (the file object), ``blocks.py``
   (``DataPath``: placement, uploads, replica choice and failover,
   bad-replica reports, the lease renewer).
+* ``TIME_NOW``: a time for ``setattr`` meaning "the service's clock".
 * ``paths.py``: how path arguments become wire paths (pure);
   ``plans.py``: every operation written once as a generator of metadata
   operations, driven by the three faces; ``testing.py``: an in-process
   metadata backend for unit tests.
 """
 
+from cistern.metadata.model import TIME_NOW
+
 from .api import Client, DirEntry, Futures, connect
 from .plans import ST_DEV, stat_result
 
-__all__ = ["Client", "DirEntry", "Futures", "connect", "stat_result", "ST_DEV", "AsyncClient"]
+__all__ = ["Client", "DirEntry", "Futures", "connect", "stat_result", "ST_DEV", "TIME_NOW", "AsyncClient"]
 
 
 def __getattr__(name):

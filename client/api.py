@@ -290,28 +290,48 @@ class Client:
         ``block_size`` the size of the blocks this handle writes. Errors:
         FileNotFoundError, IsADirectoryError, FileExistsError (x),
         PermissionError, OSError(EBUSY)."""
-        from . import extents, files
+        from . import extents
 
         om = extents.parse_mode(mode, encoding, errors, newline, buffering)
         given = paths.fspath(path, "open")
-        opened = self._run(Plans.open_file(self, given, om, self._data.holder, replication))
-        if om.writable and not self._data.hold_lease(opened.ino):
-            # This connection writes the file already: the lease is that handle's to release.
-            raise to_oserror(errno.EBUSY, "file is open for writing on this connection", given)
-        try:
-            size = block_size or (self._data.block_size_bytes() if om.writable else (4 << 20))
-            raw = files.File(opened, self._data, self._commit_write, self._release_lease, name=given,
-                             mode=mode, open_mode=om, block_size_bytes=int(size), replication=replication)
-        except BaseException:
-            if opened.lease_id is not None:
-                self._data.drop_lease(opened.ino)
-                self._release_lease(opened.ino, opened.lease_id)
-            raise
+        raw = self._open_binary(given, om, mode, replication, block_size)
         if om.binary:
             return raw
         text = io.TextIOWrapper(raw, encoding, errors, newline, line_buffering=buffering == 1)
         text.mode = mode
         return text
+
+    def reopen(self, ino: int, mode: str = "rb", *, name=None):
+        """Opens the existing regular file with inode number ``ino`` (modes
+        ``rb`` and ``r+b`` only: nothing is created or emptied), as ``open``
+        does a path: the same permission checks, lease and errors. For the
+        mount, which knows files by inode once looked up, so a rename between
+        lookup and open cannot make it open another file. ``name`` names the
+        file in errors and ``repr`` (default: the number)."""
+        from . import extents
+
+        om = extents.parse_mode(mode, None, None, None, -1)
+        if not om.binary or om.create or om.truncate:
+            raise ValueError(f"reopen: mode must be 'rb' or 'r+b', not {mode!r}")
+        return self._open_binary(int(ino), om, mode, None, None, name=name)
+
+    def _open_binary(self, ref, om, mode: str, replication, block_size, *, name=None):
+        from . import files
+
+        given = ref if name is None else name
+        opened = self._run(Plans.open_file(self, ref, om, self._data.holder, replication))
+        if om.writable and not self._data.hold_lease(opened.ino):
+            # This connection writes the file already: the lease is that handle's to release.
+            raise to_oserror(errno.EBUSY, "file is open for writing on this connection", given)
+        try:
+            size = block_size or (self._data.block_size_bytes() if om.writable else (4 << 20))
+            return files.File(opened, self._data, self._commit_write, self._release_lease, name=given,
+                              mode=mode, open_mode=om, block_size_bytes=int(size), replication=replication)
+        except BaseException:
+            if opened.lease_id is not None:
+                self._data.drop_lease(opened.ino)
+                self._release_lease(opened.ino, opened.lease_id)
+            raise
 
     def read_file(self, path) -> bytes:
         """The whole contents of a file."""

@@ -116,6 +116,21 @@ class File(io.BufferedIOBase):
         """The file's size as this handle sees it (its own writes included)."""
         return self._x.size
 
+    @property
+    def ino(self) -> int:
+        """The file's inode number."""
+        return self._opened.ino
+
+    @property
+    def attr(self):
+        """The file's ``model.Attr`` as of the open or this handle's last commit."""
+        return self._opened.attr
+
+    @property
+    def uncommitted(self) -> bool:
+        """Whether this handle holds writes (or a truncation) not yet published."""
+        return self._uncommitted
+
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError("I/O operation on closed file.")
@@ -246,24 +261,56 @@ class File(io.BufferedIOBase):
             self._check(False)
             if self._om.append:
                 self._pos = self._x.size
-            n = len(view)
-            self._fill_hole(self._pos)
-            step = self._x.block_size_bytes
-            for i in range(0, n, step):
-                self._x.write(self._pos, view[i:i + step], self._load)
-                self._pos += min(step, n - i)
-                self._pump(final=False)
-            self._uncommitted = True
-            return n
+            self._pos = self._write_at(self._pos, view)
+            return len(view)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """``os.pread``: up to ``size`` bytes at ``offset`` (short at the
+        end), without moving the position. Reads continuing where the last
+        one ended count as sequential (read-ahead), as for ``read``."""
+        with self._lock:
+            self._check(True)
+            if offset < 0 or size < 0:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return self._read_at(offset, max(0, min(size, self._x.size - offset)))
+
+    def pwrite(self, data, offset: int) -> int:
+        """``os.pwrite``: writes ``data`` at ``offset`` whatever the mode (the
+        caller chose the offset, as the kernel does for a FUSE write),
+        without moving the position; returns its length. Buffered and
+        published like ``write``."""
+        view = memoryview(data).cast("B")
+        with self._lock:
+            self._check(False)
+            if offset < 0:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            self._write_at(offset, view)
+            return len(view)
+
+    def _write_at(self, pos: int, view) -> int:
+        n = len(view)
+        self._fill_hole(pos)
+        step = self._x.block_size_bytes
+        for i in range(0, n, step):
+            self._x.write(pos, view[i:i + step], self._load)
+            pos += min(step, n - i)
+            self._pump_at(pos, final=False)
+        self._uncommitted = True
+        return pos
 
     def _fill_hole(self, pos: int) -> None:
         while self._x.end < pos:
             n = min(pos - self._x.end, zero_fill_piece_bytes)
             self._x.write(self._x.end, bytes(n), self._load)
-            self._pump(final=False)
+            self._pump_at(self._x.end, final=False)
 
     def _pump(self, final: bool) -> None:
-        for e in self._x.to_upload(self._pos, final):
+        self._pump_at(self._pos, final)
+
+    def _pump_at(self, pos: int, final: bool) -> None:
+        """Upload the dirty blocks that are done: all when ``final``, else
+        the complete ones the writer (now at ``pos``) has left."""
+        for e in self._x.to_upload(pos, final):
             handle = object()
             payload = self._x.uploading(e, handle)
             self._uploads.append((e, handle, self._data.submit_upload(payload, self._replication)))

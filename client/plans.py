@@ -468,7 +468,11 @@ class Plans:
         after the lease was taken releases it."""
         from .files import Opened
 
-        t = paths.parse(path, function="open")
+        if isinstance(path, int):   # an inode number (Client.reopen): nothing to create
+            assert not om.create, "an inode number names an existing file"
+            t = Target(path, False, path, False)
+        else:
+            t = paths.parse(path, function="open")
         if not om.writable:
             attr, layout, factor = yield Call(Op.GET_LAYOUT, (t.wire,), t.given)
             return Opened(as_attr(attr).ino, None, as_attr(attr), layout, factor)

@@ -13,6 +13,9 @@ shows how many operations rode each batch. Operations apply in submission
 order; reads see every earlier write (linearizable).
 
 ``connect_in_process(...)`` returns a ``Client`` over a fresh backend.
+
+For tests of the client's users over real processes: ``storage_cluster``
+(a ``blockstore.testing.StorageCluster``) and ``wait_nodes_live``.
 """
 
 from __future__ import annotations
@@ -146,3 +149,36 @@ def connect_in_process(path: str | None = None, **client_options):
     from .api import Client
 
     return Client(InProcessMetaClient(path), **client_options)
+
+
+def storage_cluster(tmp, *, block_size: int, env: dict | None = None, node_log_level: str = "WARNING"):
+    """A real-process ``cistern.blockstore.testing.StorageCluster`` (3 metad,
+    nodes started on demand), for tests of the client's users (the mount),
+    which may import the client but not the block store."""
+    from cistern.blockstore.testing import StorageCluster
+
+    return StorageCluster(tmp, block_size=block_size, env=env, node_log_level=node_log_level)
+
+
+def wait_nodes_live(client, node_ids, timeout_s: float = 30.0) -> None:
+    """Block until the leader has a full block report from exactly
+    ``node_ids`` (so uploads can be placed on them); TimeoutError if not."""
+    deadline = time.monotonic() + timeout_s
+    want = set(node_ids)
+    while True:
+        try:
+            reply = client.data.nodes.nodes()
+            if {n.node_id for n in reply.nodes if n.full_report} == want:
+                return
+        except (CisternError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"storage nodes {sorted(want)} not live after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (``metadata.proc_testing``'s)."""
+    from cistern.metadata.proc_testing import free_port as pick
+
+    return pick()

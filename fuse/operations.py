@@ -1,0 +1,749 @@
+"""fusepy callbacks -> ``cistern.client`` calls: the mount's filesystem
+behaviour is the client's; this module translates, keeps the kernel's file
+handles, and caches a little.
+
+Contract (what the mount promises, and how):
+
+* Identity: every request acts as its caller. ``fusepy.fuse_get_context()``
+  gives (uid, gid, pid); supplementary groups come from /proc/<pid>/status
+  (cached ``groups_cache_s``). Each (uid, gid, groups) gets one
+  ``Client.with_creds`` view of the one shared client (umask 0: the kernel
+  has applied the caller's umask already), so the metadata service checks
+  owner, group, mode bits and sticky directories on every call. The mount
+  runs without ``default_permissions``: the service is the one authority,
+  so two users of one mount get the errnos they would on a local disk.
+* Errors: an ``OSError`` from the client becomes its errno; anything else is
+  logged and becomes EIO. A bad request never takes the mount down. A lost
+  cluster fails calls with ETIMEDOUT after the client's ``timeout_s``.
+* Files: the kernel's file handle is a number in a table of ``Handle``s;
+  the handles of one inode share one ``Node``, which has at most one
+  writable ``files.File`` (the client allows one writer per file per
+  connection, the lease one per cluster). Writes from every handle land in
+  it at their offsets (``File.pwrite``), and reads of a file this mount is
+  writing come from it too, so within the mount a reader sees each write at
+  once, as on a local disk. Writes are buffered per block and published by
+  one COMMIT_WRITE on flush (every close), fsync, ftruncate and release: a
+  small file costs one commit, not one per write(). A file this mount has
+  just created takes its lease at its first write (``touch`` costs no lease
+  round trips) and may be written whatever its mode (open(2) with O_CREAT
+  and mode 0444 returns a writable descriptor).
+* Close-to-open: a read-only handle reads the layout it opened with
+  (``Client.reopen`` fetches it at open), refreshed when a writer of this
+  mount has committed since. What another mount wrote and closed is read
+  whole by a handle opened afterwards, once the kernel's cached attributes
+  of that file have expired (``attr_timeout``; a file never looked at here
+  has none).
+* getattr answers from a short per-caller attribute cache
+  (``attr_cache_s``) filled by replies that carry attributes and emptied
+  by this mount's own changes. A file this mount is writing reports the
+  writer's size and last write time, so the kernel never cuts a buffered
+  write short.
+* Read-only mounts answer EROFS to every change.
+* Locks: the mount has no ``lock`` op (fusepy's high-level API has no
+  flock, and a POSIX lock op would need a cluster-wide lock table): the
+  kernel then keeps POSIX and flock locks itself, which excludes processes
+  using this mount, not processes on other mounts.
+* Not supported: renameat2 flags (libfuse 2's high-level rename carries
+  none; the kernel answers EINVAL), mknod (devices, fifos, sockets:
+  EPERM), file capabilities (``security.capability`` reads ENODATA and
+  cannot be set: the kernel asks for it before every write, which would
+  cost a round trip each).
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat as stat_module
+import threading
+import time
+
+import fuse as fusepy
+
+from cistern.client import TIME_NOW
+from cistern.core.metrics import new_registry
+from cistern.client.plans import stat_block_size_bytes
+
+__all__ = ["Operations", "Settings", "FS_ENCODING"]
+
+log = logging.getLogger(__name__)
+
+# Names are bytes end to end: fusepy decodes and encodes paths with this
+# codec (UTF-8 with surrogateescape, i.e. os.fsdecode), and the client
+# encodes them back with os.fsencode, so any byte string round-trips.
+FS_ENCODING = "cistern-fsnames"
+
+
+def _find_codec(name: str):
+    if name != FS_ENCODING.replace("-", "_") and name != FS_ENCODING:
+        return None
+    return codecs.CodecInfo(
+        name=FS_ENCODING,
+        encode=lambda text, errors="strict": (text.encode("utf-8", "surrogateescape"), len(text)),
+        decode=lambda data, errors="strict": (bytes(data).decode("utf-8", "surrogateescape"), len(data)))
+
+
+codecs.register(_find_codec)
+
+# What the kernel sends for utimensat's UTIME_NOW / UTIME_OMIT (tv_sec 0).
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
+# xattrs answered without a round trip (see the module docstring).
+_CAPABILITY_XATTR = "security.capability"
+
+
+class Settings:
+    """The mount's own knobs (the kernel's are FUSE options, see mount.py)."""
+
+    def __init__(self, *, read_only: bool = False, attr_cache_s: float = 1.0, groups_cache_s: float = 1.0):
+        self.read_only = bool(read_only)
+        self.attr_cache_s = float(attr_cache_s)
+        self.groups_cache_s = float(groups_cache_s)
+
+
+class Metrics:
+    """Prometheus metrics of one mount, on its own registry."""
+
+    def __init__(self, registry=None):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.registry = registry if registry is not None else new_registry()
+        kw = {"registry": self.registry}
+        self.ops = Counter("cistern_fuse_operations", "FUSE operations served, by type", ["op"], **kw)
+        self.errors = Counter("cistern_fuse_errors", "FUSE operations that failed, by type and errno",
+                              ["op", "errno"], **kw)
+        self.latency = Histogram("cistern_fuse_operation_seconds", "FUSE operation latency, by type", ["op"],
+                                 buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
+                                          1.0, 2.0, 5.0, 10.0, 30.0), **kw)
+        self.cache = Counter("cistern_fuse_attr_cache", "getattr answers from the mount's attribute cache",
+                             ["result"], **kw)
+        self.bytes_read = Counter("cistern_fuse_read_bytes", "bytes returned by read", **kw)
+        self.bytes_written = Counter("cistern_fuse_written_bytes", "bytes accepted by write", **kw)
+        self.open_handles = Gauge("cistern_fuse_open_handles", "open file handles", **kw)
+        self.hit = self.cache.labels("hit")
+        self.miss = self.cache.labels("miss")
+        self._per_op: dict[str, tuple] = {}
+
+    def op(self, name: str):
+        found = self._per_op.get(name)
+        if found is None:
+            found = self._per_op[name] = (self.ops.labels(name), self.latency.labels(name))
+        return found
+
+
+def _operation(fn):
+    """Count and time the op; OSError -> its errno, anything else -> EIO."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self, *args):
+        count, latency = self.metrics.op(name)
+        start = time.perf_counter()
+        try:
+            return fn(self, *args)
+        except OSError as e:
+            err = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
+            if err == errno.EIO or err == errno.ETIMEDOUT:
+                log.warning("%s %r: %s", name, args[:1], e)
+            self.metrics.errors.labels(name, errno.errorcode.get(err, str(err))).inc()
+            raise fusepy.FuseOSError(err) from None
+        except Exception:
+            log.exception("%s %r failed", name, args[:1])
+            self.metrics.errors.labels(name, "EIO").inc()
+            raise fusepy.FuseOSError(errno.EIO) from None
+        finally:
+            count.inc()
+            latency.observe(time.perf_counter() - start)
+    return wrapper
+
+
+def _changes(fn):
+    """An operation that changes the namespace: EROFS on a read-only mount."""
+    @functools.wraps(fn)
+    def wrapper(self, *args):
+        if self.settings.read_only:
+            raise fusepy.FuseOSError(errno.EROFS)
+        return fn(self, *args)
+    return wrapper
+
+
+class AttrCache:
+    """path -> {credentials: (Attr, expiry)}, plus ino -> paths so a change
+    to an inode forgets every name it was cached under. Thread-safe."""
+
+    max_entries = 200_000
+
+    def __init__(self, ttl_s: float):
+        self.ttl_s = ttl_s
+        self._by_path: dict[str, dict] = {}
+        self._paths_of: dict[int, set] = {}
+        self._lock = threading.Lock()
+
+    def get(self, cred, path: str):
+        entry = self._by_path.get(path)
+        if entry is None:
+            return None
+        found = entry.get(cred)
+        if found is None or found[1] < time.monotonic():
+            return None
+        return found[0]
+
+    def put(self, cred, path: str, attr) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._by_path) >= self.max_entries:
+                self._by_path.clear()
+                self._paths_of.clear()
+            self._by_path.setdefault(path, {})[cred] = (attr, time.monotonic() + self.ttl_s)
+            self._paths_of.setdefault(attr.ino, set()).add(path)
+
+    def forget(self, *paths: str) -> None:
+        with self._lock:
+            for path in paths:
+                entry = self._by_path.pop(path, None)
+                if entry:
+                    for attr, _ in entry.values():
+                        names = self._paths_of.get(attr.ino)
+                        if names is not None:
+                            names.discard(path)
+
+    def forget_ino(self, ino: int) -> None:
+        with self._lock:
+            for path in self._paths_of.pop(ino, ()):
+                self._by_path.pop(path, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_path.clear()
+            self._paths_of.clear()
+
+
+class Node:
+    """One inode with open handles in this mount."""
+
+    __slots__ = ("ino", "lock", "writer", "pending_writer", "handles", "writers", "version", "written_ns")
+
+    def __init__(self, ino: int):
+        self.ino = ino
+        self.lock = threading.RLock()
+        self.writer = None            # the shared writable File, once opened
+        self.pending_writer = None    # a view to open it with at the first write (files created here)
+        self.handles = 0
+        self.writers = 0
+        self.version = 0              # bumped by every commit through this mount
+        self.written_ns = 0           # wall time of the last write, for getattr
+
+
+class Handle:
+    __slots__ = ("node", "readable", "writable", "view", "reader", "reader_version", "path")
+
+    def __init__(self, node: Node, view, readable: bool, writable: bool, path: str, reader=None):
+        self.node, self.view, self.path = node, view, path
+        self.readable, self.writable = readable, writable
+        self.reader = reader
+        self.reader_version = node.version
+
+
+def _parent(path: str) -> str:
+    return os.path.dirname(path.rstrip("/")) or "/"
+
+
+def _stat_dict(attr, size: int | None = None, mtime_ns: int | None = None) -> dict:
+    size = attr.size if size is None else size
+    mtime_ns = attr.mtime_ns if mtime_ns is None else mtime_ns
+    regular = stat_module.S_ISREG(attr.mode)
+    return {"st_mode": attr.mode, "st_ino": attr.ino, "st_nlink": attr.nlink, "st_uid": attr.uid,
+            "st_gid": attr.gid, "st_size": size, "st_atime": attr.atime_ns, "st_mtime": mtime_ns,
+            "st_ctime": attr.ctime_ns, "st_blksize": stat_block_size_bytes,
+            "st_blocks": (size + 511) // 512 if regular else 0}
+
+
+class Operations(fusepy.Operations):
+    """The fusepy operations over one ``cistern.client.Client`` (the mount
+    closes it in ``destroy``). Use with ``fusepy.FUSE(..., raw_fi=True,
+    encoding=FS_ENCODING)``."""
+
+    use_ns = True   # times in integer nanoseconds, both ways
+
+    def __init__(self, client, settings: Settings | None = None, metrics: Metrics | None = None):
+        self.client = client
+        self.settings = settings or Settings()
+        self.metrics = metrics or Metrics()
+        self.root = client.with_creds(0, 0, [], umask=0)
+        self._views: dict[tuple, object] = {}
+        self._groups: dict[int, tuple] = {}
+        self._cache = AttrCache(self.settings.attr_cache_s)
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, list] = {}
+        self._nodes: dict[int, Node] = {}
+        self._nodes_lock = threading.Lock()
+        self._numbers = itertools.count(1)
+
+    # -- who is asking --------------------------------------------------------
+
+    def _caller(self):
+        uid, gid, pid = fusepy.fuse_get_context()
+        groups = self._supplementary_groups(pid) if uid != 0 else ()
+        key = (uid, gid, groups)
+        view = self._views.get(key)
+        if view is None:
+            if len(self._views) > 4096:
+                self._views.clear()
+            view = self._views[key] = self.client.with_creds(uid, gid, groups, umask=0)
+        return view
+
+    def _supplementary_groups(self, pid: int) -> tuple:
+        now = time.monotonic()
+        found = self._groups.get(pid)
+        if found is not None and found[1] > now:
+            return found[0]
+        groups: tuple = ()
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Groups:"):
+                        groups = tuple(sorted(int(g) for g in line.split()[1:]))
+                        break
+        except (OSError, ValueError):
+            pass   # the caller is gone (or pid 0): no supplementary groups
+        if len(self._groups) > 4096:
+            self._groups.clear()
+        self._groups[pid] = (groups, now + self.settings.groups_cache_s)
+        return groups
+
+    @staticmethod
+    def _cred(view) -> tuple:
+        uid, gid, groups = view.cred
+        return uid, gid, tuple(groups)
+
+    # -- attributes ---------------------------------------------------------
+
+    def _lstat(self, view, path: str):
+        cred = self._cred(view)
+        attr = self._cache.get(cred, path)
+        if attr is not None:
+            self.metrics.hit.inc()
+            return attr
+        self.metrics.miss.inc()
+        attr = view.attr(path, follow_symlinks=False)
+        self._cache.put(cred, path, attr)
+        return attr
+
+    def _remember(self, view, path: str, attr) -> None:
+        self._cache.forget_ino(attr.ino)
+        self._cache.put(self._cred(view), path, attr)
+
+    def _changed(self, *paths: str) -> None:
+        """This mount changed these names (and so their parents' times)."""
+        self._cache.forget(*paths, *{_parent(p) for p in paths})
+
+    def _is_symlink(self, view, path: str) -> bool:
+        return stat_module.S_ISLNK(self._lstat(view, path).mode)
+
+    @_operation
+    def getattr(self, path, fi=None):
+        handle = self._handles.get(fi.fh) if fi else None
+        if path is None:   # an open file whose name is gone (hard_remove)
+            if handle is None:
+                raise OSError(errno.ENOENT, "no such file")
+            f = handle.node.writer or handle.reader
+            if f is None:
+                raise OSError(errno.ESTALE, "file removed")
+            return self._overlay(f.attr)
+        return self._overlay(self._lstat(self._caller(), path))
+
+    def _overlay(self, attr) -> dict:
+        node = self._nodes.get(attr.ino)
+        writer = node.writer if node is not None else None
+        if writer is not None and not writer.closed:
+            mtime = max(attr.mtime_ns, node.written_ns) if writer.uncommitted else None
+            return _stat_dict(attr, writer.size, mtime)
+        return _stat_dict(attr)
+
+    @_operation
+    def access(self, path, amode):
+        view = self._caller()
+        if amode == os.F_OK:
+            self._lstat(view, path)
+        elif not view.access(path, amode):
+            raise OSError(errno.EACCES, "access denied")
+        return 0
+
+    @_operation
+    def readlink(self, path):
+        return self._caller().readlink(path)
+
+    @_operation
+    def statfs(self, path):
+        st = self._caller().statvfs("/")
+        return {key: getattr(st, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                                                   "f_files", "f_ffree", "f_favail", "f_namemax")}
+
+    # -- directories -------------------------------------------------------
+
+    @_operation
+    def opendir(self, path):
+        # Listing here checks read permission at opendir, as a local disk does.
+        entries = self._caller().readdir(path)
+        number = next(self._numbers)
+        self._dirs[number] = [path, entries]
+        return number
+
+    @_operation
+    def readdir(self, path, fh):
+        state = self._dirs.get(fh)
+        if state is None:
+            raise OSError(errno.EBADF, "bad directory handle")
+        entries = state[1]
+        if entries is None:    # a rewinddir: list afresh
+            entries = self._caller().readdir(state[0] if path is None else path)
+        state[1] = None
+        out = [".", ".."]
+        for name, ino, kind in entries:
+            out.append((os.fsdecode(name), {"st_ino": ino, "st_mode": kind}, 0))
+        return out
+
+    @_operation
+    def releasedir(self, path, fh):
+        self._dirs.pop(fh, None)
+        return 0
+
+    @_operation
+    @_changes
+    def mkdir(self, path, mode):
+        self._caller().mkdir(path, mode & 0o7777)
+        self._changed(path)
+        return 0
+
+    @_operation
+    @_changes
+    def rmdir(self, path):
+        self._caller().rmdir(path)
+        self._changed(path)
+        return 0
+
+    # -- names ---------------------------------------------------------------
+
+    @_operation
+    @_changes
+    def unlink(self, path):
+        view = self._caller()
+        cached = self._cache.get(self._cred(view), path)
+        view.unlink(path)
+        if cached is not None:
+            self._cache.forget_ino(cached.ino)
+        self._changed(path)
+        return 0
+
+    @_operation
+    @_changes
+    def rename(self, old, new):
+        self._caller().rename(old, new)
+        self._cache.clear()     # a directory's whole subtree changed names
+        return 0
+
+    @_operation
+    @_changes
+    def link(self, target, source):
+        # fusepy's order: ``ln source target`` makes the new name target.
+        view = self._caller()
+        view.link(source, target)
+        self._cache.forget(source)
+        self._changed(target)
+        return 0
+
+    @_operation
+    @_changes
+    def symlink(self, target, source):
+        # fusepy's order: ``ln -s source target`` makes target point at source.
+        self._caller().symlink(source, target)
+        self._changed(target)
+        return 0
+
+    @_operation
+    @_changes
+    def mknod(self, path, mode, dev):
+        raise OSError(errno.EPERM, "only regular files, directories and symlinks")
+
+    # -- attributes that change ---------------------------------------------
+
+    @_operation
+    @_changes
+    def chmod(self, path, mode):
+        view = self._caller()
+        self._remember(view, path, view.setattr(path, mode=mode & 0o7777))
+        if stat_module.S_ISDIR(mode):
+            self._cache.clear()   # search permission below it may have changed
+        return 0
+
+    @_operation
+    @_changes
+    def chown(self, path, uid, gid):
+        view = self._caller()
+        fields = {k: v for k, v in (("uid", uid), ("gid", gid)) if v != -1}
+        follow = not self._is_symlink(view, path)
+        attr = view.setattr(path, follow_symlinks=follow, **fields)
+        self._remember(view, path, attr)
+        if stat_module.S_ISDIR(attr.mode):
+            self._cache.clear()
+        return 0
+
+    @_operation
+    @_changes
+    def utimens(self, path, times=None):
+        view = self._caller()
+        atime, mtime = times if times is not None else (_UTIME_NOW, _UTIME_NOW)
+        fields = {}
+        for key, value in (("atime_ns", atime), ("mtime_ns", mtime)):
+            if value == _UTIME_NOW:
+                fields[key] = TIME_NOW
+            elif value != _UTIME_OMIT:
+                fields[key] = int(value)
+        follow = not self._is_symlink(view, path)
+        self._remember(view, path, view.setattr(path, follow_symlinks=follow, **fields))
+        return 0
+
+    @_operation
+    @_changes
+    def truncate(self, path, length, fi=None):
+        view = self._caller()
+        handle = self._handles.get(fi.fh) if fi else None
+        if handle is not None:
+            if not handle.writable:
+                raise OSError(errno.EBADF if path is None else errno.EINVAL, "not open for writing")
+            node = handle.node
+        else:
+            node = self._nodes.get(self._lstat(view, path).ino)
+            if node is not None and (node.writer or node.pending_writer) and not view.access(path, os.W_OK):
+                raise OSError(errno.EACCES, "truncate")
+        if node is not None and (node.writer or node.pending_writer):
+            with node.lock:
+                self._writer(node, path).truncate(length)
+                self._committed(node)
+        else:
+            view.truncate(path, length)
+            self._changed(path)
+        return 0
+
+    # -- xattrs --------------------------------------------------------------
+
+    @_operation
+    def getxattr(self, path, name, position=0):
+        if name == _CAPABILITY_XATTR:
+            raise OSError(errno.ENODATA, "no file capabilities here")
+        view = self._caller()
+        return view.getxattr(path, name, follow_symlinks=not self._is_symlink(view, path))
+
+    @_operation
+    def listxattr(self, path):
+        view = self._caller()
+        return view.listxattr(path, follow_symlinks=not self._is_symlink(view, path))
+
+    @_operation
+    @_changes
+    def setxattr(self, path, name, value, options, position=0):
+        if name == _CAPABILITY_XATTR:
+            raise OSError(errno.ENOTSUP, "file capabilities are not supported")
+        view = self._caller()
+        view.setxattr(path, name, value, options, follow_symlinks=not self._is_symlink(view, path))
+        self._cache.forget(path)
+        return 0
+
+    @_operation
+    @_changes
+    def removexattr(self, path, name):
+        view = self._caller()
+        view.removexattr(path, name, follow_symlinks=not self._is_symlink(view, path))
+        self._cache.forget(path)
+        return 0
+
+    # -- open files ----------------------------------------------------------
+
+    def _node(self, ino: int) -> Node:
+        with self._nodes_lock:
+            node = self._nodes.get(ino)
+            if node is None:
+                node = self._nodes[ino] = Node(ino)
+            node.handles += 1
+            return node
+
+    def _drop_node(self, node: Node) -> None:
+        with self._nodes_lock:
+            node.handles -= 1
+            if node.handles <= 0 and self._nodes.get(node.ino) is node:
+                del self._nodes[node.ino]
+
+    def _new_handle(self, fi, handle: Handle) -> int:
+        number = next(self._numbers)
+        self._handles[number] = handle
+        fi.fh = number
+        self.metrics.open_handles.inc()
+        return 0
+
+    def _handle(self, fi) -> Handle:
+        handle = self._handles.get(fi.fh) if fi else None
+        if handle is None:
+            raise OSError(errno.EBADF, "bad file handle")
+        return handle
+
+    def _writer(self, node: Node, path):
+        """The node's writable File (node.lock held), opened now if this
+        mount created the file and has not written it yet."""
+        if node.writer is None:
+            view = node.pending_writer
+            if view is None:
+                raise OSError(errno.EBADF, "not open for writing")
+            node.writer = view.reopen(node.ino, "r+b", name=path)
+            node.pending_writer = None
+        return node.writer
+
+    def _committed(self, node: Node) -> None:
+        node.version += 1
+        self._cache.forget_ino(node.ino)
+
+    @staticmethod
+    def _modes(flags: int) -> tuple[bool, bool]:
+        access = flags & os.O_ACCMODE
+        return access != os.O_WRONLY, access != os.O_RDONLY
+
+    @_operation
+    def open(self, path, fi):
+        readable, writable = self._modes(fi.flags)
+        if writable and self.settings.read_only:
+            raise OSError(errno.EROFS, "read-only mount")
+        view = self._caller()
+        if not writable:
+            reader = view.open(path, "rb")
+            node = self._node(reader.ino)
+            return self._new_handle(fi, Handle(node, view, True, False, path, reader))
+        ino = self._lstat(view, path).ino
+        node = self._node(ino)
+        try:
+            with node.lock:
+                if node.writer is None and node.pending_writer is None:
+                    node.writer = view.reopen(ino, "r+b", name=path)
+                elif not view.access(path, os.W_OK | (os.R_OK if readable else 0)):
+                    raise OSError(errno.EACCES, "open for writing")
+                node.writers += 1
+        except BaseException:
+            self._drop_node(node)
+            raise
+        return self._new_handle(fi, Handle(node, view, readable, True, path))
+
+    @_operation
+    def create(self, path, mode, fi):
+        if self.settings.read_only:
+            raise OSError(errno.EROFS, "read-only mount")
+        view = self._caller()
+        try:
+            attr = view.create(path, mode & 0o7777, exclusive=True)
+        except FileExistsError:
+            if fi.flags & os.O_EXCL:
+                raise
+            return self.open(path, fi)   # it exists: an open, with its permission checks
+        self._changed(path)
+        self._cache.put(self._cred(view), path, attr)
+        readable, writable = self._modes(fi.flags)
+        node = self._node(attr.ino)
+        with node.lock:
+            if node.writer is None and node.pending_writer is None:
+                # Created here: the creator may write it whatever its mode.
+                node.pending_writer = self.root
+            node.writers += 1
+        return self._new_handle(fi, Handle(node, view, readable, True, path))
+
+    @_operation
+    def read(self, path, size, offset, fi):
+        handle = self._handle(fi)
+        if not handle.readable:
+            raise OSError(errno.EBADF, "not open for reading")
+        node = handle.node
+        with node.lock:
+            f = node.writer
+            if f is None:
+                if handle.reader is None or handle.reader_version != node.version:
+                    if handle.reader is not None:
+                        handle.reader.close()
+                    opener = node.pending_writer or handle.view
+                    handle.reader = opener.reopen(node.ino, "rb", name=path)
+                    handle.reader_version = node.version
+                f = handle.reader
+            data = f.pread(size, offset)
+        self.metrics.bytes_read.inc(len(data))
+        return data
+
+    @_operation
+    def write(self, path, data, offset, fi):
+        handle = self._handle(fi)
+        if not handle.writable:
+            raise OSError(errno.EBADF, "not open for writing")
+        node = handle.node
+        with node.lock:
+            self._writer(node, path).pwrite(data, offset)
+            node.written_ns = time.time_ns()
+        self.metrics.bytes_written.inc(len(data))
+        return len(data)
+
+    def _publish(self, handle: Handle) -> None:
+        node = handle.node
+        if not handle.writable or node.writer is None:
+            return
+        with node.lock:
+            if node.writer is not None and node.writer.uncommitted:
+                node.writer.flush()
+                self._committed(node)
+
+    @_operation
+    def flush(self, path, fi):
+        self._publish(self._handle(fi))
+        return 0
+
+    @_operation
+    def fsync(self, path, datasync, fi):
+        self._publish(self._handle(fi))
+        return 0
+
+    @_operation
+    def release(self, path, fi):
+        handle = self._handles.pop(fi.fh, None)
+        if handle is None:
+            return 0
+        self.metrics.open_handles.dec()
+        node = handle.node
+        try:
+            with node.lock:
+                if handle.reader is not None:
+                    handle.reader.close()
+                if handle.writable:
+                    node.writers -= 1
+                    if node.writers <= 0:
+                        node.pending_writer = None
+                        writer, node.writer = node.writer, None
+                        if writer is not None:
+                            try:
+                                writer.close()   # publishes what is left, releases the lease
+                            finally:
+                                self._committed(node)
+        finally:
+            self._drop_node(node)
+        return 0
+
+    # -- lifetime ------------------------------------------------------------
+
+    def destroy(self, path):
+        """Unmounting: publish and close what is still open, close the client."""
+        for number in list(self._handles):
+            handle = self._handles.pop(number, None)
+            if handle is None:
+                continue
+            for f in (handle.reader, handle.node.writer):
+                try:
+                    if f is not None:
+                        f.close()
+                except Exception:   # noqa: BLE001 - unmounting goes on whatever one file says
+                    log.exception("closing %s at unmount", handle.path)
