@@ -1,0 +1,516 @@
+"""Run one task in isolation on this machine, and find it again after an
+agent restart.
+
+``launch(spec, agent_id=, work_dir=, inputs=[(source_path, InputBlock)])``
+returns a ``TaskHandle`` as soon as the task's shim (``shim.py``) is
+started; ``handle.wait_started()`` says when the command was exec'd,
+``poll()``/``wait()`` give its ``TaskResult`` once it has ended,
+``kill()`` ends it, ``cleanup()`` removes its cgroup and sandbox after its
+output was collected. ``handle.checkpoint()`` is a JSON-able dict;
+``recover(checkpoint)`` gives a handle to the same task in a new agent
+process (the task keeps running while no agent watches it).
+
+What a task gets (every guarantee is enforced by the kernel, not by trust):
+
+* cgroup ``<controller>/cistern/<agent_id>/<task_id>`` (``cgroups.py``): a
+  CFS quota of ``resources.cpus`` cpus, a hard memory limit of
+  ``resources.mem_bytes`` with no swap, ``pids_max`` processes. An OOM kill
+  in it ends the whole task with reason "memory limit".
+* new pid (its command is pid 1 and /proc shows only its processes), mount,
+  ipc, uts (hostname = task id) and, unless ``spec.network``, network
+  namespaces (an empty one with only ``lo``, up: it reaches nothing else).
+* uid/gid ``nobody`` (default), no supplementary groups, no capabilities,
+  no_new_privs.
+* its file system: everything read-only and nosuid, except its sandbox
+  (cwd and HOME, at ``shim.SANDBOX_MOUNT``, a fresh directory it owns,
+  holding ``out/`` for outputs and ``input/<n>``, each input bound
+  read-only) and private tmpfs at /tmp, /var/tmp and /dev/shm (charged to
+  its memory limit, gone with it).
+* environment: PATH, HOME, TMPDIR, LANG, USER, then ``spec.env`` and
+  ``extra_env``, then the ``CISTERN_*`` variables of the scheduler contract
+  (``task_env``), which win.
+* stdout/stderr in files of the task dir (outside the sandbox), each kept to
+  the newest ``log_bytes_max`` (plus one rotated file); results carry tails
+  of at most ``tail_bytes_max``.
+
+Errors: ``launch`` raises ``CisternError`` — EINVAL for a bad spec (task id
+unsafe as a path or cgroup name, empty argv, no cpus or memory), EEXIST for
+a task id already on this agent, ENOTSUP when this machine cannot isolate
+(not root, no cgroup controllers), EIO when the cgroup cannot be made.
+A command that cannot be exec'd is not an exception: its result is FAILED
+with reason "bad command".
+
+Threads: a ``TaskHandle`` may be used from several threads.
+Durability: the task dir's files are written atomically but not fsynced;
+they survive an agent crash, not a machine crash (nor does the task).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from cistern.core.errors import CisternError
+from cistern.scheduler import cgroups, shim
+from cistern.scheduler import limits as sched_limits
+
+# -- limits and defaults of isolation ---------------------------------------------
+pids_max_default = 1024
+log_bytes_max_default = 1 << 20      # per stream on disk (plus one rotated file)
+tail_bytes_max = sched_limits.output_tail_max_bytes
+tmpfs_bytes_max = 1 << 30            # each private tmpfs (its pages count against the memory limit anyway)
+task_id_length_max = 128
+start_timeout_s = 30.0               # shim started -> command exec'd, at most
+kill_timeout_s = 10.0
+shim_exit_wait_s = 5.0               # exit.json written -> shim gone, at most
+poll_interval_min_s = 0.002
+poll_interval_max_s = 0.05
+cgroup_parent_default = "cistern"
+default_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SANDBOX_MOUNT = shim.SANDBOX_MOUNT
+
+_task_id_re = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*")
+_SHIM_ENTRY = "from cistern.scheduler.shim import main; main()"
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How a task ended. ``state``: "finished" (exit 0), "failed" or
+    "killed"; ``reason`` one of "", "memory limit", "non-zero exit", "bad
+    command", "launch failed", "killed", "isolation lost"."""
+    state: str
+    reason: str
+    message: str
+    exit_code: int
+    started_at: float
+    finished_at: float
+    stdout_tail: bytes
+    stderr_tail: bytes
+    oom_kills: int = 0
+    pids_limit_hits: int = 0
+
+
+def classify(record: dict, kill_requested: bool) -> tuple[str, str, str]:
+    """(state, reason, message) of a shim exit record. Pure."""
+    stage, code, sig = record.get("error_stage", ""), record.get("exit_code", 0), record.get("signal", 0)
+    pids_note = f"; hit its pids limit {record['pids_limit_hits']} time(s)" if record.get("pids_limit_hits") else ""
+    if stage == "exec":
+        return "failed", "bad command", f"cannot run the command: {record.get('error', '')}"
+    if stage == "killed":
+        return "killed", "killed", record.get("error", "killed before it started")
+    if stage == "lost":
+        return "failed", "isolation lost", record.get("error", "")
+    if stage:
+        return "failed", "launch failed", f"{stage}: {record.get('error', '')}"
+    if record.get("oom_killed"):
+        return "failed", "memory limit", f"exceeded its memory limit ({record.get('oom_kills', 1)} OOM kill(s))" + pids_note
+    if kill_requested:
+        return "killed", "killed", "killed on request" + pids_note
+    if code == 0:
+        return "finished", "", "exited 0" + pids_note
+    if record.get("oom_kills", 0) > 0:
+        return "failed", "memory limit", f"exceeded its memory limit (exit {code})" + pids_note
+    if sig:
+        return "failed", "non-zero exit", f"killed by signal {sig} ({_signal_name(sig)})" + pids_note
+    return "failed", "non-zero exit", f"exited {code}" + pids_note
+
+
+def task_env(spec, inputs, extra_env: dict | None = None, *, sandbox: str = SANDBOX_MOUNT) -> dict:
+    """The task's environment (see the module docstring). ``inputs`` are
+    the spec's InputBlocks, in the order of ``input/<n>``. Pure."""
+    env = {"PATH": default_path, "HOME": sandbox, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+           "USER": "nobody", "LOGNAME": "nobody"}
+    env.update(extra_env or {})
+    env.update(dict(spec.env))
+    described = [{"path": f"{sandbox}/input/{n}", "file": ib.path, "offset": ib.file_offset,
+                  "length": ib.length, "block_id": bytes(ib.block_id).hex()} for n, ib in enumerate(inputs)]
+    env.update({"HOME": sandbox, "CISTERN_TASK_ID": spec.task_id, "CISTERN_OUTPUT": f"{sandbox}/out",
+                "CISTERN_INPUTS": json.dumps(described)})
+    if described:
+        first = described[0]
+        env.update({"CISTERN_INPUT": first["path"], "CISTERN_INPUT_FILE": first["file"],
+                    "CISTERN_INPUT_OFFSET": str(first["offset"]), "CISTERN_INPUT_LENGTH": str(first["length"])})
+    return env
+
+
+def check_available() -> None:
+    """Raise CisternError(ENOTSUP) when tasks cannot be isolated here."""
+    if os.geteuid() != 0:
+        raise CisternError(errno.ENOTSUP, "task isolation needs root (cgroups, namespaces, mounts)")
+    _layout()
+
+
+@functools.lru_cache(maxsize=1)
+def _layout_cached() -> dict:
+    return cgroups.detect()
+
+
+def _layout() -> dict:
+    try:
+        return _layout_cached()
+    except OSError as e:
+        raise CisternError(errno.ENOTSUP, str(e.strerror or e)) from None
+
+
+def task_paths(work_dir: str, task_id: str) -> tuple[str, str]:
+    """(task dir, sandbox dir) of a task under an agent's work dir."""
+    return os.path.join(work_dir, "tasks", task_id), os.path.join(work_dir, "sandboxes", task_id)
+
+
+def launch(spec, *, agent_id: str, work_dir: str, inputs=(), extra_env: dict | None = None,
+           uid: int | None = None, gid: int | None = None, pids_max: int | None = None,
+           log_bytes_max: int = log_bytes_max_default,
+           cgroup_parent: str = cgroup_parent_default) -> "TaskHandle":
+    """Start ``spec`` (a TaskSpec: task_id, argv, env, resources, network)
+    isolated. ``inputs``: (source file on this machine, InputBlock) pairs,
+    bound read-only at ``input/<n>``. ``pids_max`` defaults to
+    ``pids_max_for(spec)``. Returns at once; see the module docstring for
+    errors."""
+    pids_max = pids_max_for(spec) if pids_max is None else int(pids_max)
+    _validate(spec, agent_id, pids_max)
+    check_available()
+    uid, gid = _nobody(uid, gid)
+    task_dir, sandbox = task_paths(work_dir, spec.task_id)
+    cgroup = cgroups.for_task(_layout(), cgroup_parent, agent_id, spec.task_id)
+    _make_dirs(task_dir, sandbox, len(inputs), uid, gid, spec.task_id)
+    try:
+        _make_cgroup(cgroup, spec, pids_max)
+        mem_bytes = int(spec.resources.mem_bytes)
+        plan = {"task_id": spec.task_id, "argv": list(spec.argv),
+                "env": task_env(spec, [ib for _, ib in inputs], extra_env),
+                "network": bool(spec.network), "uid": uid, "gid": gid, "hostname": spec.task_id[:63],
+                "sandbox": sandbox, "input_sources": [os.path.abspath(src) for src, _ in inputs],
+                "cgroup": cgroup.to_json(), "log_bytes_max": int(log_bytes_max),
+                "tmpfs_bytes": min(mem_bytes, tmpfs_bytes_max)}
+        shim.write_json_atomic(os.path.join(task_dir, "plan.json"), plan)
+        proc = _start_shim(task_dir)
+    except BaseException:
+        _remove_quietly(cgroup, sandbox, task_dir)
+        raise
+    return TaskHandle(spec.task_id, task_dir, sandbox, cgroup, proc.pid, shim.start_ticks(proc.pid), proc)
+
+
+def recover(checkpoint: dict) -> "TaskHandle":
+    """A handle to a task launched by an earlier agent process, from its
+    ``checkpoint()``. The task may be running, ended, or gone."""
+    return TaskHandle(checkpoint["task_id"], checkpoint["task_dir"], checkpoint["sandbox"],
+                      cgroups.from_json(checkpoint["cgroup"]), checkpoint["shim_pid"],
+                      checkpoint["shim_start_ticks"], None)
+
+
+def sweep(agent_id: str, work_dir: str, keep=(), *, cgroup_parent: str = cgroup_parent_default) -> list[str]:
+    """Kill and remove every task of ``agent_id`` not in ``keep`` (task ids):
+    cgroups, sandboxes and task dirs an agent crash left without a
+    checkpoint. Returns the task ids removed."""
+    layout = _layout()
+    keep = set(keep)
+    found = set()
+    for d in cgroups.agent_dirs(layout, cgroup_parent, agent_id):
+        if os.path.isdir(d):
+            found.update(e.name for e in os.scandir(d) if e.is_dir())
+    for sub in ("tasks", "sandboxes"):
+        root = os.path.join(work_dir, sub)
+        if os.path.isdir(root):
+            found.update(os.listdir(root))
+    removed = sorted(found - keep)
+    for task_id in removed:
+        cgroup = cgroups.for_task(layout, cgroup_parent, agent_id, task_id)
+        cgroup.kill_all(kill_timeout_s)
+        task_dir, sandbox = task_paths(work_dir, task_id)
+        _remove_quietly(cgroup, sandbox, task_dir)
+    cgroups.remove_agent_dirs(layout, cgroup_parent, agent_id)
+    return removed
+
+
+class TaskHandle:
+    def __init__(self, task_id: str, task_dir: str, sandbox: str, cgroup, shim_pid: int,
+                 shim_start_ticks: int, proc: subprocess.Popen | None):
+        self.task_id = task_id
+        self.task_dir = task_dir
+        self.sandbox = sandbox
+        self.cgroup = cgroup
+        self.shim_pid = shim_pid
+        self.shim_start_ticks = shim_start_ticks
+        self._proc = proc
+        self._lock = threading.Lock()
+        self._result: TaskResult | None = None
+
+    def checkpoint(self) -> dict:
+        return {"task_id": self.task_id, "task_dir": self.task_dir, "sandbox": self.sandbox,
+                "cgroup": self.cgroup.to_json(), "shim_pid": self.shim_pid,
+                "shim_start_ticks": self.shim_start_ticks}
+
+    def started(self) -> dict | None:
+        """``{"init_pid", "init_start_ticks", "started_at"}`` once the
+        command was exec'd, else None."""
+        return _read_json(os.path.join(self.task_dir, "started.json"))
+
+    def wait_started(self, timeout_s: float = start_timeout_s) -> bool:
+        """Wait until the command was exec'd (True) or the task ended
+        without running (False). Raises TimeoutError."""
+        deadline = time.monotonic() + timeout_s
+        pause = poll_interval_min_s
+        while True:
+            if self.started() is not None:
+                return True
+            if self.poll() is not None:
+                return self.started() is not None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {self.task_id} did not start within {timeout_s:.0f}s")
+            time.sleep(pause)
+            pause = min(pause * 2, poll_interval_max_s)
+
+    def poll(self) -> TaskResult | None:
+        """The result once every process of the task is gone, else None."""
+        with self._lock:
+            if self._result is not None:
+                return self._result
+            record = _read_json(os.path.join(self.task_dir, "exit.json"))
+            if record is None:
+                if self._shim_alive():
+                    return None
+                # The shim writes exit.json before it exits: look once more, then give up on it.
+                record = _read_json(os.path.join(self.task_dir, "exit.json")) or self._lost()
+            self._wait_shim_gone()
+            self._result = self._make_result(record)
+            return self._result
+
+    def wait(self, timeout_s: float | None = None) -> TaskResult | None:
+        """Block until the task ended (its result) or ``timeout_s`` passed (None)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pause = poll_interval_min_s
+        while True:
+            result = self.poll()
+            if result is not None:
+                return result
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if self._proc is not None:
+                try:
+                    self._proc.wait(poll_interval_max_s if left is None else min(left, poll_interval_max_s))
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                time.sleep(pause if left is None else min(pause, left))
+                pause = min(pause * 2, poll_interval_max_s)
+
+    def kill(self, timeout_s: float = kill_timeout_s) -> bool:
+        """Kill every process of the task (its pid 1, whose death takes its
+        pid namespace, then whatever is left in the cgroup until it is
+        empty). Idempotent; True when the cgroup is empty. The result then
+        says "killed" (unless it had ended by itself)."""
+        _touch(os.path.join(self.task_dir, "kill"))
+        started = self.started()
+        if started and shim.start_ticks(started["init_pid"]) == started["init_start_ticks"]:
+            try:
+                os.kill(started["init_pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return self.cgroup.kill_all(timeout_s)
+
+    @property
+    def kill_requested(self) -> bool:
+        return os.path.exists(os.path.join(self.task_dir, "kill"))
+
+    def result(self) -> TaskResult:
+        """The result of an ended task; raises CisternError(EBUSY) while it runs."""
+        result = self.poll()
+        if result is None:
+            raise CisternError(errno.EBUSY, f"task {self.task_id} is still running")
+        return result
+
+    def usage(self) -> dict:
+        """Its cgroup's use now: mem_bytes, mem_peak_bytes, cpu_s, pids."""
+        return self.cgroup.usage()
+
+    def output_dir(self) -> str:
+        """The host path of the sandbox's out/ (read it before ``cleanup``)."""
+        return os.path.join(self.sandbox, "out")
+
+    def tail(self, stream: str, n_bytes: int = tail_bytes_max) -> bytes:
+        """The last ``n_bytes`` of "stdout" or "stderr"."""
+        assert stream in ("stdout", "stderr")
+        return _tail(os.path.join(self.task_dir, stream), n_bytes)
+
+    def cleanup(self, *, remove_task_dir: bool = True) -> None:
+        """Remove the cgroup, the sandbox and (by default) the task dir of
+        an ended task. Raises CisternError(EBUSY) while it runs."""
+        self.result()
+        self.cgroup.kill_all(kill_timeout_s)
+        _remove_quietly(self.cgroup, self.sandbox, self.task_dir if remove_task_dir else None)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _shim_alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return shim.start_ticks(self.shim_pid) == self.shim_start_ticks
+
+    def _wait_shim_gone(self) -> None:
+        """The shim exits right after writing exit.json: wait for that (reap
+        it when it is our child) so a result means no process is left."""
+        if self._proc is not None:
+            self._proc.wait()
+            return
+        deadline = time.monotonic() + shim_exit_wait_s
+        while self._shim_alive() and time.monotonic() < deadline:
+            time.sleep(poll_interval_min_s)
+
+    def _lost(self) -> dict:
+        """The shim died without recording (killed by hand): nobody can
+        say how the task ended, so whatever is left of it is killed."""
+        self.cgroup.kill_all(kill_timeout_s)
+        return {"exit_code": 137, "signal": signal.SIGKILL, "error_stage": "lost",
+                "error": "the task's shim vanished without recording how it ended", "finished_at": time.time()}
+
+    def _make_result(self, record: dict) -> TaskResult:
+        state, reason, message = classify(record, self.kill_requested)
+        started = self.started() or {}
+        return TaskResult(state, reason, message, int(record.get("exit_code", 0)),
+                          float(started.get("started_at", 0.0)), float(record.get("finished_at", 0.0)),
+                          self.tail("stdout"), self.tail("stderr"), int(record.get("oom_kills", 0)),
+                          int(record.get("pids_limit_hits", 0)))
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def _validate(spec, agent_id: str, pids_max: int) -> None:
+    for what, value in (("task id", spec.task_id), ("agent id", agent_id)):
+        if not (0 < len(value) <= task_id_length_max and _task_id_re.fullmatch(value)):
+            raise CisternError(errno.EINVAL, f"{what} {value!r} must be 1-{task_id_length_max} of "
+                                             "[A-Za-z0-9._:@+-], starting with a letter or digit")
+    if not spec.argv:
+        raise CisternError(errno.EINVAL, f"task {spec.task_id}: empty argv")
+    if not spec.resources.cpus > 0 or spec.resources.mem_bytes < sched_limits.mem_bytes_min_per_task:
+        raise CisternError(errno.EINVAL, f"task {spec.task_id}: needs cpus > 0 and at least "
+                                         f"{sched_limits.mem_bytes_min_per_task} bytes of memory")
+    if pids_max < 1:
+        raise CisternError(errno.EINVAL, f"task {spec.task_id}: pids_max must be positive")
+
+
+def _nobody(uid: int | None, gid: int | None) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam("nobody")
+        default_uid, default_gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        default_uid = default_gid = 65534
+    uid = default_uid if uid is None else int(uid)
+    gid = default_gid if gid is None else int(gid)
+    if uid == 0 or gid == 0:
+        raise CisternError(errno.EINVAL, "tasks never run as root")
+    return uid, gid
+
+
+def _make_dirs(task_dir: str, sandbox: str, n_inputs: int, uid: int, gid: int, task_id: str) -> None:
+    """The task dir (root only) and the sandbox (the task's own, with out/
+    for it and input/ for the read-only binds, owned by root)."""
+    for parent in (os.path.dirname(task_dir), os.path.dirname(sandbox)):
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(task_dir, 0o700)
+    except FileExistsError:
+        raise CisternError(errno.EEXIST, f"task {task_id} already exists on this agent") from None
+    try:
+        shutil.rmtree(sandbox, ignore_errors=True)     # a leftover of a crashed launch with this id
+        os.mkdir(sandbox, 0o700)
+        os.mkdir(os.path.join(sandbox, "out"), 0o755)
+        os.mkdir(os.path.join(sandbox, "input"), 0o755)
+        for n in range(n_inputs):
+            with open(os.path.join(sandbox, "input", str(n)), "wb"):
+                pass
+            os.chmod(os.path.join(sandbox, "input", str(n)), 0o444)
+        for d in (sandbox, os.path.join(sandbox, "out")):
+            os.chown(d, uid, gid)
+    except OSError as e:
+        shutil.rmtree(task_dir, ignore_errors=True)
+        shutil.rmtree(sandbox, ignore_errors=True)
+        raise CisternError(e.errno or errno.EIO, f"task {task_id}: cannot make its sandbox: {e}") from None
+
+
+def _make_cgroup(cgroup, spec, pids_max: int) -> None:
+    if cgroup.exists():
+        raise CisternError(errno.EEXIST, f"task {spec.task_id} already has a cgroup on this agent")
+    try:
+        cgroup.create(float(spec.resources.cpus), int(spec.resources.mem_bytes), pids_max)
+    except OSError as e:
+        raise CisternError(errno.EIO, f"task {spec.task_id}: cannot set up its cgroup: {e}") from None
+
+
+def pids_max_for(spec) -> int:
+    """A task's process limit: CISTERN_PIDS_MAX in its env (lower only), or
+    the default."""
+    asked = dict(spec.env).get("CISTERN_PIDS_MAX", "")
+    return min(int(asked), pids_max_default) if asked.isdigit() and int(asked) > 0 else pids_max_default
+
+
+def _start_shim(task_dir: str) -> subprocess.Popen:
+    """The shim, in a session of its own and without the die-with-parent
+    request: it must outlive a crashed agent. No preexec_fn (the agent has
+    gRPC threads)."""
+    env = {"PATH": default_path, "LANG": "C.UTF-8"}
+    with open(os.path.join(task_dir, "shim.log"), "ab") as log:
+        return subprocess.Popen([sys.executable, "-I", "-c", _SHIM_ENTRY, task_dir], cwd=task_dir, env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+
+
+def _remove_quietly(cgroup, sandbox: str, task_dir: str | None) -> None:
+    try:
+        cgroup.remove()
+    except OSError:
+        pass
+    shutil.rmtree(sandbox, ignore_errors=True)
+    if task_dir:
+        shutil.rmtree(task_dir, ignore_errors=True)
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _touch(path: str) -> None:
+    """Create ``path``; nothing when its directory is gone (a cleaned-up task)."""
+    try:
+        with open(path, "ab"):
+            pass
+    except FileNotFoundError:
+        pass
+
+
+def _tail(path: str, n_bytes: int) -> bytes:
+    """The last ``n_bytes`` of a ``shim.CappedLog`` (its rotated file first)."""
+    out = b""
+    for p in (path, path + ".1"):
+        try:
+            with open(p, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - (n_bytes - len(out))))
+                out = f.read() + out
+        except FileNotFoundError:
+            continue
+        if len(out) >= n_bytes:
+            break
+    return out[-n_bytes:] if n_bytes else b""
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "?"
