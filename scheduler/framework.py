@@ -43,6 +43,7 @@ Contract
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import queue
@@ -72,6 +73,7 @@ reconcile_quiet_s = 10.0            # a launched attempt not heard of this long 
 unknown_confirm_s = 15.0            # "unknown" this long (past the master's re-registration grace): re-run
 heartbeats_missed_max = 3           # no event for this many master heartbeats: the stream is dead, reconnect
 locations_ttl_s = 5.0               # block_locations answers reused for submits within this long
+update_log_max = 100_000            # entries kept in Framework.update_log (oldest dropped)
 task_name_length_max = 64           # of the name part of a generated task id
 close_flush_s = 2.0                 # close(): how long the last calls (teardown) may take to go out
 
@@ -192,6 +194,9 @@ class Framework:
         self._suppressed = False
         self._fatal: CisternError | None = None
         self._closing = False
+        # Every update the master delivered, stale and duplicate ones too:
+        # (attempt id, state name, reason, node id), for tests and post-mortems.
+        self.update_log: collections.deque = collections.deque(maxlen=update_log_max)
         self._stats = {"offers": 0, "accepts": 0, "declines": 0, "launched": 0, "reruns": 0,
                        "subscriptions": 0, "updates": 0, "acks": 0, "errors": 0}
         self._thread = threading.Thread(target=self._run, name=f"framework-{name}", daemon=True)
@@ -532,6 +537,7 @@ class Framework:
             self._send(acknowledge=pb.Acknowledge(task_id=status.task_id, uuid=status.uuid))
             with self._lock:
                 self._stats["acks"] += 1
+        self.update_log.append((status.task_id, pb.TaskState.Name(status.state), status.reason, status.node_id))
         task = self._by_attempt.get(status.task_id)
         if task is None or task.task_id != status.task_id or task.final:
             return       # an attempt we already gave up on, or not ours: acknowledged, nothing else
