@@ -66,6 +66,9 @@ def register(commands) -> None:
 
     fuse_bench.add_arguments(f)
     f.set_defaults(run=fuse_bench.run)
+    from cistern.cli import bench_sched
+
+    bench_sched.register(sub)
 
 
 def _phases():
