@@ -1,5 +1,7 @@
 """``cistern meta``: one metadata replica in the foreground, for real
-multi-host deployments (``cistern up`` starts several of these)."""
+multi-host deployments (``cistern up`` starts several of these). It also
+hosts the scheduler master (its state on the same Raft log, its service on
+the same port; active on the leader only)."""
 
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ def register(commands) -> None:
 
 def run(args) -> int:
     from cistern.metadata.server import MetaServer, parse_peers
+    from cistern.scheduler.service import SchedulerExtension
 
     peers = parse_peers(args.peers) if args.peers else {}
     if args.id in peers:
         raise CisternError(errno.EINVAL, f"--peers lists this replica's own id {args.id!r}")
     server = MetaServer(args.id, args.listen, args.raft, peers, args.data,
-                        metrics_address=args.metrics)
+                        metrics_address=args.metrics, extensions=[SchedulerExtension()])
     server.start()
     server.run_forever()
     return 0

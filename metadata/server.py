@@ -4,10 +4,24 @@ in order.
 
 ``cistern meta`` (cli/meta.py) builds a ``MetaServer`` from its flags and
 calls ``start()`` then ``run_forever()``; tests do the same in-process.
+
+Extensions (``MetaServer(..., extensions=[...])``) let the composition root
+host more on the same process without metadata importing them (the
+scheduler master does). An extension is any object with:
+
+* ``machines(store) -> [(code range, machine), ...]``: state machines to
+  register on the replica's log (called once the store is open, before the
+  replica is built; ranges must not overlap 1-999);
+* ``attach(grpc_server, replica, registry)``: add its servicers to the
+  metad gRPC server and start its threads (called after the replica
+  started, before the server serves);
+* ``stop()``: stop its threads (called before the replica stops; must be
+  idempotent and safe after a failed ``attach``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -61,7 +75,7 @@ def _check_address(item: str, address: str) -> None:
 class MetaServer:
     def __init__(self, node_id: str, rpc_address: str, raft_address: str,
                  peers: dict[str, tuple[str, str]], data_dir: str, *,
-                 metrics_address: str | None = None, replica_conf=None):
+                 metrics_address: str | None = None, replica_conf=None, extensions=()):
         self.node_id = node_id
         self.rpc_address = rpc_address
         self.raft_address = raft_address
@@ -73,6 +87,7 @@ class MetaServer:
         self.data_dir = data_dir
         self.metrics_address = metrics_address
         self.replica_conf = replica_conf
+        self.extensions = list(extensions)
         self.registry = metrics.new_registry()
         self.store = None
         self.namespace = None
@@ -105,6 +120,9 @@ class MetaServer:
             conf = self.replica_conf or ReplicaConf()
             if conf.registry is None:
                 conf.registry = self.registry
+            extra = [pair for extension in self.extensions for pair in extension.machines(self.store)]
+            if extra:
+                conf = dataclasses.replace(conf, extra_machines=tuple(conf.extra_machines) + tuple(extra))
             self.replica = Replica(self.node_id, self.raft_address, members,
                                    self.data_dir, self._machines(),
                                    rpc_addresses=rpc_addresses, conf=conf)
@@ -117,6 +135,8 @@ class MetaServer:
             # The storage-node face (heartbeats, block reports, placement,
             # healing) shares the server; its monitor acts only on the leader.
             self.nodes = nodes_service.add_to_server(self._grpc, self.replica, registry=self.registry)
+            for extension in self.extensions:
+                extension.attach(self._grpc, self.replica, self.registry)
             try:
                 port = self._grpc.add_insecure_port(self.rpc_address)
             except RuntimeError:
@@ -154,6 +174,8 @@ class MetaServer:
             if self.nodes is not None:
                 self.nodes.stop()
                 self.nodes = None
+            for extension in self.extensions:
+                extension.stop()
             if self._metrics is not None:
                 self._metrics.stop()
                 self._metrics = None

@@ -25,7 +25,7 @@ Eligible
     ``revive`` clears the framework's filters and its suppression).
 
 Offers end by ``accept`` (the launched tasks' resources become used, the
-rest is free again, filtered for ``refuse_s``), ``decline``, ``rescind``
+rest is free again, filtered only when ``refuse_s`` > 0), ``decline``, ``rescind``
 (``expire`` after ``offer_timeout_s``, or a framework/agent going away), and
 the caller tells the framework about every rescind it is handed.
 
@@ -274,8 +274,11 @@ class Allocator:
                now: float) -> tuple[str, Resources]:
         """Use offers for tasks needing ``needs``: checks everything first
         (AllocError otherwise, nothing changed); then the offers are gone,
-        the tasks' resources are held and the rest is free again (filtered
-        for ``refuse_s``). Returns (agent_id, what the offers held)."""
+        the tasks' resources are held and the rest is free again: offered
+        at the next ``allocate``, or after ``refuse_s`` when that is > 0
+        (unlike a decline, no default filter: a busy framework would
+        otherwise wait seconds for the rest of an agent it is filling).
+        Returns (agent_id, what the offers held)."""
         offers = self._check_accept(framework_id, offer_ids, needs)
         agent_id = offers[0].agent_id
         held = ZERO
@@ -284,7 +287,8 @@ class Allocator:
             held = add(held, offer.resources)
         for need in needs:
             self.hold(framework_id, agent_id, need)
-        self._filter(framework_id, agent_id, now + self._refuse_s(refuse_s))
+        if refuse_s and refuse_s > 0:
+            self._filter(framework_id, agent_id, now + min(refuse_s, limits.refuse_seconds_max))
         return agent_id, held
 
     def _check_accept(self, framework_id: str, offer_ids, needs) -> list[Offer]:

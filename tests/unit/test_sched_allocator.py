@@ -109,8 +109,7 @@ def test_accept_holds_task_resources_and_frees_the_rest():
     (offer,) = a.allocate(0.0)
     agent_id, held = a.accept("f1", [offer.offer_id], [(1.0, GIB, 0), (0.5, GIB, 0)], 0.0, 0.0)
     assert agent_id == "a0" and held == (4.0, 4 * GIB, 0)
-    a.revive("f1")
-    (rest,) = a.allocate(0.1)
+    (rest,) = a.allocate(0.1)                 # no filter on the rest unless asked
     assert rest.resources == (2.5, 2 * GIB, 0)
     a.release("f1", "a0", (1.0, GIB, 0))
     a.decline("f1", [rest.offer_id], 0.001, 0.1)
@@ -173,6 +172,16 @@ def test_agent_removed_rescinds_its_offers_and_resource_change_rescinds_too():
     assert a.remove_agent("a1") == [offers[1]]
     (new,) = a.allocate(0.1)
     assert new.resources == (8.0, 8 * GIB, 0)
+
+
+def test_accept_with_refuse_seconds_filters_the_rest():
+    a = make()
+    agents(a, 1)
+    a.add_framework("f1")
+    (offer,) = a.allocate(0.0)
+    a.accept("f1", [offer.offer_id], [(1.0, GIB, 0)], 2.0, 0.0)
+    assert a.allocate(1.9) == []
+    assert a.allocate(2.0)[0].resources == (3.0, 3 * GIB, 0)
 
 
 def test_small_leftovers_are_not_offered():
