@@ -55,6 +55,10 @@ DEFAULT_FUSE_OPTIONS = {
     "max_write": 128 * 1024,     # libfuse 2's ceiling
     "max_read": 128 * 1024,
     "max_readahead": 128 * 1024,
+    # The kernel checks permissions too, from the attributes it caches: without
+    # it, a name cached in the kernel could be reached through a directory its
+    # caller may not search (cached entries skip the lookup we would check in).
+    "default_permissions": True,
     "use_ino": True,             # st_ino is Cistern's inode number (hard links, tar, git)
     "hard_remove": True,         # unlink removes at once (no .fuse_hidden files)
     "fsname": "cistern",
@@ -96,6 +100,8 @@ def parse_options(strings) -> tuple[dict, dict]:
                     raise CisternError(errno.EINVAL, f"option {name} needs seconds, not {value!r}") from None
             elif name == "rw":
                 fuse_options.pop("ro", None)
+            elif name == "no_default_permissions":
+                fuse_options.pop("default_permissions", None)
             elif name in ("foreground", "debug", "nothreads") or name.startswith("-"):
                 raise CisternError(errno.EINVAL, f"option {name} is not a mount option")
             else:
