@@ -29,11 +29,13 @@ Contract
     task it believes is not finished (explicit reconciliation).
     Task ids: each attempt has a fresh, unique id; an attempt is launched at
     most once. A task whose attempt ends TASK_LOST (its agent died, or the
-    master never knew the launch) is re-run as a new attempt, at most
-    ``attempts_max`` attempts in all. An attempt the master says it does not
-    know is re-run only after it kept not knowing it for
-    ``unknown_confirm_s`` (a launch in flight during a failover may still
-    be committed by the new leader), so no task runs twice knowingly.
+    master answers a reconciliation with "unknown task": it never committed
+    the launch) or is refused at launch (TASK_ERROR "invalid launch", e.g.
+    its offer was rescinded) is run again as a new attempt, at most
+    ``attempts_max`` attempts in all. The master commits a launch before
+    it acts on it and answers reconciliation from its replicated state, so
+    a LOST attempt is never still running unknown to it: no task runs twice
+    knowingly (a LOST attempt's agent, if it comes back, is told to kill it).
     Threads: ``submit``, ``kill``, ``wait`` and ``close`` are thread-safe.
     Errors: a refused subscription (unknown framework id, bad name) makes
     ``wait_subscribed`` and ``wait`` raise ``CisternError`` with the
@@ -70,7 +72,7 @@ failover_timeout_default_s = 60.0   # the master kills our tasks after we are go
 loop_tick_s = 0.05                  # the framework thread's longest sleep between duties
 live_refresh_interval_s = 1.0       # how often the live agents are asked for while tasks wait
 reconcile_quiet_s = 10.0            # a launched attempt not heard of this long is reconciled explicitly
-unknown_confirm_s = 15.0            # "unknown" this long (past the master's re-registration grace): re-run
+kill_retry_s = 0.2                  # a kill the master could not do yet (launch being committed): again after
 heartbeats_missed_max = 3           # no event for this many master heartbeats: the stream is dead, reconnect
 locations_ttl_s = 5.0               # block_locations answers reused for submits within this long
 update_log_max = 100_000            # entries kept in Framework.update_log (oldest dropped)
@@ -120,7 +122,6 @@ class Task:
         self.final = False
         self.history: list[tuple] = []    # (task_id, state, reason, monotonic time)
         self._done = threading.Event()
-        self._unknown_since: float | None = None
         self._heard_mono = 0.0
 
     @property
@@ -183,6 +184,7 @@ class Framework:
         self._pending: dict[str, Task] = {}          # attempt id -> task waiting for an offer
         self._launched_on: dict[str, list] = {}      # offer id -> attempts sent with it (until heard of)
         self._kills: set = set()                     # attempt ids we asked to kill (resent after failover)
+        self._kill_again: dict = {}                  # attempt id -> when to send its kill again
         self._locations: dict = {}                   # path -> (monotonic time, block_locations)
         self._live: set | None = None                # None until the master first told us
         self._live_fetched = 0.0
@@ -195,7 +197,8 @@ class Framework:
         self._fatal: CisternError | None = None
         self._closing = False
         # Every update the master delivered, stale and duplicate ones too:
-        # (attempt id, state name, reason, node id), for tests and post-mortems.
+        # (attempt id, state name, reason, node id, uuid) -- an empty uuid marks
+        # a reconciliation answer or a refused launch -- for tests and post-mortems.
         self.update_log: collections.deque = collections.deque(maxlen=update_log_max)
         self._stats = {"offers": 0, "accepts": 0, "declines": 0, "launched": 0, "reruns": 0,
                        "subscriptions": 0, "updates": 0, "acks": 0, "errors": 0}
@@ -243,6 +246,14 @@ class Framework:
         """Kill a task: a pending one never launches, a launched one is
         killed by its agent (TASK_KILLED, reason "killed by framework")."""
         self._inbox.put(("kill", task))
+
+    def reconcile(self, task_ids=None) -> None:
+        """Ask the master for the state of the attempts ``task_ids``
+        (explicit reconciliation; e.g. ``[t.task_id for t in tasks]``), or of
+        every task of ours it still holds (implicit) when None. The answers
+        come as updates with no uuid: they change a task that is not final,
+        and are all in ``update_log``."""
+        self._inbox.put(("reconcile", None if task_ids is None else list(task_ids)))
 
     def tasks(self) -> list[Task]:
         with self._lock:
@@ -358,6 +369,8 @@ class Framework:
                 self._live = item[1]
         elif kind == "event":
             self._on_event(item[1])
+        elif kind == "reconcile":
+            self._send(reconcile=pb.Reconcile(task_ids=item[1] or []))
         elif kind == "closed":
             self._on_stream_closed(item[1])
 
@@ -366,6 +379,11 @@ class Framework:
             self._refresh_live(now)
         if self._subscribed.is_set():
             self._reconcile_quiet(now)
+            for task_id, at in list(self._kill_again.items()):
+                if at <= now:
+                    del self._kill_again[task_id]
+                    if task_id in self._kills:
+                        self._send(kill=pb.Kill(task_id=task_id))
 
     # -- the stream ------------------------------------------------------------------
 
@@ -428,6 +446,9 @@ class Framework:
         log.warning("framework %s: master says (%s) %s", self.name, error.call or "?", error.message)
         if error.call == "subscribe":
             self._fail(CisternError(error.errno or errno.EINVAL, f"subscription refused: {error.message}"))
+            return
+        if error.call == "kill" and error.errno == errno.EAGAIN and error.task_id in self._kills:
+            self._kill_again[error.task_id] = time.monotonic() + kill_retry_s
             return
         if error.call == "accept":
             refused = [error.task_id] if error.task_id else \
@@ -513,7 +534,6 @@ class Framework:
         task.attempts.append(attempt)
         task.state, task.local, task.node_id, task.agent_id = PENDING, None, "", ""
         task.queued_mono = time.monotonic()
-        task._unknown_since = None
         self._by_attempt[attempt] = task
         self._pending[attempt] = task
         if self._suppressed:
@@ -537,17 +557,14 @@ class Framework:
             self._send(acknowledge=pb.Acknowledge(task_id=status.task_id, uuid=status.uuid))
             with self._lock:
                 self._stats["acks"] += 1
-        self.update_log.append((status.task_id, pb.TaskState.Name(status.state), status.reason, status.node_id))
+        self.update_log.append((status.task_id, pb.TaskState.Name(status.state), status.reason, status.node_id,
+                                bytes(status.uuid)))
         task = self._by_attempt.get(status.task_id)
         if task is None or task.task_id != status.task_id or task.final:
             return       # an attempt we already gave up on, or not ours: acknowledged, nothing else
         state = pb.TaskState.Name(status.state)
         now = time.monotonic()
         task._heard_mono = now
-        if state == "TASK_UNKNOWN":
-            self._on_unknown(task, status, now)
-            return
-        task._unknown_since = None
         for offer_id, attempts in list(self._launched_on.items()):
             if task.task_id in attempts:
                 del self._launched_on[offer_id]
@@ -584,16 +601,6 @@ class Framework:
         with self._lock:
             self._changed.notify_all()
 
-    def _on_unknown(self, task: Task, status, now: float) -> None:
-        """The master has no record of this attempt. A launch sent just
-        before a failover may still be committed by the new leader, so re-run
-        only once it stayed unknown for ``unknown_confirm_s``."""
-        if task._unknown_since is None:
-            task._unknown_since = now
-        elif now - task._unknown_since >= unknown_confirm_s:
-            self._rerun(task, "TASK_LOST", "reconciliation", status.message or "the master does not know the task",
-                        heard=False)
-
     def _rerun(self, task: Task, state: str, reason: str, message: str, *, heard: bool = True) -> None:
         """The attempt ended without running to an end (``state``): run the
         task again as a new attempt, or give up after ``attempts_max``.
@@ -629,13 +636,12 @@ class Framework:
 
     def _reconcile_quiet(self, now: float) -> None:
         """Ask about attempts not heard of for a while (a launch whose answer
-        was lost, a task the master forgot), and repeat for unknown ones."""
+        was lost, a task the master forgot)."""
         quiet = []
         for task in self._tasks:
             if task.final or task.state == PENDING:
                 continue
-            due = reconcile_quiet_s if task._unknown_since is None else loop_tick_s * 40
-            if now - task._heard_mono >= due:
+            if now - task._heard_mono >= reconcile_quiet_s:
                 task._heard_mono = now
                 quiet.append(task.task_id)
         if quiet:

@@ -43,7 +43,7 @@ def task_processes(task_id: str) -> list[int]:
 
 
 def finished_updates(fw, task_id: str) -> int:
-    return sum(1 for attempt, state, _, _ in fw.update_log if attempt == task_id and state == "TASK_FINISHED")
+    return sum(1 for attempt, state, *_ in fw.update_log if attempt == task_id and state == "TASK_FINISHED")
 
 
 @pytest.fixture
@@ -71,8 +71,8 @@ def test_agent_killed_mid_task_loses_it_the_job_reruns_it_and_the_stale_copy_die
             cluster.kill_node(dead_node)
 
             wait_for(lambda: len(victim.attempts) == 2, f"{first_attempt} lost and re-run", 60)
-            assert (first_attempt, "TASK_LOST") in {(a, s) for a, s, _, _ in fw.update_log}
-            lost_reason = [r for a, s, r, _ in fw.update_log if a == first_attempt and s == "TASK_LOST"][0]
+            assert (first_attempt, "TASK_LOST") in {(a, s) for a, s, *_ in fw.update_log}
+            lost_reason = [r for a, s, r, *_ in fw.update_log if a == first_attempt and s == "TASK_LOST"][0]
             assert lost_reason == "agent lost", lost_reason
             # The stale copy is still running on the dead node's host: tasks outlive their agent.
             assert task_processes(first_attempt)
@@ -89,8 +89,9 @@ def test_agent_killed_mid_task_loses_it_the_job_reruns_it_and_the_stale_copy_die
             # exactly one output per task: the stale attempt stored nothing
             outputs = sorted(client.listdir("/f/out"))
             assert outputs == sorted(t.task_id for t in tasks)
-        master_states = task_states_at_master(cluster)
-        assert master_states.get(first_attempt) in (None, "TASK_LOST"), master_states
+            # the master still holds the stale attempt as LOST, and every re-run as FINISHED
+            answers = reconciled(fw, [first_attempt] + [t.task_id for t in tasks])
+            assert answers == {first_attempt: "TASK_LOST", **{t.task_id: "TASK_FINISHED" for t in tasks}}
 
 
 def test_metadata_leader_killed_mid_job_loses_no_task_and_launches_none_twice(cluster):
@@ -116,16 +117,24 @@ def test_metadata_leader_killed_mid_job_loses_no_task_and_launches_none_twice(cl
             launches = launches_per_task(cluster, [t.task_id for t in tasks])
             assert all(n == 1 for n in launches.values()), launches
             # reconciliation agrees: what the framework believes is what the master holds
-            master = task_states_at_master(cluster)
-            for t in tasks:
-                assert master.get(t.task_id, "TASK_FINISHED") == t.state, (t.task_id, master.get(t.task_id))
+            answers = reconciled(fw, [t.task_id for t in tasks])
+            assert answers == {t.task_id: t.state for t in tasks}
         cluster.meta.restart(leader)
 
 
-def task_states_at_master(cluster) -> dict:
-    """{task id: state name} of the tasks the master still remembers."""
-    status = cluster.sched_status()
-    return {t["task_id"]: t["state"] for t in status.get("tasks", []) if "task_id" in t and "state" in t}
+def reconciled(fw, task_ids, timeout_s: float = 30.0) -> dict:
+    """{attempt id: state} as the master answers an explicit reconciliation."""
+    seen = len(fw.update_log)
+    fw.reconcile(task_ids)
+    answers: dict = {}
+
+    def all_answered():
+        for attempt, state, _, _, uuid in list(fw.update_log)[seen:]:
+            if not uuid and attempt in task_ids:
+                answers[attempt] = state
+        return set(answers) == set(task_ids)
+    wait_for(all_answered, f"reconciliation answers for {task_ids}", timeout_s)
+    return answers
 
 
 def launches_per_task(cluster, task_ids) -> dict:
