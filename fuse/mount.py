@@ -40,8 +40,8 @@ from cistern.core.metrics import start_metrics_server
 
 from .operations import FS_ENCODING, Metrics, Operations, Settings
 
-__all__ = ["DEFAULT_FUSE_OPTIONS", "OWN_OPTIONS", "parse_options", "serve", "unmount", "is_mounted",
-           "MountProcess"]
+__all__ = ["DEFAULT_FUSE_OPTIONS", "OWN_OPTIONS", "parse_options", "check_mountpoint", "serve", "unmount",
+           "is_mounted", "MountProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -139,18 +139,25 @@ def _unescape(field: bytes) -> str:
     return os.fsdecode(bytes(out))
 
 
+def check_mountpoint(mountpoint) -> str:
+    """The absolute mountpoint, or CisternError: ENOENT/ENOTDIR when it is
+    not a directory, EBUSY when something is mounted there already."""
+    mountpoint = os.path.abspath(os.fspath(mountpoint))
+    if is_mounted(mountpoint):
+        raise CisternError(errno.EBUSY, f"{mountpoint} is already a mount point (cistern umount {mountpoint})")
+    if not os.path.isdir(mountpoint):
+        err = errno.ENOTDIR if os.path.exists(mountpoint) else errno.ENOENT
+        raise CisternError(err, f"{mountpoint}: {os.strerror(err)}")
+    return mountpoint
+
+
 def serve(mountpoint, cluster, options=(), metrics_address: str | None = None, *, ready=None) -> int:
     """Mount and serve in this process until unmounted or signalled; 0 then.
     ``ready(metrics_address)`` is called just before the kernel mount."""
     from cistern.client import connect
 
-    mountpoint = os.path.abspath(os.fspath(mountpoint))
+    mountpoint = check_mountpoint(mountpoint)
     fuse_options, own = parse_options(options)
-    if not os.path.isdir(mountpoint):
-        err = errno.ENOTDIR if os.path.exists(mountpoint) else errno.ENOENT
-        raise CisternError(err, f"{mountpoint}: {os.strerror(err)}")
-    if is_mounted(mountpoint):
-        raise CisternError(errno.EBUSY, f"{mountpoint} is already a mount point (cistern umount {mountpoint})")
     client = connect(cluster, uid=0, gid=0, groups=[], timeout_s=own["timeout"], umask=0,
                      block_size=own["block_size"])
     metrics_server = None
@@ -264,6 +271,8 @@ class MountProcess:
         return argv
 
     def start(self, timeout_s: float = start_timeout_s) -> "MountProcess":
+        check_mountpoint(self.mountpoint)
+        parse_options(self.options)    # a bad option is reported here, not as a dead child
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=out,
@@ -290,15 +299,16 @@ class MountProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout_s: float = stop_timeout_s) -> int | None:
-        """Unmount and reap; returns the child's exit status (None if never started)."""
+        """Unmount and reap; returns the child's exit status (None if never
+        started: then a mount already at the mountpoint is not ours to touch)."""
+        if self.proc is None:
+            return None
         try:
             if is_mounted(self.mountpoint):
                 try:
                     unmount(self.mountpoint, timeout_s=timeout_s)
                 except CisternError as e:
                     log.warning("%s", e.message)
-            if self.proc is None:
-                return None
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
