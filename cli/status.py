@@ -40,6 +40,7 @@ def collect(addresses: list[str]) -> dict:
                     pending.append(rpc)
     summary = summarize(answers)
     summary["storage"] = _storage(known) if summary["leader"] else None
+    summary["scheduler"] = _scheduler(known) if summary["leader"] else None
     summary["healthy"] = summary["healthy"] and not (summary["storage"] or {}).get("missing_blocks")
     return summary
 
@@ -65,6 +66,18 @@ def _storage(addresses: list[str]) -> dict | None:
         "pending_replications": reply.pending_replications,
         "settled": reply.settled,
     }
+
+
+def _scheduler(addresses: list[str]) -> dict | None:
+    """The scheduler master's view (tasks by state, agents, frameworks), or
+    None when it cannot say."""
+    from cistern.scheduler.client import master_status
+
+    try:
+        reply = master_status(addresses, timeout_s=status_timeout_s)
+    except (CisternError, OSError):
+        return None
+    return json.loads(reply.json) if reply.json else {"tasks_by_state": dict(reply.tasks_by_state)}
 
 
 def summarize(answers: dict[str, dict | None]) -> dict:
@@ -113,6 +126,7 @@ def render(summary: dict) -> str:
         else:
             lines.append(f"{'?':<6} {'down':<10} {m['address']:<22}")
     lines += _render_storage(summary.get("storage"))
+    lines += _render_scheduler(summary.get("scheduler"))
     lines += ["", "healthy" if summary["healthy"] else "NOT healthy: " + _why_unhealthy(summary)]
     return "\n".join(lines)
 
@@ -136,6 +150,18 @@ def _render_storage(storage: dict | None) -> list[str]:
         lines.append(f"  {n['id']:<6} {n['address']:<22} {n['blocks']:>8} blocks  "
                      f"{n['used_bytes'] / gib:>7.2f} GiB  heartbeat {n['last_heartbeat_s_ago']} s ago")
     return lines
+
+
+def _render_scheduler(sched: dict | None) -> list[str]:
+    if sched is None:
+        return []
+    by_state = sched.get("tasks_by_state") or {}
+    tasks = ", ".join(f"{n} {state.removeprefix('TASK_').lower()}" for state, n in sorted(by_state.items()))
+    agents = sched.get("agents") or []
+    live = sum(1 for a in agents if a.get("state") == "registered")
+    frameworks = sched.get("frameworks") or []
+    return ["", f"scheduler: tasks {tasks or 'none'}; agents {live} registered of {len(agents)}; "
+                f"frameworks {sum(1 for f in frameworks if f.get('connected'))} connected of {len(frameworks)}"]
 
 
 def run(args) -> int:
