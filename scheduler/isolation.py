@@ -88,7 +88,7 @@ _SHIM_ENTRY = "from cistern.scheduler.shim import main; main()"
 class TaskResult:
     """How a task ended. ``state``: "finished" (exit 0), "failed" or
     "killed"; ``reason`` one of "", "memory limit", "non-zero exit", "bad
-    command", "launch failed", "killed", "isolation lost"."""
+    command", "setup failed", "killed", "isolation lost"."""
     state: str
     reason: str
     message: str
@@ -112,7 +112,7 @@ def classify(record: dict, kill_requested: bool) -> tuple[str, str, str]:
     if stage == "lost":
         return "failed", "isolation lost", record.get("error", "")
     if stage:
-        return "failed", "launch failed", f"{stage}: {record.get('error', '')}"
+        return "failed", "setup failed", f"{stage}: {record.get('error', '')}"
     if record.get("oom_killed"):
         return "failed", "memory limit", f"exceeded its memory limit ({record.get('oom_kills', 1)} OOM kill(s))" + pids_note
     if kill_requested:

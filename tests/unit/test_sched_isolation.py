@@ -26,7 +26,7 @@ def test_classify_names_each_way_a_task_ends():
     assert isolation.classify(record(exit_code=127, error_stage="exec", error="No such file: x"), False) == \
         ("failed", "bad command", "cannot run the command: No such file: x")
     assert isolation.classify(record(exit_code=126, error_stage="setup", error="mount /mnt"), False)[:2] == \
-        ("failed", "launch failed")
+        ("failed", "setup failed")
     assert isolation.classify(record(error_stage="killed", error="killed before it started"), True)[:2] == \
         ("killed", "killed")
     assert isolation.classify(record(exit_code=1, pids_limit_hits=3), False)[2] == \
