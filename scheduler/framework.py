@@ -72,6 +72,7 @@ failover_timeout_default_s = 60.0   # the master kills our tasks after we are go
 loop_tick_s = 0.05                  # the framework thread's longest sleep between duties
 live_refresh_interval_s = 1.0       # how often the live agents are asked for while tasks wait
 reconcile_quiet_s = 10.0            # a launched attempt not heard of this long is reconciled explicitly
+offer_refusals_max = 20             # launches refused for their offer (a race with a rescind) before giving up
 kill_retry_s = 0.2                  # a kill the master could not do yet (launch being committed): again after
 heartbeats_missed_max = 3           # no event for this many master heartbeats: the stream is dead, reconnect
 locations_ttl_s = 5.0               # block_locations answers reused for submits within this long
@@ -103,6 +104,7 @@ class Task:
         self.network = network
         self.task_id = ""
         self.attempts: list[str] = []
+        self.offer_refusals = 0           # attempts refused for their offer (never launched; not counted)
         self.state = PENDING
         self.reason = ""
         self.message = ""
@@ -435,9 +437,11 @@ class Framework:
             self._send(reconcile=pb.Reconcile(task_ids=unsettled))
         for task_id in sorted(self._kills):
             self._send(kill=pb.Kill(task_id=task_id))
-        # State the offer wish explicitly: the new master may not know our last one.
-        self._suppressed = not self._pending
-        self._send(**({"suppress": pb.Suppress()} if self._suppressed else {"revive": pb.Revive()}))
+        # A new master offers to a new subscriber at once; with nothing pending
+        # those offers are declined and offers suppressed then (_on_offers), not
+        # here: a suppress now would rescind offers already on their way, and a
+        # submit racing it would accept rescinded offers.
+        self._suppressed = False
         self._subscribed.set()
 
     def _on_error(self, error) -> None:
@@ -445,18 +449,22 @@ class Framework:
             self._stats["errors"] += 1
         log.warning("framework %s: master says (%s) %s", self.name, error.call or "?", error.message)
         if error.call == "subscribe":
-            self._fail(CisternError(error.errno or errno.EINVAL, f"subscription refused: {error.message}"))
+            self._fail(CisternError(error.errno or errno.EINVAL, f"framework {self.name}: {error.message}"))
             return
         if error.call == "kill" and error.errno == errno.EAGAIN and error.task_id in self._kills:
             self._kill_again[error.task_id] = time.monotonic() + kill_retry_s
             return
         if error.call == "accept":
+            # No task id: the offers were refused (used, rescinded, too small) and
+            # nothing ran, so the attempt does not count. A task id: that task was
+            # refused (a bad spec, or its launch could not be committed): it counts.
             refused = [error.task_id] if error.task_id else \
                 [a for offer_id in error.offer_ids for a in self._launched_on.get(offer_id, ())]
             for attempt in refused:
                 task = self._by_attempt.get(attempt)
                 if task is not None and task.task_id == attempt and task.state == LAUNCHING:
-                    self._rerun(task, "TASK_ERROR", _INVALID_LAUNCH, error.message, heard=False)
+                    self._rerun(task, "TASK_ERROR", _INVALID_LAUNCH, error.message, heard=False,
+                                counted=bool(error.task_id))
 
     # -- offers ----------------------------------------------------------------------
 
@@ -601,17 +609,21 @@ class Framework:
         with self._lock:
             self._changed.notify_all()
 
-    def _rerun(self, task: Task, state: str, reason: str, message: str, *, heard: bool = True) -> None:
+    def _rerun(self, task: Task, state: str, reason: str, message: str, *, heard: bool = True,
+               counted: bool = True) -> None:
         """The attempt ended without running to an end (``state``): run the
-        task again as a new attempt, or give up after ``attempts_max``.
-        ``heard``: the master's update was already recorded (and called
-        back); otherwise this records the end and calls back itself."""
+        task again as a new attempt, or give up after ``attempts_max``
+        counted attempts (or ``offer_refusals_max`` uncounted ones: refused
+        offers). ``heard``: the master's update was already recorded (and
+        called back); otherwise this records the end and calls back itself."""
         if not heard:
             task.state, task.reason, task.message = state, reason, message
             task.history.append((task.task_id, state, reason, time.monotonic()))
             self._callback(task, pb.TaskStatus(task_id=task.task_id, state=pb.TaskState.Value(state),
                                                reason=reason, message=message, node_id=task.node_id))
-        if len(task.attempts) >= self.attempts_max:
+        if not counted:
+            task.offer_refusals += 1
+        if len(task.attempts) - task.offer_refusals >= self.attempts_max or task.offer_refusals > offer_refusals_max:
             self._finish(task, state, reason, f"{message} (gave up after {len(task.attempts)} attempts)")
             return
         log.info("framework %s: %s %s (%s); running it again", self.name, task.task_id, state, reason)
