@@ -194,10 +194,10 @@ class Framework:
         self._lost_agents: set = set()               # nodes whose agent we saw lost, until they offer again
         self._offered_from: dict = {}                # node id -> last offer time
         self._subscribed = threading.Event()
-        self._stream_ended = threading.Event()
         self._suppressed = False
         self._fatal: CisternError | None = None
         self._closing = False
+        self._close_called = False
         # Every update the master delivered, stale and duplicate ones too:
         # (attempt id, state name, reason, node id, uuid) -- an empty uuid marks
         # a reconciliation answer or a refused launch -- for tests and post-mortems.
@@ -304,8 +304,9 @@ class Framework:
         of ours still running and forget the framework; otherwise just
         disconnect (the tasks keep running for the failover timeout, and a
         new Framework with our ``framework_id`` can take them over)."""
-        if self._closing:
+        if self._close_called:
             return
+        self._close_called = True
         self._inbox.put(("close", teardown))
         self._thread.join(timeout_s)
         _close_quietly(self._connection)
@@ -398,7 +399,6 @@ class Framework:
     def _on_stream_closed(self, error) -> None:
         log.info("framework %s: stream ended (%s); reconnecting", self.name, error or "closed by the master")
         self._subscribed.clear()
-        self._stream_ended.set()
         self._launched_on.clear()     # offers die with the stream; their attempts are reconciled
 
     def _send(self, **call) -> None:
@@ -426,7 +426,6 @@ class Framework:
     def _on_subscribed(self, subscribed) -> None:
         first = not self.framework_id
         self.framework_id = subscribed.framework_id
-        self._stream_ended.clear()
         with self._lock:
             self._stats["subscriptions"] += 1
         log.info("framework %s: subscribed as %s", self.name, self.framework_id)
@@ -671,7 +670,6 @@ class Framework:
         it has done it (we give it ``close_flush_s``)."""
         self._closing = True
         if teardown and self.framework_id and self._subscribed.is_set():
-            self._stream_ended.clear()
             self._send(teardown=pb.Teardown())
             deadline = time.monotonic() + close_flush_s
             while time.monotonic() < deadline:
