@@ -34,8 +34,9 @@ Agents
     then the agent's report of what it runs is reconciled against the state
     (``plan_registration``): a reported task the master does not hold as
     active on that agent is killed (the master gave up on it: LOST, or its
-    framework was removed), and an active task the agent does not report is
-    committed LOST ("agent restarted"). No heartbeat for
+    framework was removed); a STAGING task the agent does not report is
+    launched again (its launch never reached the agent), and a started task
+    it does not report is committed LOST ("agent restarted"). No heartbeat for
     ``agent_unreachable_after_s``: AGENT_UNREACHABLE (its active tasks LOST,
     "agent lost"), offers on it rescinded; if it comes back it registers
     again and is told to kill what it still runs of those tasks.
@@ -177,13 +178,20 @@ def check_spec(spec: dict) -> tuple[int, str]:
 @dataclasses.dataclass(frozen=True)
 class RegistrationPlan:
     kill: tuple          # task ids the agent runs that the master gave up on
-    lose: tuple          # task ids the master holds active on the agent that the agent does not know
+    relaunch: tuple      # STAGING tasks the agent does not know: the launch never reached it
+    lose: tuple          # started tasks the master holds active on the agent that the agent does not know
 
 
 def plan_registration(agent_id: str, reported: dict, tasks: dict, launching: set) -> RegistrationPlan:
     """Reconcile an agent's report ``{task_id: state}`` with the master's
     tasks ``{task_id: task record}``; ``launching`` are task ids whose launch
-    is still being committed (not yet sent, so not missing)."""
+    is still being committed (not yet sent, so not missing).
+
+    A STAGING task the agent does not report never reached it (the stream
+    that carried its launch died, e.g. with the old leader: an agent takes
+    commands in order and re-registers only on a new stream), so sending the
+    launch again cannot run it twice; a task that got further and is not
+    reported was lost with the agent's memory of it."""
     kill = []
     for task_id, reported_state in sorted(reported.items()):
         task = tasks.get(task_id)
@@ -191,10 +199,12 @@ def plan_registration(agent_id: str, reported: dict, tasks: dict, launching: set
             continue
         if task is None or task["agent_id"] != agent_id or task["state"] not in ACTIVE:
             kill.append(task_id)
-    lose = [task_id for task_id, task in sorted(tasks.items())
-            if task["agent_id"] == agent_id and task["state"] in ACTIVE
-            and task_id not in reported and task_id not in launching]
-    return RegistrationPlan(tuple(kill), tuple(lose))
+    missing = [task_id for task_id, task in sorted(tasks.items())
+               if task["agent_id"] == agent_id and task["state"] in ACTIVE
+               and task_id not in reported and task_id not in launching]
+    relaunch = tuple(t for t in missing if tasks[t]["state"] == TaskState.TASK_STAGING)
+    lose = tuple(t for t in missing if tasks[t]["state"] != TaskState.TASK_STAGING)
+    return RegistrationPlan(tuple(kill), relaunch, lose)
 
 
 def due_unreachable(last_heard: dict, now: float, after_s: float) -> list[str]:
@@ -608,11 +618,14 @@ class Master:
             if reported.get(task_id) not in TERMINAL:
                 session.send(pb.AgentCommand(kill=pb.KillTask(task_id=task_id, reason="the master gave up on it")))
         agent.kills.clear()
+        for task_id in plan.relaunch:
+            self._send_launch(self._tasks[task_id])
         for task_id in plan.lose:
             self._master_update(task_id, TaskState.TASK_LOST, model.REASON_AGENT_RESTARTED,
                                 f"agent {agent_id} does not know this task")
-        log.info("scheduler master: agent %s (%s) registered: %d tasks reported, %d killed, %d lost",
-                 agent_id, record["node_id"], len(reported), len(plan.kill), len(plan.lose))
+        log.info("scheduler master: agent %s (%s) registered: %d tasks reported, %d killed, %d relaunched, "
+                 "%d lost", agent_id, record["node_id"], len(reported), len(plan.kill), len(plan.relaunch),
+                 len(plan.lose))
 
     def _agent_update(self, session: Session, status: pb.TaskStatus) -> None:
         if not status.uuid or not status.task_id:
@@ -973,12 +986,16 @@ class Master:
                 return
             self._m.launches.inc()
             self._tasks[task_id] = task
-            agent = self._agents.get(agent_id)
-            if agent is not None and agent.session is not None:
-                agent.session.send(pb.AgentCommand(launch=pb.LaunchTask(
-                    framework_id=framework_id, task=spec_pb(task["spec"], agent_id))))
-            # else: the agent registers again and, not knowing the task, gets it marked LOST.
+            self._send_launch(task)
         self._commit(SchedOp.TASK_LAUNCH, [framework_id, agent_id, spec, self._urandom(16)], done)
+
+    def _send_launch(self, task: dict) -> None:
+        """Send a committed launch to its agent; if the agent has no stream
+        now, it gets the launch when it registers again (``plan_registration``)."""
+        agent = self._agents.get(task["agent_id"])
+        if agent is not None and agent.session is not None:
+            agent.session.send(pb.AgentCommand(launch=pb.LaunchTask(
+                framework_id=task["framework_id"], task=spec_pb(task["spec"], task["agent_id"]))))
 
     # -- offers and timers ---------------------------------------------------------------
 

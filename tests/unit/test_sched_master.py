@@ -31,12 +31,13 @@ def _task(agent, state):
 
 def test_plan_registration_kills_what_the_master_gave_up_on_and_loses_what_the_agent_forgot():
     tasks = {"run": _task("a1", TaskState.TASK_RUNNING), "lost": _task("a1", TaskState.TASK_LOST),
-             "elsewhere": _task("a2", TaskState.TASK_RUNNING), "forgot": _task("a1", TaskState.TASK_STAGING),
-             "coming": _task("a1", TaskState.TASK_STAGING)}
+             "elsewhere": _task("a2", TaskState.TASK_RUNNING), "forgot": _task("a1", TaskState.TASK_RUNNING),
+             "unsent": _task("a1", TaskState.TASK_STAGING), "coming": _task("a1", TaskState.TASK_STAGING)}
     reported = {"run": TaskState.TASK_RUNNING, "lost": TaskState.TASK_RUNNING, "elsewhere": TaskState.TASK_RUNNING,
                 "unknown": TaskState.TASK_STARTING, "ended": TaskState.TASK_FINISHED}
     plan = plan_registration("a1", reported, tasks, launching={"coming"})
     assert plan.kill == ("elsewhere", "lost", "unknown")
+    assert plan.relaunch == ("unsent",)
     assert plan.lose == ("forgot",)
 
 
@@ -219,14 +220,21 @@ def test_silent_agent_loses_its_tasks_and_is_told_to_kill_them_on_return(h):
     assert [k.task_id for k in drain(again, "kill")] == ["t1"]
 
 
-def test_agent_that_forgot_a_launched_task_gets_it_marked_lost(h):
+def test_a_launch_that_never_reached_the_agent_is_sent_again_a_forgotten_running_task_is_lost(h):
     agent, agent_id = h.agent()
     fw, _ = h.framework()
-    launch(h, fw)
-    again, _ = h.agent(agent_id=agent_id, tasks=[])        # restarted without the task
+    launch(h, fw, "t1")
+    launch(h, fw, "t2")
+    h.master.agent_message(agent, pb.AgentMessage(update=pb.StatusUpdate(status=pb.TaskStatus(
+        task_id="t2", state=pb.TASK_RUNNING, uuid=b"r"))))
+    h.pump()
+    drain(fw, "update")
+    again, _ = h.agent(agent_id=agent_id, tasks=[])        # a new stream; it knows neither task
     assert drain(again, "kill") == []
+    assert [m.task.task_id for m in drain(again, "launch")] == ["t1"]
     (lost,) = drain(fw, "update")
-    assert lost.status.state == pb.TASK_LOST and lost.status.reason == "agent restarted"
+    assert lost.status.task_id == "t2" and lost.status.state == pb.TASK_LOST
+    assert lost.status.reason == "agent restarted"
 
 
 def test_framework_past_its_failover_timeout_is_removed_and_its_tasks_killed(h):
