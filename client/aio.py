@@ -78,10 +78,12 @@ class AsyncClient:
     statvfs = _coroutine(Plans.statvfs)
     statfs = statvfs
     mkdir = _coroutine(Plans.mkdir)
+    mkdir_attr = _coroutine(Plans.mkdir_attr)
     makedirs = _coroutine(Plans.makedirs)
     create = _coroutine(Plans.create)
     touch = _coroutine(Plans.touch)
     symlink = _coroutine(Plans.symlink)
+    symlink_attr = _coroutine(Plans.symlink_attr)
     link = _coroutine(Plans.link)
     unlink = _coroutine(Plans.unlink)
     remove = unlink

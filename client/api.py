@@ -226,10 +226,12 @@ class Client:
     statvfs = _blocking(Plans.statvfs)
     statfs = statvfs
     mkdir = _blocking(Plans.mkdir)
+    mkdir_attr = _blocking(Plans.mkdir_attr)
     makedirs = _blocking(Plans.makedirs)
     create = _blocking(Plans.create)
     touch = _blocking(Plans.touch)
     symlink = _blocking(Plans.symlink)
+    symlink_attr = _blocking(Plans.symlink_attr)
     link = _blocking(Plans.link)
     unlink = _blocking(Plans.unlink)
     remove = unlink
@@ -572,10 +574,12 @@ class Futures:
     statvfs = _future_face(Plans.statvfs)
     statfs = statvfs
     mkdir = _future_face(Plans.mkdir)
+    mkdir_attr = _future_face(Plans.mkdir_attr)
     makedirs = _future_face(Plans.makedirs)
     create = _future_face(Plans.create)
     touch = _future_face(Plans.touch)
     symlink = _future_face(Plans.symlink)
+    symlink_attr = _future_face(Plans.symlink_attr)
     link = _future_face(Plans.link)
     unlink = _future_face(Plans.unlink)
     remove = unlink

@@ -242,8 +242,13 @@ class Plans:
     def mkdir(self, path, mode=0o777) -> None:
         """``os.mkdir``: creates a directory with ``mode & ~umask``.
         Errors: EEXIST, ENOENT (parent missing), ENOTDIR, EACCES, ENAMETOOLONG."""
+        yield from Plans.mkdir_attr(self, path, mode)
+
+    def mkdir_attr(self, path, mode=0o777) -> Attr:
+        """``mkdir`` returning the new directory's attributes (the mount
+        caches them instead of asking again)."""
         t = paths.parse(path, function="mkdir")
-        yield Call(Op.MKDIR, (t.wire, mode & ~self.umask & 0o7777), t.given)
+        return as_attr((yield Call(Op.MKDIR, (t.wire, mode & ~self.umask & 0o7777), t.given)))
 
     def makedirs(self, path, mode=0o777, exist_ok=False) -> None:
         """``os.makedirs``: creates missing parents (mode 0o777 & ~umask)
@@ -302,6 +307,10 @@ class Plans:
         """``os.symlink(src, dst)``: creates ``dst`` pointing at ``src`` (the
         target is stored as given, never resolved). Errors name both, as
         ``os`` does: EEXIST, ENOENT, ENOTDIR, EACCES, ENAMETOOLONG."""
+        yield from Plans.symlink_attr(self, src, dst)
+
+    def symlink_attr(self, src, dst) -> Attr:
+        """``symlink`` returning the new link's attributes (for the mount)."""
         target = src if isinstance(src, bytes) else os.fsencode(paths.fspath(src, "symlink"))
         if b"\0" in target:
             raise ValueError("symlink: embedded null character in src")
@@ -309,7 +318,7 @@ class Plans:
             raise to_oserror(errno.ENAMETOOLONG, "", os.fspath(src), os.fspath(dst))
         t = _parse_second(src, dst, "symlink")
         names = (os.fspath(src), t.given)
-        yield Call(Op.SYMLINK, (t.wire, target), *names)
+        return as_attr((yield Call(Op.SYMLINK, (t.wire, target), *names)))
 
     def link(self, src, dst) -> None:
         """``os.link``: a new name ``dst`` for the inode at ``src`` (a final

@@ -218,6 +218,19 @@ class AttrCache:
                         if names is not None:
                             names.discard(path)
 
+    def child_made(self, path: str, child, nlink_delta: int = 0) -> None:
+        """``child`` (its attributes) was just made at ``path``: the parent's
+        cached entries take the change time as their mtime and ctime (the
+        service stamps both with that one time), and ``nlink_delta``."""
+        parent = _parent(path)
+        with self._lock:
+            entry = self._by_path.get(parent)
+            if not entry:
+                return
+            for cred, (attr, expiry) in list(entry.items()):
+                entry[cred] = (attr._replace(mtime_ns=child.ctime_ns, ctime_ns=child.ctime_ns,
+                                             nlink=attr.nlink + nlink_delta), expiry)
+
     def forget_ino(self, ino: int) -> None:
         with self._lock:
             for path in self._paths_of.pop(ino, ()):
@@ -348,6 +361,13 @@ class Operations(fusepy.Operations):
         """This mount changed these names (and so their parents' times)."""
         self._cache.forget(*paths, *{_parent(p) for p in paths})
 
+    def _made(self, view, path: str, attr, parent_links: int = 0) -> None:
+        """A name this mount just made: its attributes are known, and so is
+        what changed in its parent's (the kernel asks for both next)."""
+        self._cache.forget(path)
+        self._cache.put(self._cred(view), path, attr)
+        self._cache.child_made(path, attr, parent_links)
+
     def _is_symlink(self, view, path: str) -> bool:
         return stat_module.S_ISLNK(self._lstat(view, path).mode)
 
@@ -422,8 +442,9 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def mkdir(self, path, mode):
-        self._caller().mkdir(path, mode & 0o7777)
-        self._changed(path)
+        view = self._caller()
+        attr = view.mkdir_attr(path, mode & 0o7777)
+        self._made(view, path, attr, 1)
         return 0
 
     @_operation
@@ -467,8 +488,8 @@ class Operations(fusepy.Operations):
     @_changes
     def symlink(self, target, source):
         # fusepy's order: ``ln -s source target`` makes target point at source.
-        self._caller().symlink(source, target)
-        self._changed(target)
+        view = self._caller()
+        self._made(view, target, view.symlink_attr(source, target))
         return 0
 
     @_operation
@@ -662,8 +683,7 @@ class Operations(fusepy.Operations):
             if fi.flags & os.O_EXCL:
                 raise
             return self.open(path, fi)   # it exists: an open, with its permission checks
-        self._changed(path)
-        self._cache.put(self._cred(view), path, attr)
+        self._made(view, path, attr)
         readable, writable = self._modes(fi.flags)
         node = self._node(attr.ino)
         with node.lock:
