@@ -14,8 +14,11 @@ for the author.
 Contract
     Placement: each task prefers the nodes holding its input blocks (from
     ``client.block_locations``) and is placed by ``locality.place``: on a
-    node holding its input when one offers room within ``locality_wait_s``,
-    on any node after that, at once when no live agent holds its input.
+    node holding its input when one offers room within ``locality_wait_s``
+    (a wait that restarts whenever a local task of ours on one of those
+    nodes is launched or changes state: they are working through our local
+    work), on any node after that, at once when no live agent holds its
+    input.
     Unused offers are declined with a filter no longer than the next
     waiting task's wait; with nothing pending the framework suppresses
     offers, and a submit revives them.
@@ -193,6 +196,7 @@ class Framework:
         self._live_fetching = False
         self._lost_agents: set = set()               # nodes whose agent we saw lost, until they offer again
         self._offered_from: dict = {}                # node id -> last offer time
+        self._local_progress: dict = {}              # node id -> when a local task of ours there last moved on
         self._subscribed = threading.Event()
         self._suppressed = False
         self._fatal: CisternError | None = None
@@ -478,7 +482,7 @@ class Framework:
                    for t in self._pending.values()]
         views = [locality.OfferView(o.offer_id, o.node_id, o.resources) for o in offers]
         placement = locality.place(pending, views, now_s=now, live_nodes=self._live_nodes(),
-                                   locality_wait_s=self.locality_wait_s)
+                                   locality_wait_s=self.locality_wait_s, local_progress_s=self._local_progress)
         by_id = {o.offer_id: o for o in offers}
         for offer_id, chosen in placement.launch.items():
             self._accept(by_id[offer_id], chosen, placement.refuse_s[offer_id], now)
@@ -498,6 +502,11 @@ class Framework:
         for attempt, local in chosen:
             task = self._pending.pop(attempt)
             task.state, task.local = LAUNCHING, local
+            if local:
+                self._local_progress[offer.node_id] = now
+            else:
+                log.info("framework %s: %s goes to %s, away from its input on %s (queued %.2fs ago)", self.name,
+                         attempt, offer.node_id, ",".join(sorted(task.preferred)) or "-", now - task.queued_mono)
             task.node_id, task.agent_id = offer.node_id, offer.agent_id
             task._heard_mono = now
             task.history.append((attempt, LAUNCHING, "", now))
@@ -603,6 +612,8 @@ class Framework:
             task.stdout_tail, task.stderr_tail = status.stdout_tail, status.stderr_tail
             task.bytes_local, task.bytes_remote = status.bytes_local, status.bytes_remote
         if changed:
+            if task.local and task.node_id:
+                self._local_progress[task.node_id] = now    # the holder is working through our local tasks
             task.history.append((task.task_id, state, status.reason, now))
             self._callback(task, status)
         with self._lock:

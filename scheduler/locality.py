@@ -1,23 +1,32 @@
 """Delay scheduling: which pending tasks a framework launches on the offers
 it holds (pure).
 
-``place(pending, offers, *, now_s, live_nodes, locality_wait_s)`` returns a
+``place(pending, offers, *, now_s, live_nodes, locality_wait_s,
+local_progress_s)`` returns a
 ``Placement``: for each offer the tasks to launch on it (each marked local
 or not), and for each offer left unused how long to decline it: briefly
 (``refuse_preferred_s``) when a task still waits for that very node, else
 until the first left-over task becomes willing to take any node, so no
 filter delays a task that could run.
 
-The rules (Zaharia et al., "Delay scheduling", EuroSys 2010, per task rather
-than per job):
+The rules (Zaharia et al., "Delay scheduling", EuroSys 2010; their wait is
+per job and restarts whenever the job launches a local task; here it is per
+task and restarts whenever a node holding the task's input makes local
+progress for us: one of our tasks placed there locally is launched or
+changes state):
 
 1. A task is *local* to an offer when the offer's node holds one of its
    input blocks (``PendingTask.preferred``). Local tasks are placed first,
    on every offer, before any task is placed away from its data.
 2. A task takes a non-local offer only once it has waited
-   ``locality_wait_s`` since it was submitted (or last re-queued), or at
-   once when no live node holds its input (or it has none): waiting could
-   never make it local, and the cluster must not sit idle meanwhile.
+   ``locality_wait_s`` since it was submitted (or last re-queued) AND
+   since a node holding its input last made local progress for us
+   (``local_progress_s[node]``): while its holders keep working through
+   our local work they will soon reach it, so short tasks queued on one
+   node stay local; when they stall (long tasks, a full node) it goes
+   elsewhere after the wait. It goes at once when no live node holds its input (or it has
+   none): waiting could never make it local, and the cluster must not sit
+   idle meanwhile.
 3. Tasks are taken oldest first, and an offer takes as many as its
    resources fit (first fit; a task too big for what is left is skipped,
    smaller ones behind it may still fit).
@@ -34,7 +43,7 @@ below, or the protobuf message of the same name).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection, NamedTuple, Sequence
+from typing import Collection, Mapping, NamedTuple, Sequence
 
 __all__ = ["Resources", "PendingTask", "OfferView", "Placement", "place", "fits",
            "locality_wait_default_s", "refuse_min_s", "refuse_max_s", "refuse_preferred_s"]
@@ -96,16 +105,26 @@ def _minus(free, need) -> Resources:
     return Resources(free.cpus - need.cpus, free.mem_bytes - need.mem_bytes, free.disk_bytes - need.disk_bytes)
 
 
-def _may_go_anywhere(task: PendingTask, now_s: float, live_nodes, locality_wait_s: float) -> bool:
+def _wait_started_s(task: PendingTask, local_progress_s) -> float:
+    """When the task's current wait began: its queueing, or the last local
+    progress on one of its holders, whichever is later."""
+    return max([task.waiting_since_s] + [local_progress_s[n] for n in task.preferred if n in local_progress_s])
+
+
+def _may_go_anywhere(task: PendingTask, now_s: float, live_nodes, locality_wait_s: float, local_progress_s) -> bool:
     if not (task.preferred & live_nodes):
         return True      # no live holder: waiting cannot make it local
-    return now_s - task.waiting_since_s >= locality_wait_s
+    return now_s - _wait_started_s(task, local_progress_s) >= locality_wait_s
 
 
 def place(pending: Sequence[PendingTask], offers: Sequence[OfferView], *, now_s: float,
-          live_nodes: Collection[str], locality_wait_s: float = locality_wait_default_s) -> Placement:
+          live_nodes: Collection[str], locality_wait_s: float = locality_wait_default_s,
+          local_progress_s: Mapping[str, float] | None = None) -> Placement:
     """Choose tasks for ``offers`` (see the module docstring). Every task id
-    appears at most once in the result; ``pending`` is not changed."""
+    appears at most once in the result; ``pending`` is not changed.
+    ``local_progress_s``: {node id: when one of our tasks placed there
+    locally was last launched or changed state} (the caller keeps it)."""
+    local_progress_s = local_progress_s or {}
     assert locality_wait_s >= 0
     live = frozenset(live_nodes)
     free = {offer.offer_id: Resources(*_triple(offer.resources)) for offer in offers}
@@ -122,7 +141,7 @@ def place(pending: Sequence[PendingTask], offers: Sequence[OfferView], *, now_s:
             best = max(candidates, key=lambda o: (free[o.offer_id].cpus, o.offer_id))
             _take(placement, free, placed, best.offer_id, task, True)
     for task in queue:                                       # rule 2: the rest, once allowed
-        if task.task_id in placed or not _may_go_anywhere(task, now_s, live, locality_wait_s):
+        if task.task_id in placed or not _may_go_anywhere(task, now_s, live, locality_wait_s, local_progress_s):
             continue
         for offer in offers:
             if fits(task.resources, free[offer.offer_id]):
@@ -130,7 +149,7 @@ def place(pending: Sequence[PendingTask], offers: Sequence[OfferView], *, now_s:
                 break
     left = [t for t in queue if t.task_id not in placed]
     wanted = {node for t in left for node in t.preferred}
-    refuse_s = _refuse_s(left, now_s, live, locality_wait_s)
+    refuse_s = _refuse_s(left, now_s, live, locality_wait_s, local_progress_s)
     for offer in offers:
         placement.refuse_s[offer.offer_id] = min(refuse_s, refuse_preferred_s) if offer.node_id in wanted else refuse_s
     return placement
@@ -146,10 +165,11 @@ def _take(placement: Placement, free: dict, placed: set, offer_id: str, task: Pe
     placed.add(task.task_id)
 
 
-def _refuse_s(left: list, now_s: float, live: frozenset, locality_wait_s: float) -> float:
+def _refuse_s(left: list, now_s: float, live: frozenset, locality_wait_s: float, local_progress_s) -> float:
     """Until the first left-over task may go anywhere (a task that already
     may, but fit nowhere, wants offers again soon: ``refuse_min_s``)."""
     if not left:
         return refuse_max_s
-    soonest = min(0.0 if not (t.preferred & live) else t.waiting_since_s + locality_wait_s - now_s for t in left)
+    soonest = min(0.0 if not (t.preferred & live) else _wait_started_s(t, local_progress_s) + locality_wait_s - now_s
+                  for t in left)
     return min(refuse_max_s, max(refuse_min_s, soonest))

@@ -153,7 +153,11 @@ def lines_block(block_size: int, rng: random.Random) -> bytes:
 
 def write_lines_file(client, path: str, blocks: int, block_size: int, *, replication: int | None = None,
                      seed: int = 1) -> bytes:
-    """Write ``blocks`` blocks of ``lines_block`` text to ``path``; the bytes."""
+    """Write ``blocks`` blocks of ``lines_block`` text to ``path`` (making
+    its directory); the bytes."""
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        client.makedirs(parent, exist_ok=True)
     rng = random.Random(seed)
     data = b"".join(lines_block(block_size, rng) for _ in range(blocks))
     client.write_file(path, data, replication=replication)

@@ -144,5 +144,5 @@ def launches_per_task(cluster, task_ids) -> dict:
     """How many times each task was launched, counted in every node's log
     (the agent logs each launch it starts with the task id)."""
     logs = "".join(cluster.node_log(node_id) for node_id in cluster.nodes)
-    return {task_id: sum(1 for line in logs.splitlines() if task_id in line and "launch" in line.lower())
+    return {task_id: sum(1 for line in logs.splitlines() if f"task {task_id}: launch of" in line)
             for task_id in task_ids}

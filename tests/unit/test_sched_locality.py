@@ -122,3 +122,17 @@ def test_leftover_of_an_accepted_offer_gets_a_filter_too():
     assert p.launch == {"o1": [("a", True)]}
     assert p.decline == {}
     assert p.refuse_s == {"o1": refuse_preferred_s}     # b still wants n1: offer it again soon
+
+
+def test_the_wait_restarts_while_a_holder_keeps_making_local_progress():
+    pending = [task("t1", "n3", since=0.0)]
+    # t1 waited 2 s, but a local task of ours started or ended on n3 0.5 s ago: it is draining, keep waiting
+    busy = place(pending, [offer("o1", "n1")], now_s=2.0, live_nodes=LIVE, local_progress_s={"n3": 1.5})
+    assert busy.launch == {}
+    assert abs(busy.decline["o1"] - 0.5) < 1e-9     # until 1 s after that local start
+    # n3 stalled: no local progress there for the wait: any node
+    stalled = place(pending, [offer("o1", "n1")], now_s=2.0, live_nodes=LIVE, local_progress_s={"n3": 0.5})
+    assert stalled.launch == {"o1": [("t1", False)]}
+    # progress on a node that does not hold t1's input changes nothing
+    other = place(pending, [offer("o1", "n1")], now_s=2.0, live_nodes=LIVE, local_progress_s={"n1": 1.9})
+    assert other.launch == {"o1": [("t1", False)]}
