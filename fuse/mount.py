@@ -8,7 +8,8 @@ Contract:
   strings into the kernel's FUSE options (``DEFAULT_FUSE_OPTIONS``
   overridden by the caller's) and the mount's own (``OWN_OPTIONS``:
   ``timeout`` seconds for a cluster call, ``attr_cache`` seconds,
-  ``block_size`` bytes). Bad values are CisternError(EINVAL).
+  ``block_size`` bytes, ``read_ahead_kb``). Bad values are
+  CisternError(EINVAL).
 * ``serve(mountpoint, cluster, options, metrics_address)`` mounts in this
   process and serves until unmounted, SIGINT or SIGTERM (libfuse's own
   handlers end the loop and unmount), then returns. It fails with a
@@ -31,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import fuse as fusepy
@@ -69,6 +71,9 @@ OWN_OPTIONS = {
     "timeout": (float, 30.0),      # seconds a cluster call may take before ETIMEDOUT/EIO
     "attr_cache": (float, None),   # seconds; default: attr_timeout
     "block_size": (int, None),     # bytes of the blocks this mount writes; default: the nodes'
+    # The kernel's read-ahead for the mount (its bdi's read_ahead_kb, set by
+    # root after mounting; libfuse 2 cannot raise it above 128 KiB itself).
+    "read_ahead_kb": (int, 4096),
 }
 start_timeout_s = 60.0
 stop_timeout_s = 30.0
@@ -91,7 +96,7 @@ def parse_options(strings) -> tuple[dict, dict]:
                     own[name] = parse(value)
                 except ValueError:
                     raise CisternError(errno.EINVAL, f"option {name} needs a number, not {value!r}") from None
-                if own[name] < 0 or (name != "attr_cache" and own[name] == 0):
+                if own[name] < 0 or (name not in ("attr_cache", "read_ahead_kb") and own[name] == 0):
                     raise CisternError(errno.EINVAL, f"option {name} must be positive")
             elif name in ("attr_timeout", "entry_timeout", "negative_timeout"):
                 try:
@@ -114,16 +119,39 @@ def parse_options(strings) -> tuple[dict, dict]:
 def is_mounted(mountpoint) -> bool:
     """Whether the kernel lists a mount at ``mountpoint`` (works for a mount
     whose daemon is dead, where ``os.path.ismount`` says False)."""
+    return _mount_device(mountpoint) is not None
+
+
+def _mount_device(mountpoint) -> str | None:
+    """"major:minor" of the mount at ``mountpoint`` from /proc/self/mountinfo
+    (never touching the mount itself), or None."""
     target = os.path.abspath(os.fspath(mountpoint))
+    found = None
     try:
         with open("/proc/self/mountinfo", "rb") as f:
             for line in f:
                 fields = line.split()
                 if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
+                    found = fields[2].decode()   # the last one listed is on top
     except OSError:
         pass
-    return False
+    return found
+
+
+def _set_read_ahead(mountpoint: str, kb: int, timeout_s: float = 30.0) -> None:
+    """Once the mount appears, set its read-ahead (needs root; a failure is
+    only logged: the mount works, reads are slower)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        device = _mount_device(mountpoint)
+        if device is not None:
+            try:
+                with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+                    f.write(str(kb))
+            except OSError as e:
+                log.info("could not set read_ahead_kb=%d for %s: %s", kb, mountpoint, e)
+            return
+        time.sleep(poll_interval_s)
 
 
 def _unescape(field: bytes) -> str:
@@ -176,6 +204,9 @@ def serve(mountpoint, cluster, options=(), metrics_address: str | None = None, *
         if ready is not None:
             ready(metrics_server.address if metrics_server else None)
         log.info("mounting %s with %s", mountpoint, fuse_options)
+        if own["read_ahead_kb"]:
+            threading.Thread(target=_set_read_ahead, args=(mountpoint, own["read_ahead_kb"]),
+                             name="cistern-read-ahead", daemon=True).start()
         try:
             fusepy.FUSE(operations, mountpoint, foreground=True, nothreads=False, raw_fi=True,
                         encoding=FS_ENCODING, **fuse_options)

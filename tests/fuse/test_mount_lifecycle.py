@@ -179,3 +179,35 @@ def test_cistern_up_mount_mounts_the_local_cluster_and_unmounts_on_exit(tmp_path
             up.kill()
             up.wait(30)
         log.close()
+
+
+def test_a_metadata_leader_change_is_invisible_to_users_of_the_mount(tmp_path):
+    with mounted_cluster(tmp_path, nodes=1) as mc:
+        d = mc.mount.path("d")
+        os.mkdir(d)
+        errors: list[BaseException] = []
+        written: list[str] = []
+
+        def writer():
+            try:
+                for i in range(60):
+                    name = os.path.join(d, f"f{i}")
+                    with open(name, "w") as f:
+                        f.write(f"content {i}\n")
+                    written.append(name)
+                    time.sleep(0.05)
+            except BaseException as e:   # noqa: BLE001 - reported below
+                errors.append(e)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        time.sleep(0.5)
+        leader = mc.cluster.meta.leader_index()
+        assert leader is not None
+        mc.cluster.meta.kill(leader)
+        thread.join(120)
+        assert not thread.is_alive() and not errors, errors
+        assert len(written) == 60
+        for i, name in enumerate(written):
+            assert open(name).read() == f"content {i}\n"
+        assert sorted(os.listdir(d)) == sorted(f"f{i}" for i in range(60))
