@@ -6,9 +6,12 @@ Mounts SRC at MNT in the foreground, multi-threaded, every callback one os
 call on SRC (file handles are SRC's file descriptors). It costs what fusepy
 and the kernel's FUSE round trip cost and nothing more, so "Cistern mount /
 passthrough" says how much of the remaining time is Cistern's. For a fair
-comparison it mounts with the same FUSE options as ``cistern mount`` (its
-defaults, ``MOUNT_OPTIONS`` below, then any ``-o`` given). SIGTERM or SIGINT
-unmounts and exits 0 (libfuse's own handlers), as does ``fusermount -u MNT``.
+comparison it takes its options exactly as ``cistern mount`` does
+(``mount.parse_options``: the same kernel FUSE defaults, big writes, attr and
+entry timeouts, use_ino, and the same 4 MiB kernel read-ahead), then any
+``-o`` given; the mount's own options (``timeout``, ``attr_cache``,
+``block_size``) mean nothing here. SIGTERM or SIGINT unmounts and exits 0
+(libfuse's own handlers), as does ``fusermount -u MNT``.
 
 Not for users: no permission checks of its own beyond the kernel's
 ``default_permissions``, files created as the user running it.
@@ -20,15 +23,14 @@ import argparse
 import errno
 import os
 import sys
+import threading
 
 import fuse as fusepy
 
 from cistern.core import procs
+from cistern.core.errors import CisternError
 
-# The options the Cistern mount uses for large sequential I/O and its kernel
-# caches (kept equal to fuse/mount.py's defaults so both sides compare fairly).
-MOUNT_OPTIONS = {"big_writes": True, "max_write": 131072, "max_read": 131072,
-                 "attr_timeout": 1.0, "entry_timeout": 1.0, "negative_timeout": 0.0}
+from . import mount
 
 _STAT_FIELDS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "st_rdev")
 _STATVFS_FIELDS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail",
@@ -144,17 +146,6 @@ class Passthrough(fusepy.Operations):
         os.removexattr(self._p(path), name, follow_symlinks=False)
 
 
-def parse_options(text: str | None) -> dict:
-    """``"big_writes,max_write=131072"`` -> ``{"big_writes": True, "max_write": "131072"}``."""
-    out: dict = {}
-    for item in (text or "").split(","):
-        item = item.strip()
-        if item:
-            key, eq, value = item.partition("=")
-            out[key] = value if eq else True
-    return out
-
-
 def main(argv=None) -> int:
     procs.die_with_parent_if_asked()
     parser = argparse.ArgumentParser(prog="python -m cistern.fuse.passthrough",
@@ -163,17 +154,20 @@ def main(argv=None) -> int:
     parser.add_argument("source", metavar="SRC")
     parser.add_argument("mountpoint", metavar="MNT")
     parser.add_argument("-o", dest="options", action="append", default=[],
-                        help="FUSE options, comma-separated (added to the Cistern mount's defaults)")
+                        help="mount options, comma-separated, as cistern mount takes them")
     args = parser.parse_args(argv)
     for path in (args.source, args.mountpoint):
         if not os.path.isdir(path):
             print(f"passthrough: {path}: not a directory", file=sys.stderr)
             return 2
-    options = dict(MOUNT_OPTIONS)
-    for text in args.options:
-        options.update(parse_options(text))
-    options.setdefault("fsname", "passthrough:" + os.path.realpath(args.source))
-    options.setdefault("default_permissions", True)
+    try:
+        options, own = mount.parse_options(["fsname=passthrough,subtype=passthrough", *args.options])
+    except CisternError as e:
+        print(f"passthrough: {e.message}", file=sys.stderr)
+        return 2
+    if own["read_ahead_kb"]:
+        threading.Thread(target=mount._set_read_ahead, args=(os.path.abspath(args.mountpoint), own["read_ahead_kb"]),
+                         daemon=True).start()
     fusepy.FUSE(Passthrough(args.source), args.mountpoint, foreground=True, nothreads=False, **options)
     return 0
 
