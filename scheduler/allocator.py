@@ -125,9 +125,14 @@ class Allocator:
 
     def add_agent(self, agent_id: str, node_id: str, address: str, total: Resources) -> list[Offer]:
         """Add or update an agent; returns offers rescinded because its
-        resources changed (its outstanding offers)."""
-        rescinded = self._rescind_where(lambda o: o.agent_id == agent_id) if agent_id in self._agents else []
+        resources or address changed (its outstanding offers). The same
+        agent registering again unchanged keeps its offers."""
         agent = self._agents.get(agent_id)
+        unchanged = agent is not None and (agent.node_id, agent.address, agent.total) == (node_id, address,
+                                                                                           tuple(total))
+        if unchanged:
+            return []
+        rescinded = self._rescind_where(lambda o: o.agent_id == agent_id) if agent is not None else []
         if agent is None:
             self._agents[agent_id] = _Agent(agent_id, node_id, address, tuple(total))
         else:
@@ -135,9 +140,8 @@ class Allocator:
         return rescinded
 
     def remove_agent(self, agent_id: str) -> list[Offer]:
-        """Forget an agent (unreachable); returns its rescinded offers. The
-        resources its tasks held are released by the caller's
-        ``release`` calls (their tasks are LOST)."""
+        """Forget an agent (unreachable); returns its rescinded offers.
+        ``release`` its tasks before (their share leaves the frameworks')."""
         rescinded = self._rescind_where(lambda o: o.agent_id == agent_id)
         self._agents.pop(agent_id, None)
         for fw in self._frameworks.values():
@@ -189,10 +193,13 @@ class Allocator:
 
     def hold(self, framework_id: str, agent_id: str, resources: Resources) -> None:
         """A task now holds ``resources`` on the agent (launched or found at
-        registration)."""
+        registration). Only resources on a known agent are accounted (for
+        the agent and the framework's share alike), so ``release`` after
+        ``remove_agent`` does nothing: release a removed agent's tasks first."""
         agent = self._agents.get(agent_id)
-        if agent is not None:
-            agent.used = add(agent.used, resources)
+        if agent is None:
+            return
+        agent.used = add(agent.used, resources)
         fw = self._frameworks.get(framework_id)
         if fw is not None:
             fw.used = add(fw.used, resources)
@@ -200,8 +207,9 @@ class Allocator:
     def release(self, framework_id: str, agent_id: str, resources: Resources) -> None:
         """A task ended (or its launch failed): its resources are free again."""
         agent = self._agents.get(agent_id)
-        if agent is not None:
-            agent.used = _clamp(sub(agent.used, resources))
+        if agent is None:
+            return
+        agent.used = _clamp(sub(agent.used, resources))
         fw = self._frameworks.get(framework_id)
         if fw is not None:
             fw.used = _clamp(sub(fw.used, resources))

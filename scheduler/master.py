@@ -466,18 +466,14 @@ class Master:
             self._frameworks[record["id"]] = _Framework(record, disconnected_at=now)
             self._allocator.add_framework(record["id"])
             self._allocator.deactivate_framework(record["id"])
+        # An agent is offered again only once it registers with this master
+        # (as Mesos): its tasks' resources are held from then on.
         grace = self.conf.agent_reregister_grace_s - self.conf.agent_unreachable_after_s
         for record in agents:
-            agent = self._agents[record["id"]] = _Agent(record, last_heard=now + grace)
-            if record["state"] == model.AGENT_REGISTERED:
-                self._allocator.add_agent(record["id"], record["node_id"], record["address"],
-                                          tuple(record["resources"]))
-            del agent
+            self._agents[record["id"]] = _Agent(record, last_heard=now + grace)
         for task in tasks:
             if task["state"] in ACTIVE or not task["acked"]:
                 self._tasks[task["id"]] = task
-            if task["state"] in ACTIVE:
-                self._allocator.hold(task["framework_id"], task["agent_id"], tuple(task["spec"]["resources"]))
         self.leading = True
         self._m.leading.set(1)
         log.info("scheduler master: leading with %d frameworks, %d agents, %d open tasks; agents have "
@@ -607,7 +603,7 @@ class Master:
         agent.unreachable_pending = False
         self._rescind(self._allocator.add_agent(agent_id, record["node_id"], record["address"],
                                                 tuple(record["resources"])))
-        if not was_known:       # back from unreachable: its tasks were LOST, so it holds nothing
+        if not was_known:       # new to this master (or back from unreachable, with nothing active)
             for task in self._tasks.values():
                 if task["agent_id"] == agent_id and task["state"] in ACTIVE:
                     self._allocator.hold(task["framework_id"], agent_id, tuple(task["spec"]["resources"]))
@@ -700,11 +696,11 @@ class Master:
             if agent.session is not None:
                 agent.session.close()
                 agent.session = None
-            self._rescind(self._allocator.remove_agent(agent_id))
             for status in statuses:
                 task = self._tasks.get(status["task_id"])
                 if task is not None:
                     self._task_changed(dict(task, state=status["state"], status=status, acked=False))
+            self._rescind(self._allocator.remove_agent(agent_id))
         self._commit(SchedOp.AGENT_UNREACHABLE, [agent_id, self._urandom(16)], done)
 
     def _send_kill(self, task_id: str, agent_id: str, reason: str) -> None:

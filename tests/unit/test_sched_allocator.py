@@ -168,6 +168,7 @@ def test_agent_removed_rescinds_its_offers_and_resource_change_rescinds_too():
     agents(a, 2)
     a.add_framework("f1")
     offers = a.allocate(0.0)
+    assert a.add_agent("a0", "n0", "h:0", (4.0, 4 * GIB, 0)) == []          # registered again, unchanged
     assert a.add_agent("a0", "n0", "h:0", (8.0, 8 * GIB, 0)) == [offers[0]]
     assert a.remove_agent("a1") == [offers[1]]
     (new,) = a.allocate(0.1)
