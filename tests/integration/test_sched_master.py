@@ -7,13 +7,15 @@ variables."""
 from __future__ import annotations
 
 import errno
+import json
 import queue
+import subprocess
 import threading
 import time
 
 import pytest
 
-from cistern.metadata.proc_testing import MetaCluster
+from cistern.metadata.proc_testing import MetaCluster, cistern_command
 from cistern.scheduler.client import MasterConnection, master_status
 from cistern.scheduler.proto import scheduler_pb2 as pb
 
@@ -194,6 +196,11 @@ def test_offer_accept_launch_update_ack_end_to_end(cluster):
         status = _wait_status(cluster, lambda s: s.tasks_by_state.get("TASK_FINISHED") == 1)
         assert [a.agent_id for a in status.agents] == [agent.agent_id] and status.agents[0].tasks == 0
         assert [f.framework_id for f in status.frameworks] == [fw.framework_id]
+        # `cistern status` shows the scheduler's line.
+        out = subprocess.run(cistern_command() + ["status", "--json", "--cluster", ",".join(cluster.addresses)],
+                             capture_output=True, text=True, timeout=60)
+        sched = json.loads(out.stdout)["scheduler"]
+        assert sched["tasks_by_state"] == {"TASK_FINISHED": 1} and sched["agents"][0]["state"] == "registered"
         # The acknowledged, finished task still answers an explicit reconcile.
         fw.call(reconcile=pb.Reconcile(task_ids=["t1", "never"]))
         assert task_update(fw, "t1", pb.TASK_FINISHED).status.uuid == b""
@@ -350,6 +357,20 @@ def test_leader_killed_new_master_keeps_tasks_and_resends_unacknowledged_updates
     finally:
         agent.close()
         fw.close()
+
+
+def test_followers_refuse_with_the_leader_address_and_clients_follow_it(cluster):
+    leader = cluster.leader_index()
+    followers = [cluster.addresses[i] for i in range(3) if i != leader]
+    # One follower alone: Status names the leader, and master_status follows it.
+    status = master_status([followers[0]], timeout_s=10)
+    assert status.json and not status.agents
+    agent = Agent(followers)           # never given the leader's address
+    try:
+        agent.registered()
+        assert agent.conn.address == cluster.addresses[leader]
+    finally:
+        agent.close()
 
 
 def _reconnect(agent: Agent, addresses) -> Agent:
