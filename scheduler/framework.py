@@ -163,7 +163,10 @@ class Framework:
         $CISTERN_CLUSTER). ``framework_id``: resume that framework (after
         this program restarted within its failover timeout); empty = a new
         one. ``client``: a ``cistern.client.Client`` to use instead of a new
-        one (the framework then does not close it)."""
+        one (the framework then does not close it). ``on_update(task,
+        status)``: called with the ``Task`` handle (already updated) and the
+        ``TaskStatus`` message for every new state of its current attempt,
+        and for an attempt that ends and will be run again."""
         if not name or not isinstance(name, str):
             raise ValueError("a framework needs a name")
         if locality_wait_s < 0 or failover_timeout_s < 0 or attempts_max < 1:
@@ -231,7 +234,7 @@ class Framework:
         ``resources`` (``locality.Resources``) or ``cpus``/``mem_bytes``
         (defaults 0.5 and 256 MiB). Raises ValueError (bad argv, resources,
         block index), OSError (no such input path), CisternError if the
-        framework failed."""
+        framework failed or is closed."""
         argv = _check_argv(argv)
         need = _resources(resources, cpus, mem_bytes, disk_bytes)
         if input_path is not None and inputs is not None:
@@ -243,6 +246,8 @@ class Framework:
         inputs = [_check_input(i) for i in (inputs or [])]
         task = Task(str(name), argv, inputs, _preferred(inputs), need, output_dir or "", env or {}, bool(network))
         self._raise_if_failed()
+        if self._close_called:
+            raise CisternError(errno.ESHUTDOWN, f"framework {self.name} is closed")
         with self._lock:
             self._tasks.append(task)
         self._inbox.put(("submit", task))
