@@ -163,16 +163,6 @@ def status_pb(status: dict, *, uuid: bytes | None = None) -> pb.TaskStatus:
     return pb.TaskStatus(**fields)
 
 
-def check_spec(spec: dict) -> tuple[int, str]:
-    """(0, '') when a spec is well formed, else (errno, message): the state
-    machine's own validation, run before anything is committed."""
-    try:
-        state_mod.task_spec(spec)
-    except state_mod._Fail as failure:
-        return failure.err, failure.msg
-    return 0, ""
-
-
 # -- pure decisions --------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -945,7 +935,7 @@ class Master:
             self._launch(fw, agent_id, spec)
 
     def _check_task(self, spec: dict, seen: set, agent_id: str, offer_ids) -> tuple[int, str]:
-        err, message = check_spec(spec)
+        err, message = state_mod.check_spec(spec)
         if err:
             return err, message
         task_id = spec["task_id"]

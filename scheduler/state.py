@@ -55,7 +55,7 @@ import xxhash
 from cistern.scheduler import limits, model
 from cistern.scheduler.model import ACTIVE, TERMINAL, SchedOp, TaskState
 
-__all__ = ["SchedState", "SCHED_DBS", "check_invariants"]
+__all__ = ["SchedState", "SCHED_DBS", "check_invariants", "check_spec", "lost_uuid"]
 
 DB_FRAMEWORKS = b"sched_frameworks"
 DB_AGENTS = b"sched_agents"
@@ -210,6 +210,17 @@ def task_spec(value) -> dict:
         raise _Fail(E.EINVAL, f"a task needs at least {limits.cpus_min_per_task} cpus and "
                               f"{limits.mem_bytes_min_per_task} bytes of memory")
     return spec
+
+
+def check_spec(spec) -> tuple[int, str]:
+    """(0, '') when a launch's spec is well formed, else (errno, message):
+    what TASK_LAUNCH would refuse it for, so the master can refuse a task
+    before anything is committed."""
+    try:
+        task_spec(spec)
+    except _Fail as failure:
+        return failure.err, failure.msg
+    return 0, ""
 
 
 _STATUS_TYPES = {
