@@ -107,9 +107,9 @@ def run_job(client, spec: JobSpec, *, on_update=None, framework_factory=Framewor
     fw = framework_factory(None, spec.name, locality_wait_s=spec.locality_wait_s, on_update=on_update,
                            client=client)
     try:
-        tasks = [fw.submit(_task_name(i, block), spec.argv, inputs=[block], cpus=spec.cpus,
-                           mem_bytes=spec.mem_bytes, output_dir=spec.output_dir, env=spec.env)
-                 for i, block in enumerate(blocks)]
+        tasks = [fw.submit(name, spec.argv, inputs=[block], cpus=spec.cpus, mem_bytes=spec.mem_bytes,
+                           output_dir=spec.output_dir, env=spec.env)
+                 for name, block in zip(_task_names(blocks), blocks)]
         finished_in_time = fw.wait(spec.wait_s)
         if not finished_in_time:
             for task in tasks:
@@ -123,9 +123,14 @@ def run_job(client, spec: JobSpec, *, on_update=None, framework_factory=Framewor
         fw.close()
 
 
-def _task_name(i: int, block: dict) -> str:
-    base = os.path.basename(block["path"].rstrip("/")) or "input"
-    return f"{base}.{i:05d}"
+def _task_names(blocks: list) -> list:
+    """``<file name>.<block number in that file>`` for each block."""
+    seen: dict = {}
+    names = []
+    for block in blocks:
+        i = seen[block["path"]] = seen.get(block["path"], -1) + 1
+        names.append(f"{os.path.basename(block['path'].rstrip('/')) or 'input'}.{i:05d}")
+    return names
 
 
 def summarize(tasks, output_dir: str | None = None) -> dict:

@@ -226,3 +226,13 @@ def assert_master_serves(cluster):
         assert fw.wait(60), fw.statistics()
         assert task.state == "TASK_FINISHED", (task, task.message)
     wait_for(lambda: cluster.agents(), "master status")
+
+
+def test_a_directory_input_runs_one_task_per_block_of_each_file(cluster, client):
+    write_lines_file(client, "/dir/a.txt", 2, BLOCK, seed=11)
+    write_lines_file(client, "/dir/b.txt", 1, BLOCK, seed=12)
+    client.makedirs("/dir/sub", exist_ok=True)          # not an input: the walk is one level
+    done = cistern_run(cluster, "--input", "/dir", "--json", "--", "true")
+    assert done.returncode == 0, done.stderr
+    tasks = json.loads(done.stdout)["tasks"]
+    assert sorted(t["task"] for t in tasks) == ["a.txt.00000", "a.txt.00001", "b.txt.00000"]
