@@ -271,6 +271,10 @@ class MasterConnection:
                 log.debug("%s: stream to %s ended: %s %s", self.name, address, code, e.details())
             return CisternError(errno_for_grpc_status(code), f"{address}: {e.details() or code.name}"), \
                 bool(self._hint)
+        except Exception as e:   # e.g. a channel closed under us: reconnect rather than die
+            if not self._closed.is_set():
+                log.exception("%s: stream to %s failed", self.name, address)
+            return CisternError(errno.EIO, f"{address}: {type(e).__name__}: {e}"), False
         finally:
             with self._lock:
                 if self._stream is stream:
