@@ -187,7 +187,7 @@ def test_subscribing_with_an_unknown_framework_id_is_refused_clearly(cluster):
     assert_master_serves(cluster)
 
 
-def test_launches_on_a_used_offer_or_beyond_the_offer_are_refused(cluster):
+def test_launches_beyond_the_offer_on_a_used_offer_or_on_a_rescinded_one_are_refused(cluster):
     raw = RawFramework(cluster)
     try:
         raw.next("subscribed")
@@ -204,6 +204,14 @@ def test_launches_on_a_used_offer_or_beyond_the_offer_are_refused(cluster):
         message = refused(raw, "second")
         assert offer.offer_id in message or "offer" in message.lower(), message
         assert final_update(raw, "first").state == pb.TASK_FINISHED
+        # suppressing rescinds the offers we hold; a launch on a rescinded one is refused
+        raw.send(revive=pb.Revive())
+        offer = raw.next("offers").offers[0]
+        raw.send(suppress=pb.Suppress())
+        raw.next("rescind", where=lambda r: r.offer_id == offer.offer_id)
+        raw.send(accept=pb.Accept(offer_ids=[offer.offer_id], tasks=[spec("third", ["true"])]))
+        message = refused(raw, "third")
+        assert offer.offer_id in message or "rescind" in message.lower(), message
     finally:
         raw.close()
     assert_master_serves(cluster)
