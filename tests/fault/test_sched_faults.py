@@ -104,6 +104,7 @@ def test_metadata_leader_killed_mid_job_loses_no_task_and_launches_none_twice(cl
             wait_for(lambda: any(t.state == "TASK_RUNNING" for t in tasks), "a task running", 60)
             leader = cluster.meta.leader_index()
             assert leader is not None
+            framework_id = fw.framework_id
             cluster.meta.kill(leader)
             cluster.meta.wait_leader(60, exclude=leader)
 
@@ -115,6 +116,7 @@ def test_metadata_leader_killed_mid_job_loses_no_task_and_launches_none_twice(cl
                                and a in t.attempts} for t in tasks}
             assert all(len(attempts) == 1 for attempts in ran.values()), ran
             assert fw.statistics()["subscriptions"] >= 2, "the framework re-subscribed to the new master"
+            assert fw.framework_id == framework_id
             # launched once each: one output directory per task, one launch per task in the agents' view
             assert sorted(client.listdir("/g/out")) == sorted(t.task_id for t in tasks)
             launches = launches_per_task(cluster, [t.task_id for t in tasks])
