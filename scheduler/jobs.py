@@ -7,7 +7,7 @@ preferring the nodes that hold its block (delay scheduling through the SDK,
 summary (``summarize``): per task its name, attempt id, node, state,
 duration, whether its input was local, input bytes and bytes read locally
 and remotely (as the agent counted them), attempts, exit code, reason and
-message, and where its output went; plus ``locality_bytes_fraction``, the
+message, the end of its stderr, and where its output went; plus ``locality_bytes_fraction``, the
 fraction of all input bytes read on the node that ran the task.
 
 Each task sees its block as ``$CISTERN_INPUT`` (read-only) and writes to
@@ -31,6 +31,7 @@ __all__ = ["JobSpec", "parse_mem", "job_inputs", "run_job", "summarize", "table"
 log = logging.getLogger(__name__)
 
 job_name_default = "cistern-run"
+stderr_tail_bytes_max = 1024      # of each task's captured stderr, in the summary
 
 _MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -158,6 +159,7 @@ def _row(task, output_dir: str | None) -> dict:
             "bytes_remote": int(task.bytes_remote), "attempts": len(task.attempts),
             "exit_code": task.exit_code if task.final else None, "reason": task.reason or None,
             "message": task.message or None,
+            "stderr_tail": task.stderr_tail[-stderr_tail_bytes_max:].decode(errors="replace") or None,
             "output": f"{output_dir.rstrip('/')}/{task.task_id}" if (output_dir and finished) else None}
 
 
@@ -169,12 +171,19 @@ def table(summary: dict) -> str:
         duration = "-" if r["duration_s"] is None else f"{r['duration_s']:.2f}s"
         local = {True: "yes", False: "no", None: "-"}[r["local"]]
         note = "" if r["state"] == "TASK_FINISHED" else " ".join(x for x in (r["reason"], r["message"]) if x)
+        if note and r["stderr_tail"]:
+            note += f" | {_last_line(r['stderr_tail'])}"
         lines.append(f"{r['task'][:24]:<24} {(r['node'] or '-')[:8]:<8} {r['state'][:14]:<14} {duration:>9} "
                      f"{local:<5} {r['input_bytes']:>10} {r['attempts']:>3}  {_one_line(note)[:80]}")
     lines.append(f"{summary['tasks_finished']} of {summary['tasks_total']} tasks finished; "
                  f"{summary['locality_bytes_fraction']:.1%} of {summary['input_bytes']} input bytes read locally"
                  + (f"; output under {summary['output_dir']}" if summary.get("output_dir") else ""))
     return "\n".join(lines)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _one_line(text: str) -> str:

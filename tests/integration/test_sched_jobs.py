@@ -30,7 +30,7 @@ WC = ["sh", "-c", 'wc -w < "$CISTERN_INPUT" > "$CISTERN_OUTPUT/words"']
 JOB_KEYS = {"tasks", "locality_bytes_fraction", "tasks_total", "tasks_finished", "input_bytes", "bytes_local",
             "output_dir", "timed_out", "framework_id"}
 TASK_KEYS = {"task", "task_id", "node", "state", "duration_s", "local", "input_bytes", "bytes_local",
-             "bytes_remote", "attempts", "exit_code", "reason", "message", "output"}
+             "bytes_remote", "attempts", "exit_code", "reason", "message", "stderr_tail", "output"}
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,7 @@ def test_a_failing_command_fails_the_job_with_its_exit_code(cluster, client):
     assert done.returncode == 1
     row = json.loads(done.stdout)["tasks"][0]
     assert row["state"] == "TASK_FAILED" and row["exit_code"] == 3, row
+    assert row["stderr_tail"] == "oops\n"
     assert "1 of 1 tasks did not finish" in done.stderr
 
 

@@ -49,7 +49,7 @@ def test_summary_counts_local_bytes_as_the_agents_counted_them():
     assert summary["tasks"][0] == {
         "task": "a", "task_id": "a-id", "node": "n1", "state": "TASK_FINISHED", "duration_s": 0.25, "local": True,
         "input_bytes": 100, "bytes_local": 100, "bytes_remote": 0, "attempts": 1, "exit_code": 0, "reason": None,
-        "message": None, "output": "/out/a-id"}
+        "message": None, "stderr_tail": None, "output": "/out/a-id"}
 
 
 def test_summary_falls_back_to_placement_only_for_finished_uncounted_tasks():
@@ -66,12 +66,12 @@ def test_an_empty_job_is_wholly_local_and_finished():
 
 def test_table_has_a_row_per_task_and_the_totals():
     failed = done_task("b", "n2", False, 100, state="TASK_FAILED", counted=(0, 100))
-    failed.reason, failed.message = "non-zero exit", "exit status 1"
+    failed.reason, failed.message, failed.stderr_tail = "non-zero exit", "exit status 1", b"x\nno such word\n\n"
     lines = jobs.table(jobs.summarize([done_task("a", "n1", True, 100, counted=(100, 0)), failed])).splitlines()
     assert lines[0].split() == ["TASK", "NODE", "STATE", "DURATION", "LOCAL", "INPUT", "ATT", "NOTE"]
     assert lines[1].split() == ["a", "n1", "TASK_FINISHED", "0.25s", "yes", "100", "1"]
     assert lines[2].split() == ["b", "n2", "TASK_FAILED", "0.25s", "no", "100", "1", "non-zero", "exit", "exit",
-                                "status", "1"]
+                                "status", "1", "|", "no", "such", "word"]
     assert lines[3] == "1 of 2 tasks finished; 50.0% of 200 input bytes read locally"
 
 
