@@ -78,6 +78,7 @@ mem_fraction_default = 0.8             # of the machine's RAM offered to tasks
 update_retry_interval_s = 2.0          # unacknowledged updates are sent again this often
 heartbeat_interval_default_s = limits.agent_heartbeat_interval_s   # until the master says otherwise
 ticker_interval_s = 0.1
+watch_interval_s = 0.25                # a task thread looks whether the agent stopped this often
 stop_drain_timeout_s = 3.0             # a stopping agent waits this long for its last acks
 task_thread_join_s = 15.0
 output_bytes_max_default = 1 << 30     # stored per task when its spec names no limit
@@ -288,6 +289,10 @@ class Agent:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if not kill_tasks:
+            self._stopped.set()             # task threads stop watching; the tasks run on
+            for thread in list(self._threads.values()):
+                thread.join(task_thread_join_s)
         if kill_tasks:
             with self._lock:
                 for record in self._book.active():
@@ -313,6 +318,7 @@ class Agent:
             with self._lock:
                 keep = [r.task_id for r in self._book.active()]
             isolation.sweep(self.agent_id, self.work_dir, keep)
+        self._metrics.close()
         log.info("agent %s: stopped", self.agent_id)
 
     # -- introspection (tests, metrics) ------------------------------------------------------
@@ -520,7 +526,11 @@ class Agent:
             self._emit(record, pb.TASK_RUNNING, "", "running", started_at=started.get("started_at", 0.0))
             if fresh:
                 self._metrics.launch_latency.observe(time.monotonic() - record.received_s)
-        result = handle.wait()
+        result = None
+        while result is None:
+            if self._stopped.is_set():
+                return                      # stopped without killing: the next agent takes over
+            result = handle.wait(watch_interval_s)
         self._finish(record, handle, result)
 
     def _finish(self, record: TaskRecord, handle: isolation.TaskHandle, result: isolation.TaskResult) -> None:
@@ -677,6 +687,10 @@ class Agent:
                      "still running" if handle.poll() is None else "ended meanwhile")
             self._spawn(record, lambda r, h=handle: self._watch(r, h, fresh=False))
         removed = isolation.sweep(self.agent_id, self.work_dir, keep)
+        fetched = os.path.join(self.work_dir, "fetched")
+        for task_id in (os.listdir(fetched) if os.path.isdir(fetched) else []):
+            if task_id not in keep:
+                shutil.rmtree(os.path.join(fetched, task_id), ignore_errors=True)
         if removed:
             log.warning("agent %s: removed %d task(s) left without a checkpoint: %s", self.agent_id,
                         len(removed), ", ".join(removed))
@@ -703,11 +717,21 @@ class _AgentMetrics:
         self.input_bytes = Counter("cistern_agent_input_bytes", "task input bytes staged, by locality",
                                    ["locality"], **kw)
         self.resent = Counter("cistern_agent_updates_resent", "status updates sent again (not yet acknowledged)", **kw)
+        self._registry = registry
+        self._collectors = [self.tasks, self.ended, self.launch_latency, self.input_bytes, self.resent]
         if registry is not None:
-            registry.register(_UsageCollector(agent))
+            self._collectors.append(_UsageCollector(agent))
+            registry.register(self._collectors[-1])
         for name in pb.TaskState.keys():
             if name != "TASK_UNKNOWN":
                 self.tasks.labels(name)
+
+    def close(self) -> None:
+        """Leave the registry (a new agent of the same node may join it)."""
+        if self._registry is not None:
+            for collector in self._collectors:
+                self._registry.unregister(collector)
+            self._registry = None
 
     def refresh_states(self) -> None:
         with self._agent._lock:

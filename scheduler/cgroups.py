@@ -188,7 +188,7 @@ class CgroupV1(Cgroup):
     def create(self, cpus: float, mem_bytes: int, pids_max: int) -> None:
         """Make the directories and set the limits. Raises OSError."""
         for d in self.dirs.values():
-            os.makedirs(d, exist_ok=True)
+            _makedirs(d)
         cpu, mem, pids = self.dirs["cpu"], self.dirs["memory"], self.dirs["pids"]
         _write(os.path.join(cpu, "cpu.cfs_period_us"), str(cpu_period_us))
         _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(cpu_quota_us(cpus)))
@@ -252,7 +252,7 @@ class CgroupV2(Cgroup):
         for part in rel:
             _write(os.path.join(parent, "cgroup.subtree_control"), " ".join("+" + c for c in required_controllers))
             parent = os.path.join(parent, part)
-            os.makedirs(parent, exist_ok=True)
+            _makedirs(parent)
         _write(os.path.join(self.dir, "cpu.max"), f"{cpu_quota_us(cpus)} {cpu_period_us}")
         _write(os.path.join(self.dir, "memory.max"), str(mem_bytes))
         _write_if_present(os.path.join(self.dir, "memory.swap.max"), "0")
@@ -293,6 +293,18 @@ class CgroupV2(Cgroup):
 
 
 # -- file helpers -----------------------------------------------------------------
+
+def _makedirs(path: str, attempts: int = 3) -> None:
+    """makedirs that survives another agent removing an empty parent
+    (``remove_agent_dirs``) between two of its mkdirs."""
+    for attempt in range(attempts):
+        try:
+            os.makedirs(path, exist_ok=True)
+            return
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+
 
 def _write(path: str, value: str) -> None:
     with open(path, "w") as f:

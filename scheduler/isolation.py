@@ -210,15 +210,15 @@ def recover(checkpoint: dict) -> "TaskHandle":
 
 
 def sweep(agent_id: str, work_dir: str, keep=(), *, cgroup_parent: str = cgroup_parent_default) -> list[str]:
-    """Kill and remove every task of ``agent_id`` not in ``keep`` (task ids):
-    cgroups, sandboxes and task dirs an agent crash left without a
-    checkpoint. Returns the task ids removed."""
+    """Kill and remove every task under ``work_dir`` not in ``keep`` (task
+    ids): cgroups, sandboxes and task dirs an agent crash left without a
+    checkpoint. Only tasks with a task dir or sandbox in ``work_dir`` are
+    touched (``launch`` makes both before the cgroup), so another agent
+    with the same id on this machine (a test cluster) loses nothing.
+    Returns the task ids removed."""
     layout = _layout()
     keep = set(keep)
     found = set()
-    for d in cgroups.agent_dirs(layout, cgroup_parent, agent_id):
-        if os.path.isdir(d):
-            found.update(e.name for e in os.scandir(d) if e.is_dir())
     for sub in ("tasks", "sandboxes"):
         root = os.path.join(work_dir, sub)
         if os.path.isdir(root):
