@@ -155,14 +155,15 @@ class StorageCluster:
         self.addresses = ",".join(self.meta.addresses)
         self.nodes: dict[str, dict] = {}
 
-    def start_node(self, node_id: str) -> str:
-        """Start (or restart, on the same data and port) node ``node_id``; returns its address."""
+    def start_node(self, node_id: str, extra_args=()) -> str:
+        """Start (or restart, on the same data and port) node ``node_id``
+        (with ``extra_args`` for ``cistern node``); returns its address."""
         from cistern.metadata.proc_testing import cistern_command
 
         node = self.nodes.get(node_id) or {"address": f"127.0.0.1:{free_port()}", "data": str(self.tmp / node_id)}
         argv = cistern_command() + ["--log-level", self.node_log_level, "node", "--id", node_id,
                                     "--data", node["data"], "--listen", node["address"],
-                                    "--meta", self.addresses, "--block-size", str(self.block_size)]
+                                    "--meta", self.addresses, "--block-size", str(self.block_size), *extra_args]
         with open(self.tmp / f"{node_id}.log", "ab") as log:
             node["proc"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True, env=procs.child_env())

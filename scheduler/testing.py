@@ -63,10 +63,13 @@ def wait_for(predicate, what: str, timeout_s: float = start_timeout_s, interval_
 
 class SchedCluster(StorageCluster):
     def __init__(self, tmp, *, nodes: int = 3, block_size: int = 64 << 10, env: dict | None = None,
-                 node_log_level: str = "INFO"):
+                 node_log_level: str = "INFO", agentless=()):
+        """``agentless``: node ids that serve blocks but run no agent
+        (``cistern node --no-agent``)."""
         super().__init__(tmp, block_size=block_size, env=dict(TEST_ENV, **(env or {})),
                          node_log_level=node_log_level)
         self.node_ids = [f"n{i + 1}" for i in range(nodes)]
+        self.agentless = set(agentless)
 
     def __enter__(self) -> "SchedCluster":
         return self
@@ -76,9 +79,9 @@ class SchedCluster(StorageCluster):
 
     def start(self, timeout_s: float = start_timeout_s) -> "SchedCluster":
         for node_id in self.node_ids:
-            self.start_node(node_id)
+            self.start_node(node_id, ["--no-agent"] if node_id in self.agentless else [])
         self.wait_nodes(self.node_ids, timeout_s)
-        self.wait_agents(self.node_ids, timeout_s)
+        self.wait_agents([n for n in self.node_ids if n not in self.agentless], timeout_s)
         return self
 
     def client(self, **kwargs):

@@ -245,3 +245,24 @@ def test_a_directory_input_runs_one_task_per_block_of_each_file(cluster, client)
     assert done.returncode == 0, done.stderr
     tasks = json.loads(done.stdout)["tasks"]
     assert sorted(t["task"] for t in tasks) == ["a.txt.00000", "a.txt.00001", "b.txt.00000"]
+
+
+def test_a_block_whose_holders_run_no_agent_is_run_elsewhere_at_once(tmp_path):
+    # n3 serves blocks but runs no agent: its blocks can never be read locally, so
+    # delay scheduling must not wait for it even with a long wait.
+    with SchedCluster(tmp_path, block_size=BLOCK, agentless={"n3"}).start() as cluster, \
+            cluster.client(node_id="n3") as client:
+        # written "from n3": a writer's own node takes the only replica of every block
+        data = write_lines_file(client, "/solo/input.txt", 6, BLOCK, replication=1, seed=5)
+        on_n3 = sum(1 for b in client.block_locations("/solo/input.txt") if b["nodes"] == ["n3"])
+        assert on_n3 == 6
+        started = time.monotonic()
+        done = cistern_run(cluster, "--input", "/solo/input.txt", "--locality-wait", "60", "--output", "/solo/out",
+                           "--json", "--", *WC)
+        took_s = time.monotonic() - started
+        assert done.returncode == 0, done.stderr + cluster.logs_tail()
+        summary = json.loads(done.stdout)
+        assert took_s < 60, took_s
+        remote = [r for r in summary["tasks"] if r["bytes_remote"]]
+        assert len(remote) == on_n3 and all(r["node"] in ("n1", "n2") and not r["local"] for r in remote)
+        assert sum(int(client.read_file(f"{r['output']}/words")) for r in summary["tasks"]) == wc_words(data)
