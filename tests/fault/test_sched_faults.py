@@ -13,7 +13,6 @@ and the framework's view of every task agrees with the master's.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
