@@ -266,3 +266,14 @@ def test_a_block_whose_holders_run_no_agent_is_run_elsewhere_at_once(tmp_path):
         remote = [r for r in summary["tasks"] if r["bytes_remote"]]
         assert len(remote) == on_n3 and all(r["node"] in ("n1", "n2") and not r["local"] for r in remote)
         assert sum(int(client.read_file(f"{r['output']}/words")) for r in summary["tasks"]) == wc_words(data)
+
+
+def test_wait_gives_up_kills_what_still_runs_and_fails(cluster, client):
+    write_lines_file(client, "/wc/slow.txt", 2, BLOCK, seed=9)
+    started = time.monotonic()
+    done = cistern_run(cluster, "--input", "/wc/slow.txt", "--wait", "3", "--json", "--", "sleep", "120")
+    assert done.returncode == 1 and time.monotonic() - started < 60
+    assert "2 of 2 tasks did not finish; gave up waiting" in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["timed_out"] and summary["tasks_finished"] == 0
+    wait_for(lambda: sum(a.tasks for a in cluster.agents().values()) == 0, "the job's tasks killed", 30)
