@@ -155,7 +155,8 @@ def text(doc: dict) -> str:
     thr_ok = None if thr["tasks_per_s"] is None else thr["tasks_per_s"] >= tg["tasks_per_s_min"]
     loc_ok = None if loc["fraction"] is None else loc["fraction"] >= tg["locality_fraction_min"]
     machine = doc["machine"]
-    lines = [f"scheduler benchmark: 3-node cluster, {machine.get('cpu_count')} cpus ({machine.get('cpu_model')})",
+    where = doc["config"].get("cluster") or "a cluster"
+    lines = [f"scheduler benchmark on {where}: {machine.get('cpu_count')} cpus ({machine.get('cpu_model')})",
              f"  launch latency, submit -> RUNNING ({lat['measured']} tasks one at a time): "
              f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms   "
              f"[target p50 < {tg['launch_p50_ms_max']:.0f} ms: {_verdict(p50_ok)}]",

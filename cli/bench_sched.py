@@ -64,7 +64,7 @@ def run(args) -> int:
         if local is not None:
             local.stop()
             shutil.rmtree(tmp, ignore_errors=True)
-    doc["config"]["cluster"] = "local (temporary, removed)" if local is not None else args.cluster
+    doc["config"]["cluster"] = "a local 3-node cluster (temporary, removed)" if local is not None else args.cluster
     print(sched_bench.text(doc), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json:
         body = json.dumps(doc, indent=1)
