@@ -39,6 +39,10 @@ Contract
     it acts on it and answers reconciliation from its replicated state, so
     a LOST attempt is never still running unknown to it: no task runs twice
     knowingly (a LOST attempt's agent, if it comes back, is told to kill it).
+    Durability: the task table lives in this process. If it dies, the
+    master keeps its tasks for ``failover_timeout_s``; a new ``Framework``
+    given the same ``framework_id`` takes them over (``reconcile()`` tells
+    it their states), after that they are killed.
     Threads: ``submit``, ``kill``, ``wait`` and ``close`` are thread-safe.
     Errors: a refused subscription (unknown framework id, bad name) makes
     ``wait_subscribed`` and ``wait`` raise ``CisternError`` with the
