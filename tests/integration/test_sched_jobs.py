@@ -277,3 +277,18 @@ def test_wait_gives_up_kills_what_still_runs_and_fails(cluster, client):
     summary = json.loads(done.stdout)
     assert summary["timed_out"] and summary["tasks_finished"] == 0
     wait_for(lambda: sum(a.tasks for a in cluster.agents().values()) == 0, "the job's tasks killed", 30)
+
+
+def test_a_new_framework_process_takes_over_by_framework_id(cluster):
+    first = Framework(cluster.addresses, "handover", failover_timeout_s=60)
+    task = first.submit("long", ["sleep", "4"], cpus=0.1, mem_bytes=32 << 20)
+    wait_for(lambda: task.state == "TASK_RUNNING", "the task running", 60)
+    framework_id, task_id = first.framework_id, task.task_id
+    first.close(teardown=False)                          # the program "dies"; its task runs on
+
+    with Framework(cluster.addresses, "handover", framework_id=framework_id) as second:
+        assert second.wait_subscribed(30) == framework_id
+        second.reconcile()                               # implicit: every task the master holds for us
+        states = lambda: {s for a, s, *_ in second.update_log if a == task_id}   # noqa: E731
+        wait_for(lambda: "TASK_RUNNING" in states() or "TASK_FINISHED" in states(), "the task reconciled", 30)
+        wait_for(lambda: "TASK_FINISHED" in states(), "the task's end reported to the new framework", 60)
