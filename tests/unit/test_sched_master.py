@@ -6,6 +6,7 @@ instructions out (the messages in each session's outbox)."""
 
 from __future__ import annotations
 
+import os
 import queue
 from concurrent.futures import Future
 
@@ -93,13 +94,13 @@ class Clock:
 
 
 class Harness:
-    def __init__(self, path, replica=None, clock=None):
+    def __init__(self, path, replica=None, clock=None, urandom=None):
         self.clock = clock or Clock()
         self.replica = replica or FakeReplica(path, self.clock)
         self.master = Master(self.replica, conf=MasterConf(agent_unreachable_after_s=5.0,
                                                            agent_reregister_grace_s=10.0,
                                                            update_resend_interval_s=2.0),
-                             clock=self.clock, wall=lambda: 1.7e9)
+                             clock=self.clock, wall=lambda: 1.7e9, urandom=urandom or os.urandom)
 
     def pump(self, advance_s: float = 0.0):
         """Run the queued events, advance the clock, run the timers and
@@ -281,3 +282,191 @@ def test_losing_leadership_ends_every_stream_with_the_leader_hint(h):
     assert not h.master.leading
     assert agent.closed and fw.closed and agent.leader_hint == "other:1"
     assert h.master.open_session("agent") is None
+
+
+# -- a seeded simulation: agents, frameworks and masters that fail -------------------
+
+class SimAgent:
+    """An agent that runs launched tasks, finishes them at random, and
+    retries every update until acked; it may go silent or reconnect."""
+
+    def __init__(self, node):
+        self.node = node
+        self.agent_id = ""
+        self.session = None
+        self.running: dict[str, int] = {}     # task id -> state
+        self.unacked: dict[str, tuple] = {}   # task id -> (state, uuid) of its latest update
+        self.silent = False
+        self.n = 0
+
+    def connect(self, h):
+        session = h.master.open_session("agent")
+        if session is None:
+            self.session = None
+            return
+        h.pump()
+        h.master.agent_message(session, pb.AgentMessage(register=pb.AgentRegister(
+            agent_id=self.agent_id, node_id=self.node, address=self.node + ":1",
+            total=pb.Resources(cpus=2, mem_bytes=2048 * MiB),
+            tasks=[pb.TaskStatus(task_id=t, state=s) for t, s in self.running.items()])))
+        self.session = session
+
+    def step(self, h, rng):
+        if self.session is None or self.session.closed:
+            self.session = None
+            return
+        for message in drain(self.session):
+            kind = message.WhichOneof("kind")
+            if kind == "registered":
+                self.agent_id = message.registered.agent_id
+            elif kind == "launch":
+                self.report(message.launch.task.task_id, pb.TASK_RUNNING)
+            elif kind == "kill":
+                if message.kill.task_id in self.running:
+                    self.report(message.kill.task_id, pb.TASK_KILLED)
+            elif kind == "ack":
+                if self.unacked.get(message.ack.task_id, (0, b""))[1] == message.ack.uuid:
+                    del self.unacked[message.ack.task_id]
+        for task_id in list(self.running):
+            if self.running[task_id] == pb.TASK_RUNNING and rng.random() < 0.2:
+                self.report(task_id, rng.choice([pb.TASK_FINISHED, pb.TASK_FAILED]))
+        if self.agent_id and not self.silent:
+            h.master.agent_message(self.session, pb.AgentMessage(heartbeat=pb.Heartbeat()))
+            for task_id, (state, uuid) in sorted(self.unacked.items()):
+                h.master.agent_message(self.session, pb.AgentMessage(update=pb.StatusUpdate(
+                    status=pb.TaskStatus(task_id=task_id, state=state, uuid=uuid))))
+
+    def report(self, task_id, state):
+        self.n += 1
+        self.running[task_id] = state
+        self.unacked[task_id] = (state, f"{self.node}-{self.n}".encode())
+        if state not in (pb.TASK_STAGING, pb.TASK_STARTING, pb.TASK_RUNNING):
+            del self.running[task_id]
+
+
+class SimFramework:
+    """Launches tasks on its offers and acknowledges every update; records
+    the terminal updates it is told of (never two per task)."""
+
+    def __init__(self, name, tasks_max):
+        self.name = name
+        self.framework_id = ""
+        self.session = None
+        self.tasks_max = tasks_max
+        self.launched = 0
+        self.accepted: set[str] = set()
+        self.terminal: dict[str, tuple] = {}
+
+    def connect(self, h):
+        session = h.master.open_session("framework")
+        if session is None:
+            self.session = None
+            return
+        h.pump()
+        h.master.framework_call(session, pb.FrameworkCall(subscribe=pb.Subscribe(
+            framework_id=self.framework_id, name=self.name, failover_timeout_s=1e5)))
+        self.session = session
+
+    def step(self, h, rng):
+        if self.session is None or self.session.closed:
+            self.session = None
+            return
+        for message in drain(self.session):
+            kind = message.WhichOneof("kind")
+            if kind == "subscribed":
+                self.framework_id = message.subscribed.framework_id
+                # An accept may have died with the old master: ask about every open task.
+                unsettled = sorted(self.accepted - set(self.terminal) - _refused(self))
+                h.master.framework_call(self.session, pb.FrameworkCall(reconcile=pb.Reconcile(task_ids=unsettled)))
+            elif kind == "offers":
+                for offer in message.offers.offers:
+                    self.use(h, offer, rng)
+            elif kind == "update":
+                self.updated(h, message.update.status)
+            elif kind == "error":
+                assert message.error.call == "accept", message.error
+
+    def use(self, h, offer, rng):
+        retry = _refused(self)
+        count = min(rng.randint(0, 3), self.tasks_max - self.launched + len(retry))
+        tasks = []
+        for _ in range(count):
+            if retry:                            # refused before any commit: submit it again
+                task_id = retry.pop()
+            else:
+                self.launched += 1
+                task_id = f"{self.name}-{self.launched}"
+            self.accepted.add(task_id)
+            tasks.append(pb.TaskSpec(task_id=task_id, argv=["x"], resources=pb.Resources(cpus=0.5, mem_bytes=MiB * 64)))
+        h.master.framework_call(self.session, pb.FrameworkCall(accept=pb.Accept(offer_ids=[offer.offer_id],
+                                                                                tasks=tasks)))
+
+    def updated(self, h, status):
+        if status.uuid:
+            h.master.framework_call(self.session, pb.FrameworkCall(acknowledge=pb.Acknowledge(
+                task_id=status.task_id, uuid=status.uuid)))
+        if status.state == pb.TASK_ERROR and not status.uuid:
+            _refused(self).add(status.task_id)      # refused before any commit (a stale offer)
+        if status.state == pb.TASK_LOST and status.reason == "reconciliation" and status.task_id not in self.terminal:
+            _refused(self).add(status.task_id)      # the master never heard of it: its accept was lost
+        if status.state in (pb.TASK_FINISHED, pb.TASK_FAILED, pb.TASK_KILLED, pb.TASK_LOST) and status.uuid:
+            seen = self.terminal.setdefault(status.task_id, (status.state, status.uuid))
+            assert seen == (status.state, status.uuid), f"{status.task_id} terminal twice: {seen} then {status}"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_seeded_simulation_no_task_is_terminal_twice_or_forgotten(tmp_path, seed):
+    import random
+
+    rng = random.Random(seed)
+    h = Harness(tmp_path / "s", urandom=rng.randbytes)
+    h.pump()
+    agents = [SimAgent(f"n{i}") for i in range(3)]
+    frameworks = [SimFramework(f"f{i}", 25) for i in range(2)]
+    for actor in agents + frameworks:
+        actor.connect(h)
+    for step in range(400):
+        event = rng.random()
+        if event < 0.01:                        # master failover: the streams break, a new master takes over
+            for actor in agents + frameworks:
+                actor.session = None
+            h = Harness(None, replica=h.replica, clock=h.clock, urandom=rng.randbytes)
+            h.pump()
+        elif event < 0.03:
+            rng.choice(agents).session = None   # its stream broke
+        elif event < 0.04:
+            agent = rng.choice(agents)
+            agent.silent = not agent.silent
+        for actor in agents + frameworks:
+            if actor.session is None and not getattr(actor, "silent", False):
+                actor.connect(h)
+            actor.step(h, rng)
+        h.pump(0.3)
+        with h.replica.store.env.begin() as txn:
+            from cistern.scheduler.state import check_invariants
+            check_invariants(h.replica.state, txn)
+    # Heal: everyone talks again until every task has ended and been acknowledged.
+    for agent in agents:
+        agent.silent = False
+    for _ in range(300):
+        for actor in agents + frameworks:
+            if actor.session is None:
+                actor.connect(h)
+            actor.step(h, rng)
+        h.pump(0.3)
+        if all(len(f.terminal) == f.tasks_max for f in frameworks) and \
+                not any(a.running or a.unacked for a in agents):
+            break
+    for fw in frameworks:
+        assert fw.accepted <= set(fw.terminal) | _refused(fw), f"seed {seed}: tasks never ended"
+        assert len(fw.terminal) == fw.tasks_max, f"seed {seed}: not every task ran ({sorted(fw.terminal)})"
+    assert not any(a.running for a in agents), f"seed {seed}: agents still run tasks the master forgot"
+    counts = h.read(SchedOp.COUNTS)["tasks_by_state"]
+    assert not {"TASK_STAGING", "TASK_STARTING", "TASK_RUNNING"} & set(counts), counts
+    h.replica.store.close()
+
+
+def _refused(fw: SimFramework) -> set:
+    """Tasks to submit again: refused before any commit (TASK_ERROR, no
+    uuid: a stale offer), or unknown to the master (the accept was lost)."""
+    return fw.__dict__.setdefault("refused", set())
