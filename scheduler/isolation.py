@@ -81,7 +81,6 @@ default_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_MOUNT = shim.SANDBOX_MOUNT
 
 _task_id_re = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*")
-_SHIM_ENTRY = "from cistern.scheduler.shim import main; main()"
 
 
 @dataclass(frozen=True)
@@ -461,7 +460,7 @@ def _start_shim(task_dir: str) -> subprocess.Popen:
     gRPC threads)."""
     env = {"PATH": default_path, "LANG": "C.UTF-8"}
     with open(os.path.join(task_dir, "shim.log"), "ab") as log:
-        return subprocess.Popen([sys.executable, "-I", "-c", _SHIM_ENTRY, task_dir], cwd=task_dir, env=env,
+        return subprocess.Popen([sys.executable, "-I", "-S", shim.__file__, task_dir], cwd=task_dir, env=env,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
 
