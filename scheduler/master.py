@@ -252,7 +252,7 @@ class _Agent:
     session: Session | None = None
     last_heard: float = 0.0
     unreachable_pending: bool = False
-    kills: set = dataclasses.field(default_factory=set)   # to send once it is connected
+    kills: set = dataclasses.field(default_factory=set)   # (task id, framework id, reason) to send once connected
 
 
 @dataclasses.dataclass
@@ -569,6 +569,7 @@ class Master:
             return
         agent_id = reg.agent_id or f"{reg.node_id}-{self._urandom(4).hex()}"
         reported = {t.task_id: t.state for t in reg.tasks if t.task_id}
+        frameworks = {t.task_id: t.framework_id for t in reg.tasks if t.task_id}
         session.owner = agent_id
 
         def done(result):
@@ -577,10 +578,10 @@ class Master:
                 self._agent_error(session, err, f"registration failed: {message}", "register")
                 session.close(self._replica.leader_rpc_address() if err == errno.EAGAIN else None)
                 return
-            self._agent_registered(session, record, reported)
+            self._agent_registered(session, record, reported, frameworks)
         self._commit(SchedOp.AGENT_REGISTER, [agent_id, reg.node_id, reg.address, list(total)], done)
 
-    def _agent_registered(self, session: Session, record: dict, reported: dict) -> None:
+    def _agent_registered(self, session: Session, record: dict, reported: dict, frameworks: dict) -> None:
         agent_id = record["id"]
         agent = self._agents.get(agent_id)
         if agent is None:
@@ -600,9 +601,11 @@ class Master:
         session.send(pb.AgentCommand(registered=pb.AgentRegistered(
             agent_id=agent_id, heartbeat_interval_s=self.conf.agent_heartbeat_interval_s)))
         plan = plan_registration(agent_id, reported, self._tasks, set(self._launching))
-        for task_id in sorted(set(plan.kill) | agent.kills):
+        kills = {(task_id, frameworks.get(task_id, ""), model.REASON_GAVE_UP) for task_id in plan.kill}
+        for task_id, framework_id, reason in sorted(kills | agent.kills):
             if reported.get(task_id) not in TERMINAL:
-                session.send(pb.AgentCommand(kill=pb.KillTask(task_id=task_id, reason="the master gave up on it")))
+                session.send(pb.AgentCommand(kill=pb.KillTask(task_id=task_id, reason=reason,
+                                                              framework_id=framework_id)))
         agent.kills.clear()
         for task_id in plan.relaunch:
             self._send_launch(self._tasks[task_id])
@@ -631,8 +634,8 @@ class Master:
                 if err != errno.ESTALE:
                     self._agent_error(session, err, message, "update", status.task_id)
                 if reported_state not in TERMINAL:
-                    session.send(pb.AgentCommand(kill=pb.KillTask(task_id=status.task_id,
-                                                                  reason="the master gave up on it")))
+                    session.send(pb.AgentCommand(kill=pb.KillTask(task_id=status.task_id, reason=model.REASON_GAVE_UP,
+                                                                  framework_id=status.framework_id)))
                 return
             task, changed = value
             if changed:
@@ -693,14 +696,15 @@ class Master:
             self._rescind(self._allocator.remove_agent(agent_id))
         self._commit(SchedOp.AGENT_UNREACHABLE, [agent_id, self._urandom(16)], done)
 
-    def _send_kill(self, task_id: str, agent_id: str, reason: str) -> None:
+    def _send_kill(self, task_id: str, agent_id: str, framework_id: str, reason: str) -> None:
         agent = self._agents.get(agent_id)
         if agent is None:
             return
         if agent.session is not None:
-            agent.session.send(pb.AgentCommand(kill=pb.KillTask(task_id=task_id, reason=reason)))
+            agent.session.send(pb.AgentCommand(kill=pb.KillTask(task_id=task_id, reason=reason,
+                                                                framework_id=framework_id)))
         else:
-            agent.kills.add(task_id)     # sent when it registers again
+            agent.kills.add((task_id, framework_id, reason))     # sent when it registers again
 
     # -- frameworks -----------------------------------------------------------------------
 
@@ -797,7 +801,7 @@ class Master:
         for framework_id in due_removal(disconnected, now):
             log.warning("scheduler master: framework %s did not come back within its failover timeout: "
                         "removing it and killing its tasks", framework_id)
-            self._remove_framework(framework_id, "framework removed")
+            self._remove_framework(framework_id, model.REASON_FRAMEWORK_REMOVED)
 
     def _remove_framework(self, framework_id: str, reason: str, session: Session | None = None) -> None:
         fw = self._frameworks[framework_id]
@@ -811,7 +815,7 @@ class Master:
                     self._fw_error(session, err, f"teardown failed: {message}", "teardown")
                 return
             for task_id, agent_id in to_kill or []:
-                self._send_kill(task_id, agent_id, reason)
+                self._send_kill(task_id, agent_id, framework_id, reason)
             for task_id in [t for t, task in self._tasks.items() if task["framework_id"] == framework_id]:
                 task = self._tasks.pop(task_id)
                 if task["state"] in ACTIVE:
@@ -824,7 +828,7 @@ class Master:
         self._commit(SchedOp.FRAMEWORK_REMOVE, [framework_id], done)
 
     def _teardown(self, fw: _Framework, _call) -> None:
-        self._remove_framework(fw.record["id"], "framework removed", fw.session)
+        self._remove_framework(fw.record["id"], model.REASON_FRAMEWORK_REMOVED, fw.session)
 
     def _suppress(self, fw: _Framework, _call) -> None:
         self._rescind(self._allocator.suppress(fw.record["id"]))
@@ -849,7 +853,7 @@ class Master:
                                "kill", task_id=call.task_id)
             return
         if task["state"] in ACTIVE:
-            self._send_kill(task["id"], task["agent_id"], model.REASON_KILLED_BY_FRAMEWORK)
+            self._send_kill(task["id"], task["agent_id"], task["framework_id"], model.REASON_KILLED_BY_FRAMEWORK)
 
     def _acknowledge(self, fw: _Framework, call: pb.Acknowledge) -> None:
         task = self._tasks.get(call.task_id)
@@ -1065,7 +1069,7 @@ def _check_register(reg: pb.AgentRegister, total: tuple) -> str:
         return "register needs the node id"
     if not reg.address:
         return "register needs the node's address"
-    if len(reg.agent_id.encode()) > limits.id_length_max_bytes or len(reg.node_id.encode()) > limits.id_length_max_bytes:
+    if max(len(reg.agent_id.encode()), len(reg.node_id.encode())) > limits.id_length_max_bytes:
         return "agent or node id too long"
     if total[0] <= 0 or total[1] <= 0 or total[2] < 0:
         return "register needs positive cpus and memory"

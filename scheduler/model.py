@@ -115,6 +115,7 @@ REASON_NON_ZERO_EXIT = "non-zero exit"
 REASON_AGENT_RESTARTED = "agent restarted"
 REASON_RECONCILIATION = "reconciliation"
 REASON_INVALID_LAUNCH = "invalid launch"
+REASON_GAVE_UP = "the master gave up on it"   # a kill's reason: the task was LOST or its framework removed
 
 STATUS_FIELDS = ("task_id", "framework_id", "agent_id", "state", "reason", "message", "uuid", "timestamp",
                  "exit_code", "stdout_tail", "stderr_tail", "bytes_local", "bytes_remote", "started_at",
