@@ -39,6 +39,7 @@ framework_heartbeat_interval_s = 2.0 # heartbeat events to frameworks
 framework_failover_timeout_default_s = 60.0
 framework_failover_timeout_max_s = 7 * 24 * 3600.0
 allocation_interval_s = 0.1          # offers are made in batches this often (and on demand)
+allocation_soon_s = 0.02             # resources freed (a task ended, an accept left some): offer them this soon
 offer_timeout_s = 10.0               # an unused offer is rescinded after this
 refuse_seconds_default = 5.0         # decline filter when the framework names none (Mesos's default)
 refuse_seconds_max = 3600.0
@@ -54,7 +55,7 @@ offer_mem_bytes_min = 4 << 20
 
 assert agent_heartbeat_interval_s * 3 < agent_unreachable_after_s
 assert agent_unreachable_after_s <= agent_reregister_grace_s
-assert allocation_interval_s < offer_timeout_s
+assert allocation_soon_s <= allocation_interval_s < offer_timeout_s
 assert refuse_seconds_default <= refuse_seconds_max
 assert output_tail_max_bytes * 2 + status_message_length_max_bytes < message_bytes_max
 assert task_spec_bytes_max * 2 < message_bytes_max
