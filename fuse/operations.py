@@ -37,6 +37,16 @@ Contract (what the mount promises, and how):
   whole by a handle opened afterwards, once the kernel's cached attributes
   of that file have expired (``attr_timeout``; a file never looked at here
   has none).
+* Times: utimens gets UTIME_NOW/UTIME_OMIT as given (``flag_utime_omit_ok``),
+  so ``touch`` needs only write permission and ``touch -m`` changes mtime
+  alone; times set on a file this mount is writing publish its writes first,
+  so they outlive the close.
+* Hard links: libfuse 2's high-level API gives every name its own kernel
+  inode, so the kernel's cached size of one name goes stale when the file
+  is written through another. Handles of a file with several links bypass
+  the page cache (``direct_io``): reads go to the true end, O_APPEND writes
+  land at the true end. ``stat`` of the other name may show the old size
+  and mode for up to ``attr_timeout``.
 * getattr answers from a short per-caller attribute cache
   (``attr_cache_s``) filled by replies that carry attributes and emptied
   by this mount's own changes. A file this mount is writing reports the
@@ -96,8 +106,6 @@ codecs.register(_find_codec)
 # What the kernel sends for utimensat's UTIME_NOW / UTIME_OMIT (tv_sec 0).
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
-# Explicit times this close to the mount's clock may be the kernel's "now".
-_NOW_WINDOW_NS = 5_000_000_000
 # xattrs answered without a round trip (see the module docstring).
 _CAPABILITY_XATTR = "security.capability"
 
@@ -259,13 +267,17 @@ class Node:
 
 
 class Handle:
-    __slots__ = ("node", "readable", "writable", "view", "reader", "reader_version", "path")
+    __slots__ = ("node", "readable", "writable", "view", "reader", "reader_version", "path", "append")
 
-    def __init__(self, node: Node, view, readable: bool, writable: bool, path: str, reader=None):
+    def __init__(self, node: Node, view, readable: bool, writable: bool, path: str, reader=None,
+                 append: bool = False):
         self.node, self.view, self.path = node, view, path
         self.readable, self.writable = readable, writable
         self.reader = reader
         self.reader_version = node.version
+        # O_APPEND on a page-cache-less handle: the kernel's offset comes from
+        # a size that may be stale (see _direct_if_linked), so write at the end.
+        self.append = append
 
 
 def _parent(path: str) -> str:
@@ -288,6 +300,11 @@ class Operations(fusepy.Operations):
     encoding=FS_ENCODING)``."""
 
     use_ns = True   # times in integer nanoseconds, both ways
+    # fusepy copies this into libfuse's fuse_operations: utimens then gets
+    # UTIME_NOW/UTIME_OMIT as the caller gave them. Without it libfuse 2
+    # drops a change of one time alone (touch -m, tar's mtimes) and turns
+    # "now" into explicit times, which only the owner may set.
+    flag_utime_omit_ok = 1
 
     def __init__(self, client, settings: Settings | None = None, metrics: Metrics | None = None):
         self.client = client
@@ -531,17 +548,19 @@ class Operations(fusepy.Operations):
                 fields[key] = TIME_NOW
             elif value != _UTIME_OMIT:
                 fields[key] = int(value)
-        follow = not self._is_symlink(view, path)
-        try:
-            attr = view.setattr(path, follow_symlinks=follow, **fields)
-        except PermissionError:
-            # Without writeback caching the kernel turns utimensat(NULL) ("now",
-            # which needs only write permission) into explicit equal times of
-            # now; those from a non-owner are that request, so ask for it.
-            now = time.time_ns()
-            if not (atime == mtime and abs(now - atime) < _NOW_WINDOW_NS):
-                raise
-            attr = view.setattr(path, follow_symlinks=follow, atime_ns=TIME_NOW, mtime_ns=TIME_NOW)
+        if not fields:
+            return 0
+        lstat = self._lstat(view, path)
+        node = self._nodes.get(lstat.ino)
+        if node is not None and node.writer is not None:
+            # Times set while this mount writes the file (cp -a, tar, rsync
+            # set them before close) must outlive the close: publish the
+            # writes first, so the close has nothing left to stamp.
+            with node.lock:
+                if node.writer is not None and node.writer.uncommitted:
+                    node.writer.flush()
+                    self._committed(node)
+        attr = view.setattr(path, follow_symlinks=not stat_module.S_ISLNK(lstat.mode), **fields)
         self._remember(view, path, attr)
         return 0
 
@@ -656,9 +675,12 @@ class Operations(fusepy.Operations):
         view = self._caller()
         if not writable:
             reader = view.open(path, "rb")
+            self._direct_if_linked(fi, reader.attr)
             node = self._node(reader.ino)
             return self._new_handle(fi, Handle(node, view, True, False, path, reader))
-        ino = self._lstat(view, path).ino
+        attr = self._lstat(view, path)
+        self._direct_if_linked(fi, attr)
+        ino = attr.ino
         node = self._node(ino)
         try:
             with node.lock:
@@ -670,7 +692,17 @@ class Operations(fusepy.Operations):
         except BaseException:
             self._drop_node(node)
             raise
-        return self._new_handle(fi, Handle(node, view, readable, True, path))
+        return self._new_handle(fi, Handle(node, view, readable, True, path,
+                                           append=bool(fi.direct_io and fi.flags & os.O_APPEND)))
+
+    @staticmethod
+    def _direct_if_linked(fi, attr) -> None:
+        """libfuse 2's high-level API gives each name its own kernel inode,
+        so the kernel's cached size of one name of a hard-linked file goes
+        stale when it is written through another, and page-cache reads stop
+        at that size: such files bypass the page cache (reads go to EOF)."""
+        if attr.nlink > 1:
+            fi.direct_io = 1
 
     @_operation
     def create(self, path, mode, fi):
@@ -720,7 +752,8 @@ class Operations(fusepy.Operations):
             raise OSError(errno.EBADF, "not open for writing")
         node = handle.node
         with node.lock:
-            self._writer(node, path).pwrite(data, offset)
+            writer = self._writer(node, path)
+            writer.pwrite(data, writer.size if handle.append else offset)
             node.written_ns = time.time_ns()
         self.metrics.bytes_written.inc(len(data))
         return len(data)

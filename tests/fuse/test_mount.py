@@ -301,3 +301,36 @@ def test_the_metrics_endpoint_counts_operations_by_type(mc, mnt):
     assert "cistern_fuse_operation_seconds_bucket" in text
     assert 'cistern_fuse_attr_cache_total{result="hit"}' in text
     assert "cistern_fuse_written_bytes_total" in text
+
+
+def test_times_hard_links_and_appends_behave_as_on_a_local_disk(mnt):
+    path = os.path.join(mnt, "t")
+    open(path, "w").close()
+    subprocess.run(["touch", "-m", "-d", "2001-02-03 04:05:06.789", path], check=True)   # mtime alone
+    assert os.stat(path).st_mtime_ns == 981173106_789000000
+    subprocess.run(["touch", "-a", "-d", "2002-02-03 04:05:06.5", path], check=True)     # atime alone
+    st = os.stat(path)
+    assert st.st_atime_ns == 1012709106_500000000 and st.st_mtime_ns == 981173106_789000000
+
+    # Times set before close (cp -a, tar) outlive the close.
+    fd = os.open(os.path.join(mnt, "g"), os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"hello")
+        os.utime(fd, ns=(10**18, 10**18 + 5))
+        assert os.fstat(fd).st_mtime_ns == 10**18 + 5
+    finally:
+        os.close(fd)
+    time.sleep(1.2)       # past attr_timeout: the cluster's answer
+    assert os.stat(os.path.join(mnt, "g")).st_mtime_ns == 10**18 + 5
+
+    # Written through one name, read (and appended) through the other at once.
+    a, b = os.path.join(mnt, "a"), os.path.join(mnt, "b")
+    with open(a, "wb") as f:
+        f.write(b"first\n")
+    os.link(a, b)
+    os.stat(a), os.stat(b)          # both names' attributes now cached in the kernel
+    with open(b, "ab") as f:
+        f.write(b"second\n")
+    with open(a, "ab") as f:
+        f.write(b"third\n")
+    assert open(a, "rb").read() == open(b, "rb").read() == b"first\nsecond\nthird\n"
