@@ -92,6 +92,7 @@ class _Agent:
     total: Resources
     used: Resources = ZERO
     offered: Resources = ZERO
+    active: bool = True      # connected: offered; a disconnected agent is not
 
     def free(self) -> Resources:
         return _clamp(sub(sub(self.total, self.used), self.offered))
@@ -130,6 +131,8 @@ class Allocator:
         agent = self._agents.get(agent_id)
         unchanged = agent is not None and (agent.node_id, agent.address, agent.total) == (node_id, address,
                                                                                            tuple(total))
+        if agent is not None:
+            agent.active = True
         if unchanged:
             return []
         rescinded = self._rescind_where(lambda o: o.agent_id == agent_id) if agent is not None else []
@@ -147,6 +150,15 @@ class Allocator:
         for fw in self._frameworks.values():
             fw.filters.pop(agent_id, None)
         return rescinded
+
+    def deactivate_agent(self, agent_id: str) -> list[Offer]:
+        """Its stream ended: no offers on it until ``add_agent`` again (its
+        tasks keep their resources); returns its rescinded offers."""
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            return []
+        agent.active = False
+        return self._rescind_where(lambda o: o.agent_id == agent_id)
 
     def has_agent(self, agent_id: str) -> bool:
         return agent_id in self._agents
@@ -228,6 +240,8 @@ class Allocator:
         made = []
         totals = self._cluster_total()
         for agent in sorted(self._agents.values(), key=lambda a: a.agent_id):
+            if not agent.active:
+                continue
             free = agent.free()
             if free[0] < limits.offer_cpus_min or free[1] < limits.offer_mem_bytes_min:
                 continue

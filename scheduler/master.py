@@ -537,6 +537,7 @@ class Master:
             agent = self._agents.get(session.owner)
             if agent is not None and agent.session is session:
                 agent.session = None       # it has until its heartbeat timeout to come back
+                self._rescind(self._allocator.deactivate_agent(session.owner))
         else:
             self._framework_disconnected(session)
 

@@ -191,3 +191,14 @@ def test_small_leftovers_are_not_offered():
     a.add_framework("f1")
     a.hold("f1", "a0", (0.999, GIB // 2, 0))
     assert a.allocate(0.0) == []
+
+
+def test_disconnected_agent_is_not_offered_until_it_registers_again():
+    a = make()
+    agents(a, 2)
+    a.add_framework("f1")
+    offers = a.allocate(0.0)
+    assert a.deactivate_agent("a0") == [offers[0]]
+    assert a.allocate(0.1) == []
+    a.add_agent("a0", "n0", "h:0", (4.0, 4 * GIB, 0))
+    assert [o.agent_id for o in a.allocate(0.2)] == ["a0"]

@@ -238,6 +238,20 @@ def test_a_launch_that_never_reached_the_agent_is_sent_again_a_forgotten_running
     assert lost.status.reason == "agent restarted"
 
 
+def test_an_agent_whose_stream_ended_is_not_offered_until_it_registers_again(h):
+    agent, agent_id = h.agent()
+    fw, _ = h.framework()
+    h.pump(0.2)
+    (offer,) = drain(fw, "offers")[-1].offers
+    h.master.session_ended(agent)
+    h.pump(0.2)
+    assert [r.offer_id for r in drain(fw, "rescind")] == [offer.offer_id]
+    assert drain(fw, "offers") == []
+    h.agent(agent_id=agent_id)
+    h.pump(0.2)
+    assert [o.agent_id for o in drain(fw, "offers")[-1].offers] == [agent_id]
+
+
 def test_framework_past_its_failover_timeout_is_removed_and_its_tasks_killed(h):
     agent, _ = h.agent()
     fw, framework_id = h.framework(timeout_s=3.0)
