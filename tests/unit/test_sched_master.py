@@ -447,7 +447,10 @@ def test_seeded_simulation_no_task_is_terminal_twice_or_forgotten(tmp_path, seed
             h = Harness(None, replica=h.replica, clock=h.clock, urandom=rng.randbytes)
             h.pump()
         elif event < 0.03:
-            rng.choice(agents).session = None   # its stream broke
+            agent = rng.choice(agents)          # its stream broke
+            if agent.session is not None:
+                h.master.session_ended(agent.session)
+            agent.session = None
         elif event < 0.04:
             agent = rng.choice(agents)
             agent.silent = not agent.silent
