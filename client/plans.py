@@ -473,8 +473,9 @@ class Plans:
         creates the file (w, a, x; EEXIST for x), takes the write lease
         under ``holder`` (EBUSY while another writer holds it), sets the
         replication xattr when ``replication`` is given, and reads the layout
-        (GET_LAYOUT: read permission). Returns ``files.Opened``. A failure
-        after the lease was taken releases it."""
+        (GET_LAYOUT: read permission); without ``replication`` all of it is
+        one TXN (one round trip). Returns ``files.Opened``. A failure after
+        the lease was taken releases it."""
         from .files import Opened
 
         if isinstance(path, int):   # an inode number (Client.reopen): nothing to create
@@ -485,10 +486,23 @@ class Plans:
         if not om.writable:
             attr, layout, factor = yield Call(Op.GET_LAYOUT, (t.wire,), t.given)
             return Opened(as_attr(attr).ino, None, as_attr(attr), layout, factor)
-        if om.create:
-            if t.dir_only:
-                raise to_oserror(errno.EISDIR, "", t.given)
-            yield Call(Op.CREATE, (t.wire, 0o666 & ~self.umask, bool(om.exclusive)), t.given)
+        if om.create and t.dir_only:
+            raise to_oserror(errno.EISDIR, "", t.given)
+        create = [[int(Op.CREATE), [t.wire, 0o666 & ~self.umask, bool(om.exclusive)]]] if om.create else []
+        if replication is None:
+            # Create, lease and layout in one round trip (one all-or-nothing txn).
+            try:
+                values = yield Call(Op.TXN, ([], create + [[int(Op.OPEN_LEASE), [t.wire, holder]],
+                                                           [int(Op.GET_LAYOUT), [t.wire]]]), t.given)
+            except PermissionError:
+                if not om.truncate:
+                    raise
+                # 'w' on a write-only file: step by step below (nothing to read).
+            else:
+                (ino, lease_id), (attr, layout, factor) = values[-2], values[-1]
+                return Opened(ino, lease_id, as_attr(attr), layout, factor)
+        if create:
+            yield Call(Op.CREATE, tuple(create[0][1]), t.given)
         ino, lease_id = yield Call(Op.OPEN_LEASE, (t.wire, holder), t.given)
         try:
             if replication is not None:
