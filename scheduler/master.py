@@ -89,6 +89,7 @@ __all__ = ["Master", "MasterConf", "Session", "plan_registration", "spec_from_pb
 
 _CLOSE = object()
 list_page_tasks = 4096
+events_per_pass_max = 512      # events run between two looks at the timers
 
 
 @dataclasses.dataclass
@@ -290,6 +291,7 @@ class Master:
         self._wall = wall
         self._urandom = urandom
         self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._carried = None          # an event taken from the queue and not yet run
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._m = _Metrics(registry if registry is not None else CollectorRegistry())
@@ -398,15 +400,20 @@ class Master:
                 log.exception("scheduler master: timer pass failed")
             wake = min(self._next_allocation, self._next_leader_check) if self.leading else self._next_leader_check
             timeout = max(0.0, wake - self._clock())
-            try:
-                event = self._events.get(timeout=timeout)
-            except queue.Empty:
-                continue
+            event, self._carried = self._carried, None
+            if event is None:
+                try:
+                    event = self._events.get(timeout=timeout)
+                except queue.Empty:
+                    continue
             self._run_events(event)
 
     def _run_events(self, event) -> None:
-        """Run one event and everything already queued behind it."""
-        while event is not None:
+        """Run one event and what is already queued behind it, at most
+        ``events_per_pass_max`` (so timers still run under a steady stream)."""
+        for _ in range(events_per_pass_max):
+            if event is None:
+                return
             fn, args = event
             try:
                 fn(*args)
@@ -416,6 +423,7 @@ class Master:
                 event = self._events.get_nowait()
             except queue.Empty:
                 return
+        self._carried = event      # run first on the next pass, so the order of events holds
 
     def _timers(self, now: float) -> None:
         if now >= self._next_leader_check:
@@ -451,8 +459,8 @@ class Master:
             frameworks = self._read(SchedOp.LIST_FRAMEWORKS)
             agents = self._read(SchedOp.LIST_AGENTS)
             tasks = self._read_all_tasks()
-        except CisternError as e:
-            log.info("scheduler master: cannot load the state yet (%s); retrying", e)
+        except (CisternError, TimeoutError) as e:
+            log.info("scheduler master: cannot load the state yet (%s); retrying", e or "timeout")
             return
         now = self._clock()
         for record in frameworks:
