@@ -21,9 +21,9 @@ one terminal update (FINISHED, FAILED, KILLED) with exit code, output
 tails and input byte counts -> the sandbox and cgroup are removed.
 
 Delivery: every update carries a fresh uuid and stays in the task's
-checkpoint until the master acks that uuid; all unacknowledged updates are
-sent again, in order, on every (re)registration and every
-``update_retry_interval_s``. A task's record is forgotten once its terminal
+checkpoint until the master acks that uuid; unacknowledged updates are
+sent again, in order: all of them on every (re)registration, and each one
+that went unacknowledged for ``update_retry_interval_s``. A task's record is forgotten once its terminal
 update is acknowledged.
 
 Checkpoints: ``<data_dir>/agent/checkpoints/<task_id>.json`` (written to a
@@ -262,7 +262,7 @@ class Agent:
         self._stopped = threading.Event()
         self._heartbeat_interval_s = heartbeat_interval_default_s
         self._last_heartbeat = 0.0
-        self._last_resend = 0.0
+        self._sent_s: dict[bytes, float] = {}      # update uuid -> when it last went out (monotonic)
         self._ticker: threading.Thread | None = None
         self._metrics = _AgentMetrics(self, registry)
 
@@ -372,7 +372,7 @@ class Agent:
         if kind == "registered":
             self._heartbeat_interval_s = command.registered.heartbeat_interval_s or heartbeat_interval_default_s
             self._registered.set()
-            self._resend_all()
+            self._resend(everything=True)
         elif kind == "launch":
             self._on_launch(command.launch)
         elif kind == "kill":
@@ -389,17 +389,26 @@ class Agent:
         return conn is not None and conn.send(message)
 
     def _send_update(self, status: pb.TaskStatus) -> None:
-        if self._registered.is_set():
-            self._send(pb.AgentMessage(update=pb.StatusUpdate(status=status)))
+        if self._registered.is_set() and self._send(pb.AgentMessage(update=pb.StatusUpdate(status=status))):
+            with self._lock:
+                self._sent_s[status.uuid] = time.monotonic()
 
-    def _resend_all(self) -> None:
+    def _resend(self, *, everything: bool) -> None:
+        """Send again the unacknowledged updates: all of them (a new
+        registration: the stream they went out on is gone), or those sent
+        at least ``update_retry_interval_s`` ago."""
+        now = time.monotonic()
         with self._lock:
             pending = self._book.unacknowledged()
-        for status in pending:
-            self._send(pb.AgentMessage(update=pb.StatusUpdate(status=status)))
-        if pending:
-            self._metrics.resent.inc(len(pending))
-        self._last_resend = time.monotonic()
+            due = [s for s in pending if everything or now - self._sent_s.get(s.uuid, 0.0) >= update_retry_interval_s]
+            # Forget send times of acknowledged updates.
+            self._sent_s = {s.uuid: self._sent_s.get(s.uuid, 0.0) for s in pending}
+        for status in due:
+            if self._send(pb.AgentMessage(update=pb.StatusUpdate(status=status))):
+                with self._lock:
+                    self._sent_s[status.uuid] = now
+        if due and not everything:
+            self._metrics.resent.inc(len(due))
 
     def _tick(self) -> None:
         while not self._stopped.wait(ticker_interval_s):
@@ -409,8 +418,7 @@ class Agent:
             if now - self._last_heartbeat >= self._heartbeat_interval_s:
                 self._last_heartbeat = now
                 self._send(pb.AgentMessage(heartbeat=pb.Heartbeat()))
-            if now - self._last_resend >= update_retry_interval_s:
-                self._resend_all()
+            self._resend(everything=False)
 
     # -- commands --------------------------------------------------------------------------
 

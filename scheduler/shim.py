@@ -41,6 +41,7 @@ import socket
 import struct
 import sys
 import time
+import warnings  # noqa: F401 - os.execvpe imports it lazily, after the drop to a uid that cannot read the stdlib
 
 try:
     from cistern.scheduler import cgroups

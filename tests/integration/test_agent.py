@@ -6,8 +6,10 @@ Most tests run the node and its agent in this process (``local_node`` plus
 killing its tasks; the last one kills a whole ``cistern node`` process with
 SIGKILL mid-task and starts it again.
 
-The master here waits 20 s before declaring a silent agent unreachable, so
-an agent restart is a recovery, never a loss (losses are the fault tests').
+In the restart tests the master waits 20 s before declaring a silent agent
+unreachable, so a restart is a recovery, never a loss (losses are the fault
+tests'); elsewhere it waits 2 s, and each test waits until the master has
+given up on the agents it stopped, so no offer of theirs reaches the next.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class LocalNode:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = SchedCluster(tmp_path_factory.mktemp("agent"), nodes=0, block_size=BLOCK, env=PATIENT_MASTER)
+    """3 metad with the test timings (a silent agent is unreachable after 2 s)."""
+    c = SchedCluster(tmp_path_factory.mktemp("agent"), nodes=0, block_size=BLOCK)
     try:
         c.start()
         yield c
@@ -96,26 +99,53 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def nodes(cluster, tmp_path):
-    """Start in-process nodes by calling the fixture; all stopped after,
-    and nothing of their tasks left behind."""
-    started = []
+def patient_cluster(tmp_path):
+    """3 metad whose master gives a silent agent 20 s (a restart is a recovery)."""
+    c = SchedCluster(tmp_path / "patient", nodes=0, block_size=BLOCK, env=PATIENT_MASTER)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
 
-    def start(n: int = 1):
-        out = []
-        for _ in range(n):
-            node = LocalNode(cluster, tmp_path, f"x{uuid.uuid4().hex[:6]}")
-            started.append(node)
-            out.append(node)
-        cluster.wait_nodes([n.node_id for n in out])
+
+def wait_agent_gone(cluster, node_id: str) -> None:
+    """Until the master no longer counts ``node_id``'s agent as registered
+    (it would otherwise still offer its resources)."""
+    wait_for(lambda: cluster.agents().get(node_id) is None or cluster.agents()[node_id].state != "registered",
+             f"agent {node_id} unreachable", 30)
+
+
+class Nodes:
+    """In-process nodes of one cluster; ``close`` stops them and checks
+    that nothing of their tasks is left."""
+
+    def __init__(self, cluster, tmp, *, settle: bool = True):
+        self.cluster, self.tmp, self.started, self.settle = cluster, tmp, [], settle
+
+    def __call__(self, n: int = 1) -> list:
+        out = [LocalNode(self.cluster, self.tmp, f"x{uuid.uuid4().hex[:6]}") for _ in range(n)]
+        self.started += out
+        self.cluster.wait_nodes([node.node_id for node in out])
         return out
-    yield start
-    for node in started:
-        node.stop()
-    layout = cgroups.detect()
-    for node in started:
-        assert not any(os.path.exists(d) for d in cgroups.agent_dirs(layout, "cistern", node.node_id))
-        assert os.listdir(os.path.join(node.server.data_dir, "agent", "checkpoints")) == []
+
+    def close(self) -> None:
+        for node in self.started:
+            node.stop()
+        layout = cgroups.detect()
+        for node in self.started:
+            assert not any(os.path.exists(d) for d in cgroups.agent_dirs(layout, "cistern", node.node_id))
+            assert os.listdir(os.path.join(node.server.data_dir, "agent", "checkpoints")) == []
+        for node in self.started if self.settle else ():
+            wait_agent_gone(self.cluster, node.node_id)   # the next test's offers come from its own nodes
+
+
+@pytest.fixture
+def nodes(cluster, tmp_path):
+    """Start in-process nodes by calling the fixture: ``nodes(2)``."""
+    started = Nodes(cluster, tmp_path)
+    yield started
+    started.close()
 
 
 def test_a_task_reads_its_local_block_in_isolation_and_its_output_is_stored(cluster, nodes):
@@ -151,6 +181,7 @@ def test_an_input_held_by_another_node_is_read_through_the_client(cluster, nodes
     with cluster.client() as client:
         data = write_file(client, "/b/remote.txt", 1, BLOCK, replication=1, seed=7)
         holder.agent.stop()              # only `runner` offers: the task must run away from its data
+        wait_agent_gone(cluster, holder.node_id)
         (runner,) = nodes(1)
         (location,) = client.block_locations("/b/remote.txt")
         assert location["nodes"] == [holder.node_id]
@@ -192,10 +223,19 @@ def test_failures_reach_the_framework_with_their_reasons(cluster, nodes):
         ("TASK_FAILED", "non-zero exit", 3, b"bye\n")
 
 
-def test_a_restarted_agent_recovers_its_tasks_from_checkpoints(cluster, nodes):
+def test_a_restarted_agent_recovers_its_tasks_from_checkpoints(patient_cluster, tmp_path):
     """The agent goes away without killing its tasks; while it is away one
     task ends and one keeps running. The new agent (same data dir) reports
     the first, re-attaches the second, and each ends exactly once."""
+    cluster = patient_cluster
+    nodes = Nodes(cluster, tmp_path, settle=False)     # the cluster goes with the test
+    try:
+        _restart_scenario(cluster, nodes)
+    finally:
+        nodes.close()
+
+
+def _restart_scenario(cluster, nodes) -> None:
     (node,) = nodes(1)
     with cluster.client() as client, Framework(cluster.addresses, "recovery", client=client) as fw:
         quick = fw.submit("quick", ["sh", "-c", 'sleep 1; echo quick > "$CISTERN_OUTPUT/r"'], cpus=0.25,

@@ -273,7 +273,9 @@ def test_a_command_that_cannot_run_fails_with_reason_bad_command(tasks):
     r = tasks.run(tasks.launch(["/no/such/program", "x"]))
     assert (r.state, r.reason, r.exit_code) == ("failed", "bad command", 127), r
     assert "/no/such/program" in r.message
-    r = tasks.run(tasks.sh("exit 7"))
+    r = tasks.run(tasks.launch(["no-such-program-in-path"]))
+    assert (r.state, r.reason, r.exit_code) == ("failed", "bad command", 127), r
+    r = tasks.run(tasks.launch(["sh", "-c", "exit 7"]))                # found through PATH, as the task's user
     assert (r.state, r.reason, r.exit_code) == ("failed", "non-zero exit", 7), r
 
 
