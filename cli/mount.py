@@ -22,9 +22,10 @@ def register(commands) -> None:
                    help="cluster.json path or metadata addresses (default: $CISTERN_CLUSTER)")
     p.add_argument("--foreground", "-f", action="store_true", help="serve in the foreground until unmounted")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
-                   help="mount options: allow_other, ro, default_permissions, attr_timeout=S (1), "
-                        "entry_timeout=S (1), negative_timeout=S (0), timeout=S (30: a cluster call's "
-                        "limit), attr_cache=S (attr_timeout), block_size=BYTES, and libfuse's others")
+                   help="mount options: allow_other, ro, attr_timeout=S (1), entry_timeout=S (1), "
+                        "negative_timeout=S (0), timeout=S (30: a cluster call's limit), attr_cache=S "
+                        "(attr_timeout), block_size=BYTES, read_ahead_kb=KB (4096), "
+                        "no_default_permissions, and libfuse 2's others")
     p.add_argument("--metrics", default=None, metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--log-file", default=None, metavar="PATH",
                    help="where a background mount logs (default: a file in the temp directory)")
