@@ -345,14 +345,15 @@ def table(doc: dict) -> str:
     cfg = doc["config"]
     lines = [f"cistern bench fuse: {cfg['files']} files in one directory, {cfg['mib']} MiB sequential "
              f"in {cfg['chunk_kib']} KiB calls; processes {','.join(map(str, cfg['procs']))}",
-             f"{'metric':<12} {'procs':>5} {'cistern':>12} {'passthrough':>12} {'ratio':>7} {'target':>7}"]
+             f"{'metric':<15} {'procs':>5} {'cistern':>12} {'passthrough':>12} {'ratio':>7} {'target':>7}"]
     for c in doc["compare"]:
         unit = UNITS[c["metric"]]
         ratio = "-" if c["ratio"] is None else f"{c['ratio'] * 100:.0f}%"
         want = "" if c["target_ratio"] is None else f">={c['target_ratio'] * 100:.0f}%"
         verdict = "" if c["met"] is None else ("ok" if c["met"] else "MISSED")
-        lines.append(f"{c['metric'] + ' ' + unit:<12} {c['procs']:>5} {c['cistern']:>12.1f} "
-                     f"{c['passthrough']:>12.1f} {ratio:>7} {want:>7}  {verdict}")
+        digits = 4 if unit == "s" else 1
+        lines.append(f"{c['metric'] + ' ' + unit:<15} {c['procs']:>5} {c['cistern']:>12.{digits}f} "
+                     f"{c['passthrough']:>12.{digits}f} {ratio:>7} {want:>7}  {verdict}".rstrip())
     lines.append("(readdir: seconds to list; its ratio is passthrough time / Cistern time)")
     for r in doc["results"]:
         for p in r["phases"]:
