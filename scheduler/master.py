@@ -115,16 +115,31 @@ class MasterConf:
         for these, and real-process tests shorten them this way."""
         conf = cls()
         for field in dataclasses.fields(cls):
-            raw = environ.get(f"CISTERN_SCHED_{field.name.upper()}")
+            name = f"CISTERN_SCHED_{field.name.upper()}"
+            raw = environ.get(name)
             if raw:
-                setattr(conf, field.name, float(raw))
+                try:
+                    setattr(conf, field.name, float(raw))
+                except ValueError:
+                    raise CisternError(errno.EINVAL, f"{name}={raw!r} is not a number of seconds") from None
         return conf
 
     def validate(self) -> None:
-        assert self.agent_heartbeat_interval_s * 3 < self.agent_unreachable_after_s
-        assert self.agent_unreachable_after_s <= self.agent_reregister_grace_s
-        assert 0 < self.allocation_soon_s <= self.allocation_interval_s < self.offer_timeout_s
-        assert 0 < self.leader_check_interval_s
+        """Raises CisternError(EINVAL) naming the first relation that does not hold."""
+        for holds, relation in (
+                (self.agent_heartbeat_interval_s * 3 < self.agent_unreachable_after_s,
+                 "agent_heartbeat_interval_s * 3 < agent_unreachable_after_s"),
+                (self.agent_unreachable_after_s <= self.agent_reregister_grace_s,
+                 "agent_unreachable_after_s <= agent_reregister_grace_s"),
+                (0 < self.allocation_soon_s <= self.allocation_interval_s < self.offer_timeout_s,
+                 "0 < allocation_soon_s <= allocation_interval_s < offer_timeout_s"),
+                (0 < self.leader_check_interval_s, "0 < leader_check_interval_s"),
+                (0 < self.framework_failover_timeout_default_s <= limits.framework_failover_timeout_max_s,
+                 "0 < framework_failover_timeout_default_s <= framework_failover_timeout_max_s"),
+                (0 < self.update_resend_interval_s and 0 < self.framework_heartbeat_interval_s,
+                 "positive resend and heartbeat intervals")):
+            if not holds:
+                raise CisternError(errno.EINVAL, f"scheduler master timings: need {relation}")
 
 
 # -- conversions between the wire and the state's records (pure) ---------------------

@@ -42,6 +42,16 @@ def test_plan_registration_kills_what_the_master_gave_up_on_and_loses_what_the_a
     assert plan.lose == ("forgot",)
 
 
+def test_timings_from_the_environment_are_checked():
+    conf = MasterConf.from_env({"CISTERN_SCHED_AGENT_UNREACHABLE_AFTER_S": "2", "CISTERN_SCHED_X": "1"})
+    assert conf.agent_unreachable_after_s == 2.0
+    with pytest.raises(CisternError, match="not a number"):
+        MasterConf.from_env({"CISTERN_SCHED_OFFER_TIMEOUT_S": "soon"})
+    conf.agent_heartbeat_interval_s = 1.0
+    with pytest.raises(CisternError, match="agent_heartbeat_interval_s \\* 3"):
+        conf.validate()
+
+
 def test_due_timers():
     assert due_unreachable({"a": 0.0, "b": 5.0}, 6.0, 5.0) == ["a"]
     assert due_removal({"f": (1.0, 2.0), "g": (1.0, 10.0)}, 3.0) == ["f"]
