@@ -48,8 +48,10 @@ Contract (what the mount promises, and how):
   land at the true end. ``stat`` of the other name may show the old size
   and mode for up to ``attr_timeout``.
 * getattr answers from a short per-caller attribute cache
-  (``attr_cache_s``) filled by replies that carry attributes and emptied
-  by this mount's own changes. A file this mount is writing reports the
+  (``attr_cache_s``) filled by replies that carry attributes, and by
+  opendir, which asks for the attributes of every entry (up to
+  ``prefetch_entries_max``) in batches without waiting, as a readdirplus
+  would; this mount's own changes empty it. A file this mount is writing reports the
   writer's size and last write time, so the kernel never cuts a buffered
   write short.
 * Read-only mounts answer EROFS to every change.
@@ -59,9 +61,9 @@ Contract (what the mount promises, and how):
   using this mount, not processes on other mounts.
 * Not supported: renameat2 flags (libfuse 2's high-level rename carries
   none; the kernel answers EINVAL), mknod (devices, fifos, sockets:
-  EPERM), file capabilities (``security.capability`` reads ENODATA and
-  cannot be set: the kernel asks for it before every write, which would
-  cost a round trip each).
+  EPERM), file capabilities and SELinux labels (``security.capability``
+  and ``security.selinux`` read ENODATA and cannot be set: the kernel asks
+  for the first before every write, ls -l for the second on every file).
 """
 
 from __future__ import annotations
@@ -106,8 +108,14 @@ codecs.register(_find_codec)
 # What the kernel sends for utimensat's UTIME_NOW / UTIME_OMIT (tv_sec 0).
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
+# opendir prefetches the attributes of at most this many entries.
+prefetch_entries_max = 4096
 # xattrs answered without a round trip (see the module docstring).
-_CAPABILITY_XATTR = "security.capability"
+# The kernel asks for security.capability before every write, ls -l for
+# security.selinux on every file: a round trip each for an answer that is
+# always "none", since the mount stores neither (no file capabilities, no
+# SELinux labels).
+_UNSTORED_XATTRS = frozenset(("security.capability", "security.selinux"))
 
 
 class Settings:
@@ -196,6 +204,9 @@ class AttrCache:
         self._by_path: dict[str, dict] = {}
         self._paths_of: dict[int, set] = {}
         self._lock = threading.Lock()
+        # Bumped by every forget: an answer asked for before a forget may
+        # predate the change that caused it, so put(..., epoch) drops it.
+        self.epoch = 0
 
     def get(self, cred, path: str):
         entry = self._by_path.get(path)
@@ -206,10 +217,14 @@ class AttrCache:
             return None
         return found[0]
 
-    def put(self, cred, path: str, attr) -> None:
+    def put(self, cred, path: str, attr, epoch: int | None = None) -> None:
+        """Cache ``attr``; with ``epoch`` (read before asking), only if
+        nothing was forgotten meanwhile."""
         if self.ttl_s <= 0:
             return
         with self._lock:
+            if epoch is not None and epoch != self.epoch:
+                return
             if len(self._by_path) >= self.max_entries:
                 self._by_path.clear()
                 self._paths_of.clear()
@@ -218,6 +233,7 @@ class AttrCache:
 
     def forget(self, *paths: str) -> None:
         with self._lock:
+            self.epoch += 1
             for path in paths:
                 entry = self._by_path.pop(path, None)
                 if entry:
@@ -241,11 +257,13 @@ class AttrCache:
 
     def forget_ino(self, ino: int) -> None:
         with self._lock:
+            self.epoch += 1
             for path in self._paths_of.pop(ino, ()):
                 self._by_path.pop(path, None)
 
     def clear(self) -> None:
         with self._lock:
+            self.epoch += 1
             self._by_path.clear()
             self._paths_of.clear()
 
@@ -366,9 +384,29 @@ class Operations(fusepy.Operations):
             self.metrics.hit.inc()
             return attr
         self.metrics.miss.inc()
+        epoch = self._cache.epoch
         attr = view.attr(path, follow_symlinks=False)
-        self._cache.put(cred, path, attr)
+        self._cache.put(cred, path, attr, epoch)
         return attr
+
+    def _prefetch(self, view, path: str, entries) -> None:
+        """Ask for the attributes of a listed directory's entries at once,
+        in batches (the futures face, nothing waits), so the lookups of
+        ``ls -l`` or ``find`` that follow find them cached."""
+        if self._cache.ttl_s <= 0 or not entries or len(entries) > prefetch_entries_max:
+            return
+        cred = self._cred(view)
+        epoch = self._cache.epoch
+        base = path.rstrip("/")
+        for name, _, _ in entries:
+            child = f"{base}/{os.fsdecode(name)}"
+            if self._cache.get(cred, child) is None:
+                view.futures.attr(child, follow_symlinks=False).add_done_callback(
+                    functools.partial(self._prefetched, cred, child, epoch))
+
+    def _prefetched(self, cred, path: str, epoch: int, future) -> None:
+        if future.exception() is None:     # a name gone meanwhile: the lookup will say so
+            self._cache.put(cred, path, future.result(), epoch)
 
     def _remember(self, view, path: str, attr) -> None:
         self._cache.forget_ino(attr.ino)
@@ -432,7 +470,9 @@ class Operations(fusepy.Operations):
     @_operation
     def opendir(self, path):
         # Listing here checks read permission at opendir, as a local disk does.
-        entries = self._caller().readdir(path)
+        view = self._caller()
+        entries = view.readdir(path)
+        self._prefetch(view, path, entries)
         number = next(self._numbers)
         self._dirs[number] = [path, entries]
         return number
@@ -590,8 +630,8 @@ class Operations(fusepy.Operations):
 
     @_operation
     def getxattr(self, path, name, position=0):
-        if name == _CAPABILITY_XATTR:
-            raise OSError(errno.ENODATA, "no file capabilities here")
+        if name in _UNSTORED_XATTRS:
+            raise OSError(errno.ENODATA, "not stored on this mount")
         view = self._caller()
         return view.getxattr(path, name, follow_symlinks=not self._is_symlink(view, path))
 
@@ -603,8 +643,8 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def setxattr(self, path, name, value, options, position=0):
-        if name == _CAPABILITY_XATTR:
-            raise OSError(errno.ENOTSUP, "file capabilities are not supported")
+        if name in _UNSTORED_XATTRS:
+            raise OSError(errno.ENOTSUP, "not stored on this mount")
         view = self._caller()
         view.setxattr(path, name, value, options, follow_symlinks=not self._is_symlink(view, path))
         self._cache.forget(path)
