@@ -69,3 +69,15 @@ def test_attr_cache_is_per_caller_expires_and_forgets_by_name_and_inode():
     off = AttrCache(ttl_s=0)
     off.put(me, "/y", A(4))
     assert off.get(me, "/y") is None
+
+
+def test_an_answer_asked_for_before_a_forget_is_not_cached():
+    cache = AttrCache(ttl_s=10)
+    me = (0, 0, ())
+    epoch = cache.epoch
+    cache.forget_ino(7)                   # this mount committed a change meanwhile
+    cache.put(me, "/f", A(7), epoch)      # the older answer arrives
+    assert cache.get(me, "/f") is None
+    epoch = cache.epoch
+    cache.put(me, "/f", A(7), epoch)
+    assert cache.get(me, "/f").ino == 7
