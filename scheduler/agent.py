@@ -26,7 +26,7 @@ sent again, in order: all of them on every (re)registration, and each one
 that went unacknowledged for ``update_retry_interval_s``. A task's record is forgotten once its terminal
 update is acknowledged.
 
-Checkpoints: ``<data_dir>/agent/checkpoints/<task_id>.json`` (written to a
+Checkpoints: ``<data_dir>/agent/checkpoints/<hex of task_id>.json`` (written to a
 temporary file, fsynced, renamed) after every change of a task. On start,
 each checkpointed task is: re-attached when still running (the shim kept
 it alive without us), finished now when it ended meanwhile, reported FAILED
@@ -199,7 +199,7 @@ class Checkpoints:
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
     def save(self, record: TaskRecord) -> None:
-        path = os.path.join(self.directory, f"{record.task_id}.json")
+        path = self._path(record.task_id)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(record.to_json(), f)
@@ -207,9 +207,13 @@ class Checkpoints:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    def _path(self, task_id: str) -> str:
+        # Hex: a task id is the master's word, and may hold '/' or be '..'.
+        return os.path.join(self.directory, f"{task_id.encode().hex()}.json")
+
     def remove(self, task_id: str) -> None:
         try:
-            os.unlink(os.path.join(self.directory, f"{task_id}.json"))
+            os.unlink(self._path(task_id))
         except FileNotFoundError:
             pass
 
@@ -493,6 +497,11 @@ class Agent:
                 self._threads.pop(record.task_id, None)
 
     def _run_task(self, record: TaskRecord) -> None:
+        problem = isolation.spec_problem(record.spec, self.agent_id)
+        if problem:                         # before its id names any path
+            log.warning("task %r: refused: %s", record.task_id, problem)
+            self._finish_without_running(record, pb.TASK_ERROR, "invalid launch", problem)
+            return
         self._emit(record, pb.TASK_STARTING, "", "staging inputs")
         fetch_dir = os.path.join(self.work_dir, "fetched", record.task_id)
         try:

@@ -385,18 +385,26 @@ class TaskHandle:
 
 # -- helpers ----------------------------------------------------------------------------
 
-def _validate(spec, agent_id: str, pids_max: int) -> None:
+def spec_problem(spec, agent_id: str = "agent", pids_max: int = 1) -> str:
+    """Why ``launch`` would refuse ``spec`` (EINVAL), or '' when it would not. Pure."""
     for what, value in (("task id", spec.task_id), ("agent id", agent_id)):
         if not (0 < len(value) <= task_id_length_max and _task_id_re.fullmatch(value)):
-            raise CisternError(errno.EINVAL, f"{what} {value!r} must be 1-{task_id_length_max} of "
-                                             "[A-Za-z0-9._:@+-], starting with a letter or digit")
+            return (f"{what} {value!r} must be 1-{task_id_length_max} of [A-Za-z0-9._:@+-], "
+                    "starting with a letter or digit")
     if not spec.argv:
-        raise CisternError(errno.EINVAL, f"task {spec.task_id}: empty argv")
+        return f"task {spec.task_id}: empty argv"
     if not spec.resources.cpus > 0 or spec.resources.mem_bytes < sched_limits.mem_bytes_min_per_task:
-        raise CisternError(errno.EINVAL, f"task {spec.task_id}: needs cpus > 0 and at least "
-                                         f"{sched_limits.mem_bytes_min_per_task} bytes of memory")
+        return (f"task {spec.task_id}: needs cpus > 0 and at least "
+                f"{sched_limits.mem_bytes_min_per_task} bytes of memory")
     if pids_max < 1:
-        raise CisternError(errno.EINVAL, f"task {spec.task_id}: pids_max must be positive")
+        return f"task {spec.task_id}: pids_max must be positive"
+    return ""
+
+
+def _validate(spec, agent_id: str, pids_max: int) -> None:
+    problem = spec_problem(spec, agent_id, pids_max)
+    if problem:
+        raise CisternError(errno.EINVAL, problem)
 
 
 def _nobody(uid: int | None, gid: int | None) -> tuple[int, int]:

@@ -277,3 +277,14 @@ def test_a_node_killed_mid_task_and_restarted_reattaches_and_finishes_it(tmp_pat
         assert sum(1 for line in log.splitlines() if t.task_id in line and "launch" in line.lower()) == 1
         assert f"task {t.task_id}: re-attached" in log
         assert task_processes(t.task_id) == []
+
+
+def test_a_launch_naming_a_hostile_task_id_is_refused_without_touching_a_path(cluster, nodes):
+    (node,) = nodes(1)
+    spec = agent_mod.pb.TaskSpec(task_id="../../escape", argv=["true"],
+                                 resources=agent_mod.pb.Resources(cpus=0.1, mem_bytes=16 << 20))
+    node.agent._on_message(agent_mod.pb.AgentCommand(launch=agent_mod.pb.LaunchTask(framework_id="fw", task=spec)))
+    wait_for(lambda: node.metric("cistern_agent_tasks_ended_total", state="TASK_ERROR") == 1, "the refusal", 20)
+    wait_for(lambda: node.agent.tasks() == {}, "the refusal acknowledged", 20)
+    data_dir = node.server.data_dir
+    assert not os.path.exists(os.path.join(data_dir, "escape")) and not os.path.exists(os.path.join(data_dir, "agent", "escape"))

@@ -72,10 +72,13 @@ def test_checkpoints_round_trip_and_ignore_a_torn_write(tmp_path):
     (loaded,) = store.load()
     assert loaded.to_json() == record.to_json()
     assert loaded.spec == record.spec and loaded.pending == record.pending and loaded.status == record.status
-    assert os.listdir(tmp_path / "cp") == ["t1.json"]
+    assert os.listdir(tmp_path / "cp") == [b"t1".hex() + ".json"]
     store.remove("t1")
     store.remove("t1")
     assert store.load() == []
+    hostile = TaskRecord("../../escape", "fw1", spec("x"))
+    store.save(hostile)                                        # a hostile id names no path outside
+    assert [r.task_id for r in store.load()] == ["../../escape"] and not (tmp_path / "escape.json").exists()
 
 
 def test_output_files_are_regular_files_only(tmp_path):
