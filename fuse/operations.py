@@ -592,10 +592,13 @@ class Operations(fusepy.Operations):
             return 0
         lstat = self._lstat(view, path)
         node = self._nodes.get(lstat.ino)
-        if node is not None and node.writer is not None:
+        writer = node.writer if node is not None else None
+        if writer is not None and writer.uncommitted:
             # Times set while this mount writes the file (cp -a, tar, rsync
             # set them before close) must outlive the close: publish the
-            # writes first, so the close has nothing left to stamp.
+            # writes first, so the close has nothing left to stamp. (Checked
+            # before locking: a release in progress holds the lock for a
+            # round trip, and has nothing left to publish.)
             with node.lock:
                 if node.writer is not None and node.writer.uncommitted:
                     node.writer.flush()
