@@ -323,6 +323,7 @@ class Agent:
                 keep = [r.task_id for r in self._book.active()]
             isolation.sweep(self.agent_id, self.work_dir, keep)
         self._metrics.close()
+        isolation.shutdown()
         log.info("agent %s: stopped", self.agent_id)
 
     # -- introspection (tests, metrics) ------------------------------------------------------

@@ -53,6 +53,7 @@ import json
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -76,6 +77,7 @@ kill_timeout_s = 10.0
 shim_exit_wait_s = 5.0               # exit.json written -> shim gone, at most
 poll_interval_min_s = 0.002
 poll_interval_max_s = 0.05
+start_poll_interval_s = 0.003        # wait_started looks this often: launch latency is a target (p50 < 100 ms)
 cgroup_parent_default = "cistern"
 default_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_MOUNT = shim.SANDBOX_MOUNT
@@ -193,11 +195,20 @@ def launch(spec, *, agent_id: str, work_dir: str, inputs=(), extra_env: dict | N
                 "cgroup": cgroup.to_json(), "log_bytes_max": int(log_bytes_max),
                 "tmpfs_bytes": min(mem_bytes, tmpfs_bytes_max)}
         shim.write_json_atomic(os.path.join(task_dir, "plan.json"), plan)
-        proc = _start_shim(task_dir)
+        started = _LAUNCHER.start(task_dir)
+        proc = None if started else _start_shim(task_dir)
     except BaseException:
         _remove_quietly(cgroup, sandbox, task_dir)
         raise
-    return TaskHandle(spec.task_id, task_dir, sandbox, cgroup, proc.pid, shim.start_ticks(proc.pid), proc)
+    if proc is not None:
+        return TaskHandle(spec.task_id, task_dir, sandbox, cgroup, proc.pid, shim.start_ticks(proc.pid), proc)
+    return TaskHandle(spec.task_id, task_dir, sandbox, cgroup, started[0], started[1], None)
+
+
+def shutdown() -> None:
+    """Stop this process's shim launcher (tasks keep running; the next
+    ``launch`` starts a new one). Idempotent."""
+    _LAUNCHER.stop()
 
 
 def recover(checkpoint: dict) -> "TaskHandle":
@@ -259,7 +270,6 @@ class TaskHandle:
         """Wait until the command was exec'd (True) or the task ended
         without running (False). Raises TimeoutError."""
         deadline = time.monotonic() + timeout_s
-        pause = poll_interval_min_s
         while True:
             if self.started() is not None:
                 return True
@@ -267,8 +277,7 @@ class TaskHandle:
                 return self.started() is not None
             if time.monotonic() > deadline:
                 raise TimeoutError(f"task {self.task_id} did not start within {timeout_s:.0f}s")
-            time.sleep(pause)
-            pause = min(pause * 2, poll_interval_max_s)
+            time.sleep(start_poll_interval_s)
 
     def poll(self) -> TaskResult | None:
         """The result once every process of the task is gone, else None."""
@@ -288,7 +297,6 @@ class TaskHandle:
     def wait(self, timeout_s: float | None = None) -> TaskResult | None:
         """Block until the task ended (its result) or ``timeout_s`` passed (None)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        pause = poll_interval_min_s
         while True:
             result = self.poll()
             if result is not None:
@@ -296,14 +304,27 @@ class TaskHandle:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
+            step_s = poll_interval_max_s if left is None else min(left, poll_interval_max_s)
             if self._proc is not None:
                 try:
-                    self._proc.wait(poll_interval_max_s if left is None else min(left, poll_interval_max_s))
+                    self._proc.wait(step_s)
                 except subprocess.TimeoutExpired:
                     pass
             else:
-                time.sleep(pause if left is None else min(pause, left))
-                pause = min(pause * 2, poll_interval_max_s)
+                self._sleep_until_shim_exit(step_s)
+
+    def _sleep_until_shim_exit(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s``, woken at once when the shim (not our
+        child: a launcher forked it, or an earlier agent started it) exits."""
+        try:
+            fd = os.pidfd_open(self.shim_pid)
+        except OSError:
+            return                          # gone already
+        try:
+            if shim.start_ticks(self.shim_pid) == self.shim_start_ticks:   # still our shim, not a reused pid
+                select.select([fd], [], [], timeout_s)
+        finally:
+            os.close(fd)
 
     def kill(self, timeout_s: float = kill_timeout_s) -> bool:
         """Kill every process of the task (its pid 1, whose death takes its
@@ -460,6 +481,57 @@ def pids_max_for(spec) -> int:
     the default."""
     asked = dict(spec.env).get("CISTERN_PIDS_MAX", "")
     return min(int(asked), pids_max_default) if asked.isdigit() and int(asked) > 0 else pids_max_default
+
+
+class _Launcher:
+    """The warm shim factory (``shim.launcher``) of this process, started
+    on first use. ``start(task_dir)`` -> (shim pid, start ticks), or None
+    when it cannot (the caller then starts an interpreter per task)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+
+    def start(self, task_dir: str) -> tuple[int, int] | None:
+        if "\n" in task_dir:
+            return None
+        with self._lock:
+            try:
+                if self._proc is None or self._proc.poll() is not None:
+                    self._proc = self._spawn()
+                self._proc.stdin.write(task_dir.encode() + b"\n")
+                self._proc.stdin.flush()
+                pid, ticks = (int(x) for x in self._proc.stdout.readline().split())
+            except (OSError, ValueError):
+                self._stop_locked()
+                return None
+        return (pid, ticks) if pid > 0 else None
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_locked()
+
+    def _spawn(self) -> subprocess.Popen:
+        # Not a session of its own: it goes when its agent goes (EOF on stdin);
+        # the shims it forks have their own sessions and stay.
+        return subprocess.Popen([sys.executable, "-I", "-S", shim.__file__, "--launcher"],
+                                env={"PATH": default_path, "LANG": "C.UTF-8"}, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True, cwd="/")
+
+    def _stop_locked(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+_LAUNCHER = _Launcher()
 
 
 def _start_shim(task_dir: str) -> subprocess.Popen:

@@ -2,8 +2,10 @@
 cgroup and namespaces, execs it as an unprivileged user, copies its output
 into size-capped log files, and records how it ended.
 
-``isolation.launch`` starts it as ``python -I -S shim.py <task_dir>`` in a
-new session without PDEATHSIG, so a task outlives a crashed agent: the shim
+``isolation.launch`` has it forked by a warm ``launcher`` (``python -I -S
+shim.py --launcher``, one per agent process), or starts it as ``python -I
+-S shim.py <task_dir>`` when that fails; either way in a new session without
+PDEATHSIG, so a task outlives a crashed agent: the shim
 keeps recording and a restarted agent reads the task dir. Standard library
 only, so it starts in a few tens of milliseconds; it has no threads, so it
 may fork freely.
@@ -84,13 +86,78 @@ class _MountAttr(ctypes.Structure):
 
 
 def main() -> None:
-    task_dir = sys.argv[1]
+    if sys.argv[1] == "--launcher":
+        launcher()
+    else:
+        serve(sys.argv[1])
+
+
+def serve(task_dir: str) -> None:
+    """Be the shim of the task in ``task_dir``."""
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)   # only the agent's SIGKILL of the task ends it
     with open(os.path.join(task_dir, "plan.json")) as f:
         plan = json.load(f)
     record = run(plan, task_dir)
     write_json_atomic(os.path.join(task_dir, "exit.json"), record)
+
+
+def launcher() -> None:
+    """A warm shim factory for one agent process: for each task dir read
+    from stdin (one per line), fork a shim in a session of its own (double
+    fork: the launcher is not its parent either, so it outlives both) and
+    answer ``<pid> <start ticks>``. Forking this threadless process costs
+    about a millisecond; starting an interpreter per task costs tens of
+    milliseconds of cpu. Ends at EOF (its agent closed the pipe or died)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return
+        pid = _fork_shim(line.decode().rstrip("\n"))
+        sys.stdout.write(f"{pid} {start_ticks(pid) if pid > 0 else -1}\n")
+        sys.stdout.flush()
+
+
+def _fork_shim(task_dir: str) -> int:
+    """The pid of a new shim for ``task_dir`` (-1 when it could not start)."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(r)
+            os.setsid()
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                _become_shim(task_dir)
+            os.write(w, str(pid).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    answer = _read_all(r)
+    os.waitpid(middle, 0)
+    return int(answer) if answer.isdigit() else -1
+
+
+def _become_shim(task_dir: str) -> None:
+    """In the forked shim: fresh stdio in the task dir, then serve; never returns."""
+    code = 0
+    try:
+        os.chdir(task_dir)
+        log = os.open(os.path.join(task_dir, "shim.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(null)
+        os.close(log)
+        serve(task_dir)
+    except BaseException as e:          # noqa: B036 - the shim must end here, whatever happened
+        _write_quietly(2, f"shim: {type(e).__name__}: {e}\n".encode())
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def run(plan: dict, task_dir: str) -> dict:

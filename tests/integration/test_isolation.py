@@ -59,6 +59,7 @@ class Tasks:
             assert handle.wait(30) is not None
             handle.cleanup()
         isolation.sweep(self.agent_id, self.work_dir)
+        isolation.shutdown()
 
     def leftovers(self) -> list[str]:
         """Processes, cgroups and sandboxes of this test still around."""
@@ -321,3 +322,12 @@ def test_bad_specs_are_refused_with_clear_errors(tasks):
     with pytest.raises(CisternError, match="already exists"):
         isolation.launch(spec, agent_id=tasks.agent_id, work_dir=tasks.work_dir)
     assert tasks.run(h).state == "finished"
+
+
+def test_a_task_runs_the_same_when_the_launcher_is_unavailable(tasks, monkeypatch):
+    """The fallback: one interpreter per shim, started by the agent itself."""
+    monkeypatch.setattr(isolation._LAUNCHER, "start", lambda task_dir: None)
+    h = tasks.sh("echo $CISTERN_TASK_ID; exit 4")
+    assert h._proc is not None
+    r = tasks.run(h)
+    assert (r.state, r.exit_code, r.stdout_tail) == ("failed", 4, h.task_id.encode() + b"\n"), r
