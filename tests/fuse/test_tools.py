@@ -239,6 +239,25 @@ def test_sqlite_database_created_written_and_queried(work):
     assert sorted(os.listdir(work)) == ["app.db"]
 
 
+def test_sqlite_in_wal_mode_shares_memory_through_the_mount(work):
+    """WAL mode maps its -shm file shared between connections (mmap on the mount)."""
+    db = os.path.join(work, "wal.db")
+    writer = sqlite3.connect(db)
+    try:
+        assert writer.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+        writer.execute("CREATE TABLE t (x INTEGER)")
+        writer.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1000)])
+        writer.commit()
+        # Another process reads while this connection keeps the WAL open.
+        out = run(["sqlite3", db, "PRAGMA integrity_check; SELECT count(*), sum(x) FROM t;"]).stdout.split()
+        assert out == ["ok", f"1000|{sum(range(1000))}"]
+        writer.execute("DELETE FROM t WHERE x >= 10")
+        writer.commit()
+        assert run(["sqlite3", db, "SELECT count(*) FROM t;"]).stdout.split() == ["10"]
+    finally:
+        writer.close()
+
+
 # -- cp -a and mv ---------------------------------------------------------------------------------
 
 
