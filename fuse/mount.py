@@ -62,7 +62,7 @@ DEFAULT_FUSE_OPTIONS = {
     # caller may not search (cached entries skip the lookup we would check in).
     "default_permissions": True,
     "use_ino": True,             # st_ino is Cistern's inode number (hard links, tar, git)
-    "hard_remove": True,         # unlink removes at once (no .fuse_hidden files)
+    "hard_remove": True,         # no .fuse_hidden files: operations.py hides files unlinked while open
     "fsname": "cistern",
     "subtype": "cistern",
 }

@@ -37,6 +37,13 @@ Contract (what the mount promises, and how):
   whole by a handle opened afterwards, once the kernel's cached attributes
   of that file have expired (``attr_timeout``; a file never looked at here
   has none).
+* Unlinked while open: a file this mount has open stays readable and
+  writable through its handles after unlink, as POSIX wants, and is
+  removed at the last close (``_hide``: moved to ``HIDDEN_DIR``, which the
+  root's listing leaves out). fstat of it fails ENOENT (libfuse 2 looks the
+  name up before asking us). A file replaced by rename while open here is
+  not kept: its handles read it until the nodes drop its blocks, and its
+  writes fail ESTALE.
 * Times: utimens gets UTIME_NOW/UTIME_OMIT as given (``flag_utime_omit_ok``),
   so ``touch`` needs only write permission and ``touch -m`` changes mtime
   alone; times set on a file this mount is writing publish its writes first,
@@ -108,6 +115,9 @@ codecs.register(_find_codec)
 # What the kernel sends for utimensat's UTIME_NOW / UTIME_OMIT (tv_sec 0).
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
+# Where files unlinked while open wait for their last close (see Operations._hide).
+HIDDEN_DIR = "/.cistern-unlinked"
+_HIDDEN_NAME = HIDDEN_DIR[1:].encode()
 # opendir prefetches the attributes of at most this many entries.
 prefetch_entries_max = 4096
 # xattrs answered without a round trip (see the module docstring).
@@ -271,7 +281,8 @@ class AttrCache:
 class Node:
     """One inode with open handles in this mount."""
 
-    __slots__ = ("ino", "lock", "writer", "pending_writer", "handles", "writers", "version", "written_ns")
+    __slots__ = ("ino", "lock", "writer", "pending_writer", "handles", "writers", "version", "written_ns",
+                 "hidden")
 
     def __init__(self, ino: int):
         self.ino = ino
@@ -282,6 +293,7 @@ class Node:
         self.writers = 0
         self.version = 0              # bumped by every commit through this mount
         self.written_ns = 0           # wall time of the last write, for getattr
+        self.hidden = None            # unlinked while open: where it waits for its last close
 
 
 class Handle:
@@ -318,6 +330,12 @@ class Operations(fusepy.Operations):
     encoding=FS_ENCODING)``."""
 
     use_ns = True   # times in integer nanoseconds, both ways
+    # Open files whose name is gone reach read/write/flush/release with path
+    # None instead of failing ENOENT inside libfuse (see _hide).
+    flag_nullpath_ok = 1
+    # No ioctl op: the kernel answers ENOTTY itself (fusepy's default op
+    # cannot take the path None of an unlinked open file).
+    ioctl = None
     # fusepy copies this into libfuse's fuse_operations: utimens then gets
     # UTIME_NOW/UTIME_OMIT as the caller gave them. Without it libfuse 2
     # drops a change of one time alone (touch -m, tar's mtimes) and turns
@@ -337,6 +355,7 @@ class Operations(fusepy.Operations):
         self._nodes: dict[int, Node] = {}
         self._nodes_lock = threading.Lock()
         self._numbers = itertools.count(1)
+        self._mount_id = f"{os.uname().nodename}-{os.getpid()}-{time.time_ns() % 10**9}"
 
     # -- who is asking --------------------------------------------------------
 
@@ -429,13 +448,12 @@ class Operations(fusepy.Operations):
     @_operation
     def getattr(self, path, fi=None):
         handle = self._handles.get(fi.fh) if fi else None
-        if path is None:   # an open file whose name is gone (hard_remove)
-            if handle is None:
-                raise OSError(errno.ENOENT, "no such file")
-            f = handle.node.writer or handle.reader
-            if f is None:
-                raise OSError(errno.ESTALE, "file removed")
-            return self._overlay(f.attr)
+        if handle is not None and handle.node.hidden is not None:
+            # Unlinked while open (fstat): the attributes of the hidden file.
+            attr = self._lstat(self.root, handle.node.hidden)
+            return self._overlay(attr._replace(nlink=0))
+        if path is None:
+            raise OSError(errno.ENOENT, "no such file")
         return self._overlay(self._lstat(self._caller(), path))
 
     def _overlay(self, attr) -> dict:
@@ -487,7 +505,10 @@ class Operations(fusepy.Operations):
             entries = self._caller().readdir(state[0] if path is None else path)
         state[1] = None
         out = [".", ".."]
+        at_root = (state[0] if path is None else path) == "/"
         for name, ino, kind in entries:
+            if at_root and name == _HIDDEN_NAME:
+                continue
             out.append((os.fsdecode(name), {"st_ino": ino, "st_mode": kind}, 0))
         return out
 
@@ -517,12 +538,36 @@ class Operations(fusepy.Operations):
     @_changes
     def unlink(self, path):
         view = self._caller()
-        cached = self._cache.get(self._cred(view), path)
-        view.unlink(path)
-        if cached is not None:
-            self._cache.forget_ino(cached.ino)
+        attr = self._lstat(view, path)
+        node = self._nodes.get(attr.ino)
+        if node is not None and node.hidden is None and attr.nlink == 1 and stat_module.S_ISREG(attr.mode):
+            self._hide(view, path, node)
+        else:
+            view.unlink(path)
+        self._cache.forget_ino(attr.ino)
         self._changed(path)
         return 0
+
+    def _hide(self, view, path: str, node: Node) -> None:
+        """Unlink a file this mount still has open, as POSIX wants it: gone
+        from its directory, readable and writable through the open handles
+        until the last close. NFS's "silly rename", but out of the way: the
+        caller renames it (the same permission checks as unlink: write and
+        search on the directory, the sticky rule) into ``HIDDEN_DIR`` (1777,
+        made on demand, left out of the root's listing), and the last
+        release removes it. A mount that dies first leaves it there."""
+        hidden = f"{HIDDEN_DIR}/{self._mount_id}-{node.ino}-{next(self._numbers)}"
+        try:
+            view.rename(path, hidden)
+        except FileNotFoundError:
+            if not self.root.isdir(HIDDEN_DIR):
+                try:
+                    self.root.mkdir(HIDDEN_DIR, 0o1777)
+                except FileExistsError:
+                    pass
+                self.root.chmod(HIDDEN_DIR, 0o1777)
+            view.rename(path, hidden)
+        node.hidden = hidden
 
     @_operation
     @_changes
@@ -674,8 +719,15 @@ class Operations(fusepy.Operations):
     def _drop_node(self, node: Node) -> None:
         with self._nodes_lock:
             node.handles -= 1
-            if node.handles <= 0 and self._nodes.get(node.ino) is node:
+            last = node.handles <= 0
+            if last and self._nodes.get(node.ino) is node:
                 del self._nodes[node.ino]
+        if last and node.hidden is not None:
+            hidden, node.hidden = node.hidden, None
+            try:
+                self.root.unlink(hidden)   # unlinked while open: now it goes
+            except OSError as e:
+                log.warning("could not remove %s (unlinked while open): %s", hidden, e)
 
     def _new_handle(self, fi, handle: Handle) -> int:
         number = next(self._numbers)

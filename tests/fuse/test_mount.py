@@ -334,3 +334,28 @@ def test_times_hard_links_and_appends_behave_as_on_a_local_disk(mnt):
     with open(a, "ab") as f:
         f.write(b"third\n")
     assert open(a, "rb").read() == open(b, "rb").read() == b"first\nsecond\nthird\n"
+
+
+def test_a_file_unlinked_while_open_stays_usable_until_its_last_close(mc, mnt):
+    d = os.path.join(mnt, "d")
+    os.mkdir(d)
+    path = os.path.join(d, "f")
+    with open(path, "w+b") as f:
+        f.write(b"before\n")
+        f.flush()
+        os.unlink(path)
+        assert os.listdir(d) == [] and not os.path.exists(path)
+        os.rmdir(d)                                   # its directory can go too
+        f.write(b"after\n")
+        f.flush()
+        f.seek(0)
+        assert f.read() == b"before\nafter\n"
+    assert ".cistern-unlinked" not in os.listdir(mc.mount.mountpoint)
+    with mc.client() as c:
+        assert c.listdir("/.cistern-unlinked") == []  # removed at the last close
+    import tempfile
+    with tempfile.TemporaryFile(dir=mnt) as t:        # create, unlink, then use
+        t.write(b"x" * 300_000)
+        t.seek(0)
+        assert t.read() == b"x" * 300_000
+    assert os.listdir(mnt) == []
