@@ -900,7 +900,8 @@ class Operations(fusepy.Operations):
     # -- lifetime ------------------------------------------------------------
 
     def destroy(self, path):
-        """Unmounting: publish and close what is still open, close the client."""
+        """Unmounting: publish and close what is still open (the mount
+        closes the client after)."""
         for number in list(self._handles):
             handle = self._handles.pop(number, None)
             if handle is None:
@@ -911,3 +912,7 @@ class Operations(fusepy.Operations):
                         f.close()
                 except Exception:   # noqa: BLE001 - unmounting goes on whatever one file says
                     log.exception("closing %s at unmount", handle.path)
+            try:
+                self._drop_node(handle.node)    # removes a file unlinked while open
+            except Exception:   # noqa: BLE001
+                log.exception("releasing %s at unmount", handle.path)
