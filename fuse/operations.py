@@ -18,7 +18,8 @@ Contract (what the mount promises, and how):
   they would on a local disk.
 * Errors: an ``OSError`` from the client becomes its errno; anything else is
   logged and becomes EIO. A bad request never takes the mount down. A lost
-  cluster fails calls with ETIMEDOUT after the client's ``timeout_s``.
+  cluster fails calls with ETIMEDOUT (metadata) or EIO (blocks) after the
+  client's ``timeout_s``; a leader change is retried inside the client.
 * Files: the kernel's file handle is a number in a table of ``Handle``s;
   the handles of one inode share one ``Node``, which has at most one
   writable ``files.File`` (the client allows one writer per file per
@@ -58,9 +59,10 @@ Contract (what the mount promises, and how):
   (``attr_cache_s``) filled by replies that carry attributes, and by
   opendir, which asks for the attributes of every entry (up to
   ``prefetch_entries_max``) in batches without waiting, as a readdirplus
-  would; this mount's own changes empty it. A file this mount is writing reports the
-  writer's size and last write time, so the kernel never cuts a buffered
-  write short.
+  would; this mount's own changes empty it, and an answer asked for before
+  a change is dropped. A file this mount is writing reports the writer's
+  size and last write time, so the kernel never cuts a buffered write
+  short.
 * Read-only mounts answer EROFS to every change.
 * Locks: the mount has no ``lock`` op (fusepy's high-level API has no
   flock, and a POSIX lock op would need a cluster-wide lock table): the
@@ -88,8 +90,8 @@ import time
 import fuse as fusepy
 
 from cistern.client import TIME_NOW
-from cistern.core.metrics import new_registry
 from cistern.client.plans import stat_block_size_bytes
+from cistern.core.metrics import new_registry
 
 __all__ = ["Operations", "Settings", "FS_ENCODING"]
 
