@@ -131,6 +131,8 @@ class Cgroup:
         """SIGKILL every process in the cgroup, again and again until it is
         empty (a process forked between reading cgroup.procs and the kill
         is caught on the next round); True when empty within ``timeout_s``."""
+        if not self.procs():
+            return True                      # the usual case at cleanup: nothing to freeze
         deadline = time.monotonic() + timeout_s
         self._freeze(True)
         try:

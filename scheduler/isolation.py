@@ -75,9 +75,11 @@ task_id_length_max = 128
 start_timeout_s = 30.0               # shim started -> command exec'd, at most
 kill_timeout_s = 10.0
 shim_exit_wait_s = 5.0               # exit.json written -> shim gone, at most
+shim_wait_step_s = 1.0               # a pidfd wait wakes at the shim's exit anyway
 poll_interval_min_s = 0.002
 poll_interval_max_s = 0.05
-start_poll_interval_s = 0.003        # wait_started looks this often: launch latency is a target (p50 < 100 ms)
+start_poll_interval_s = 0.003        # wait_started looks this often at first: launch latency is a target
+start_quick_s = 0.2                  # (p50 < 100 ms) ... and backs off after this long
 cgroup_parent_default = "cistern"
 default_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_MOUNT = shim.SANDBOX_MOUNT
@@ -269,15 +271,20 @@ class TaskHandle:
     def wait_started(self, timeout_s: float = start_timeout_s) -> bool:
         """Wait until the command was exec'd (True) or the task ended
         without running (False). Raises TimeoutError."""
-        deadline = time.monotonic() + timeout_s
+        began = time.monotonic()
+        pause = start_poll_interval_s
         while True:
             if self.started() is not None:
                 return True
             if self.poll() is not None:
                 return self.started() is not None
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - began
+            if waited > timeout_s:
                 raise TimeoutError(f"task {self.task_id} did not start within {timeout_s:.0f}s")
-            time.sleep(start_poll_interval_s)
+            # Quick looks while a start is still likely quick, then fewer (many tasks start at once).
+            if waited > start_quick_s:
+                pause = min(pause * 2, poll_interval_max_s)
+            time.sleep(pause)
 
     def poll(self) -> TaskResult | None:
         """The result once every process of the task is gone, else None."""
@@ -304,14 +311,13 @@ class TaskHandle:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
-            step_s = poll_interval_max_s if left is None else min(left, poll_interval_max_s)
             if self._proc is not None:
                 try:
-                    self._proc.wait(step_s)
+                    self._proc.wait(poll_interval_max_s if left is None else min(left, poll_interval_max_s))
                 except subprocess.TimeoutExpired:
                     pass
             else:
-                self._sleep_until_shim_exit(step_s)
+                self._sleep_until_shim_exit(shim_wait_step_s if left is None else min(left, shim_wait_step_s))
 
     def _sleep_until_shim_exit(self, timeout_s: float) -> None:
         """Sleep up to ``timeout_s``, woken at once when the shim (not our
