@@ -201,6 +201,8 @@ def serve(mountpoint, cluster, options=(), metrics_address: str | None = None, *
             log.info("metrics at http://%s/metrics", metrics_server.address)
         settings = Settings(read_only="ro" in fuse_options, attr_cache_s=own["attr_cache"])
         operations = Operations(client, settings, metrics)
+        if not settings.read_only and operations.remove_leftovers():
+            log.info("removed files left unlinked-while-open by mounts that died")
         if ready is not None:
             ready(metrics_server.address if metrics_server else None)
         log.info("mounting %s with %s", mountpoint, fuse_options)

@@ -357,7 +357,7 @@ class Operations(fusepy.Operations):
         self._nodes: dict[int, Node] = {}
         self._nodes_lock = threading.Lock()
         self._numbers = itertools.count(1)
-        self._mount_id = f"{os.uname().nodename}-{os.getpid()}-{time.time_ns() % 10**9}"
+        self._mount_id = f"{os.uname().nodename}~{os.getpid()}~{time.time_ns() % 10**9}"
 
     # -- who is asking --------------------------------------------------------
 
@@ -558,7 +558,7 @@ class Operations(fusepy.Operations):
         search on the directory, the sticky rule) into ``HIDDEN_DIR`` (1777,
         made on demand, left out of the root's listing), and the last
         release removes it. A mount that dies first leaves it there."""
-        hidden = f"{HIDDEN_DIR}/{self._mount_id}-{node.ino}-{next(self._numbers)}"
+        hidden = f"{HIDDEN_DIR}/{self._mount_id}~{node.ino}~{next(self._numbers)}"
         try:
             view.rename(path, hidden)
         except FileNotFoundError:
@@ -900,6 +900,34 @@ class Operations(fusepy.Operations):
         return 0
 
     # -- lifetime ------------------------------------------------------------
+
+    def remove_leftovers(self) -> int:
+        """Remove what mounts on this host that died with files unlinked
+        while open left in ``HIDDEN_DIR`` (their process is gone); how many.
+        Called before mounting."""
+        try:
+            names = self.root.listdir(HIDDEN_DIR)
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        host = os.uname().nodename
+        for name in names:
+            parts = name.split("~")
+            if len(parts) != 5 or parts[0] != host or not parts[1].isdigit():
+                continue
+            try:
+                os.kill(int(parts[1]), 0)
+                continue            # that mount is still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            try:
+                self.root.unlink(f"{HIDDEN_DIR}/{name}")
+                removed += 1
+            except OSError:
+                pass
+        return removed
 
     def destroy(self, path):
         """Unmounting: publish and close what is still open (the mount

@@ -359,3 +359,25 @@ def test_a_file_unlinked_while_open_stays_usable_until_its_last_close(mc, mnt):
         t.seek(0)
         assert t.read() == b"x" * 300_000
     assert os.listdir(mnt) == []
+
+
+def test_files_a_dead_mount_left_unlinked_while_open_are_removed_by_the_next(mc, tmp_path):
+    other = mc.mount_again(tmp_path / "dying")
+    try:
+        fd = os.open(other.path("doomed"), os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(fd, b"x")
+        os.unlink(other.path("doomed"))
+        with mc.client() as c:
+            assert len(c.listdir("/.cistern-unlinked")) == 1
+        other.proc.kill()                     # dies with the file still open
+        other.proc.wait(30)
+        with pytest.raises(OSError):
+            os.close(fd)                      # ENOTCONN: the daemon is gone
+    finally:
+        other.stop()
+    again = mc.mount_again(tmp_path / "next")
+    try:
+        with mc.client() as c:
+            assert c.listdir("/.cistern-unlinked") == []
+    finally:
+        assert again.stop() == 0
