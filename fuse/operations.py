@@ -782,7 +782,7 @@ class Operations(fusepy.Operations):
         try:
             with node.lock:
                 if node.writer is None and node.pending_writer is None:
-                    node.writer = view.reopen(ino, "r+b", name=path)
+                    node.writer = self._open_writer(view, ino, path, readable)
                 elif not view.access(path, os.W_OK | (os.R_OK if readable else 0)):
                     raise OSError(errno.EACCES, "open for writing")
                 node.writers += 1
@@ -791,6 +791,18 @@ class Operations(fusepy.Operations):
             raise
         return self._new_handle(fi, Handle(node, view, readable, True, path,
                                            append=bool(fi.direct_io and fi.flags & os.O_APPEND)))
+
+    def _open_writer(self, view, ino: int, path: str, readable: bool):
+        try:
+            return view.reopen(ino, "r+b", name=path)
+        except PermissionError:
+            # Allowed to write but not to read (mode 0200, o+w only): the
+            # writer still reads the layout (and partial blocks it rewrites),
+            # so the mount opens it once the caller's right to write is
+            # checked. Nothing read this way reaches the caller.
+            if readable or not view.access(path, os.W_OK):
+                raise
+            return self.root.reopen(ino, "r+b", name=path)
 
     @staticmethod
     def _direct_if_linked(fi, attr) -> None:

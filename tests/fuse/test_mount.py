@@ -200,6 +200,8 @@ out = {
     "xattr on root's file": e(os.setxattr, j("public"), "user.x", b"1"),
     "utime explicit on root's file": e(os.utime, j("public"), (1, 1)),
     "touch group-writable file": e(os.utime, j("groupfile")),
+    "append to a write-only file": e(open, j("writeonly"), "a"),
+    "read a write-only file": e(open, j("writeonly")),
 }
 open(j("sticky", "mine2"), "w").close()
 out["give own file away"] = e(os.chown, j("sticky", "mine2"), 0, -1)
@@ -241,6 +243,9 @@ def test_another_user_is_kept_out_as_on_a_local_disk(mc, mnt, open_dir):
         os.chmod(j("sticky", "roots"), 0o666)
         open(j("groupfile"), "w").close()
         os.chmod(j("groupfile"), 0o666)
+        with open(j("writeonly"), "w") as f:
+            f.write("secret\n")
+        os.chmod(j("writeonly"), 0o622)
 
     local = os.path.join(open_dir, "local")
     os.mkdir(local)
@@ -260,6 +265,8 @@ def test_another_user_is_kept_out_as_on_a_local_disk(mc, mnt, open_dir):
     assert results["local"]["chmod root's file"] == "EPERM"
     assert results["local"]["unlink others' file in sticky dir"] == "EPERM"
     assert results["local"]["create own in sticky dir"] is None
+    assert results["local"]["append to a write-only file"] is None
+    assert results["local"]["read a write-only file"] == "EACCES"
 
 
 def test_a_file_written_and_closed_on_one_mount_is_read_whole_on_another(mc, mnt, tmp_path):
