@@ -460,7 +460,13 @@ class Agent:
         handle = self._handles.get(kill.task_id)
         if handle is not None and not record.terminal:
             log.info("task %s: killing (%s)", kill.task_id, reason)
-            threading.Thread(target=handle.kill, name=f"kill-{kill.task_id}", daemon=True).start()
+            threading.Thread(target=self._kill, args=(handle,), name=f"kill-{kill.task_id}", daemon=True).start()
+
+    def _kill(self, handle: isolation.TaskHandle) -> None:
+        try:
+            handle.kill()
+        except OSError as e:        # the task's watcher reports how it ended; this only must not die loudly
+            log.warning("task %s: kill: %s", handle.task_id, e)
 
     def _on_ack(self, ack: pb.AckUpdate) -> None:
         with self._lock:

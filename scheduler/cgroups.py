@@ -119,8 +119,9 @@ class Cgroup:
             try:
                 with open(os.path.join(d, "cgroup.procs")) as f:
                     out.update(int(p) for p in f.read().split())
-            except FileNotFoundError:
-                pass
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENODEV):   # ENODEV: removed while we read
+                    raise
         return out
 
     def add(self, pid: int) -> None:
@@ -321,7 +322,7 @@ def _write_if_present(path: str, value: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+        if e.errno not in (errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODEV):
             raise
 
 
