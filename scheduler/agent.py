@@ -237,7 +237,7 @@ class Checkpoints:
 class Agent:
     def __init__(self, node_id: str, address: str, data_dir: str, meta_addresses, *, store=None,
                  registry=None, cpus: float | None = None, mem_bytes: int | None = None,
-                 disk_bytes: int | None = None, agent_id: str | None = None, connection_factory=None):
+                 disk_bytes: int | None = None, agent_id: str | None = None):
         """``store``: a callable returning the node's open ``BlockStore`` (or
         None); ``registry``: the node's Prometheus registry;
         ``cpus``/``mem_bytes``/``disk_bytes``: what to offer (default: every
@@ -252,7 +252,6 @@ class Agent:
         self.total = pb.Resources(cpus=float(cpus or os.cpu_count() or 1),
                                   mem_bytes=int(mem_bytes or _mem_total_bytes() * mem_fraction_default),
                                   disk_bytes=int(disk_bytes if disk_bytes is not None else _free_bytes(self.data_dir)))
-        self._connection_factory = connection_factory
         self._lock = threading.Lock()
         self._book = TaskBook(self.agent_id, node_id)
         self._handles: dict[str, isolation.TaskHandle] = {}
@@ -293,22 +292,14 @@ class Agent:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        if not kill_tasks:
-            self._stopped.set()             # task threads stop watching; the tasks run on
-            for thread in list(self._threads.values()):
-                thread.join(task_thread_join_s)
         if kill_tasks:
-            with self._lock:
-                for record in self._book.active():
-                    record.kill_reason = record.kill_reason or "agent stopped"
-                    self._checkpoints.save(record)
-            for handle in list(self._handles.values()):
-                handle.kill()
-            for thread in list(self._threads.values()):
-                thread.join(task_thread_join_s)
-            deadline = time.monotonic() + stop_drain_timeout_s
-            while self.unacknowledged() and time.monotonic() < deadline and self._registered.is_set():
-                time.sleep(0.05)
+            self._kill_all("agent stopped")
+        else:
+            self._stopped.set()             # task threads stop watching; the tasks run on
+        for thread in list(self._threads.values()):
+            thread.join(task_thread_join_s)
+        if kill_tasks:
+            self._drain(stop_drain_timeout_s)
         self._stopped.set()
         if self._conn is not None:
             self._conn.close()
@@ -325,6 +316,20 @@ class Agent:
         self._metrics.close()
         isolation.shutdown()
         log.info("agent %s: stopped", self.agent_id)
+
+    def _kill_all(self, reason: str) -> None:
+        with self._lock:
+            for record in self._book.active():
+                record.kill_reason = record.kill_reason or reason
+                self._checkpoints.save(record)
+        for handle in list(self._handles.values()):
+            self._kill(handle)
+
+    def _drain(self, timeout_s: float) -> None:
+        """Wait (bounded) until the master acknowledged every update."""
+        deadline = time.monotonic() + timeout_s
+        while self.unacknowledged() and time.monotonic() < deadline and self._registered.is_set():
+            time.sleep(0.05)
 
     # -- introspection (tests, metrics) ------------------------------------------------------
 
@@ -350,8 +355,6 @@ class Agent:
     # -- the master connection -----------------------------------------------------------
 
     def _connect(self):
-        if self._connection_factory is not None:
-            return self._connection_factory(self)
         from cistern.scheduler.client import MasterConnection
 
         return MasterConnection(self.meta_addresses, lambda stub, requests: stub.AgentStream(requests),
