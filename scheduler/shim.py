@@ -299,6 +299,7 @@ def _child(plan: dict, go_r: int, parent_fds: tuple, out_w: int, err_w: int, sta
             _loopback_up()
         _build_view(plan)
         _enter_as_user(plan, out_w, err_w)
+        _default_signals()
         stage = "exec"
         argv = plan["argv"]
         os.execvpe(argv[0], argv, plan["env"])
@@ -346,6 +347,18 @@ def _enter_as_user(plan: dict, out_w: int, err_w: int) -> None:
     os.setresuid(plan["uid"], plan["uid"], plan["uid"])
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     os.umask(0o022)
+
+
+def _default_signals() -> None:
+    """Ignored signals survive exec: the task must not inherit the shim's
+    (HUP, INT, TERM) nor Python's (PIPE, XFSZ) ignores, nor a blocked mask."""
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass                        # signals Python may not touch (e.g. 32, 33: the C library's)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def _loopback_up() -> None:

@@ -331,3 +331,11 @@ def test_a_task_runs_the_same_when_the_launcher_is_unavailable(tasks, monkeypatc
     assert h._proc is not None
     r = tasks.run(h)
     assert (r.state, r.exit_code, r.stdout_tail) == ("failed", 4, h.task_id.encode() + b"\n"), r
+
+
+def test_a_task_inherits_no_ignored_or_blocked_signal(tasks):
+    """The shim ignores HUP, INT and TERM, Python ignores PIPE and XFSZ; a
+    task must start with every signal at its default (a shell pipeline
+    relies on SIGPIPE, a supervisor on SIGTERM)."""
+    r = tasks.run(tasks.launch(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]))
+    assert r.stdout_tail.decode().split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16], r
