@@ -310,8 +310,13 @@ def _makedirs(path: str, attempts: int = 3) -> None:
 
 
 def _write(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
+    """Write a knob that must exist: never O_CREAT (cgroupfs answers EACCES
+    to a create, which would hide that the knob is missing)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _write_if_present(path: str, value: str) -> None:

@@ -2,6 +2,7 @@
 environment, the CFS quota, the capped log and its tail, cgroup detection."""
 
 import json
+import os
 
 from cistern.scheduler import cgroups, isolation, shim
 from cistern.scheduler.proto import scheduler_pb2 as pb
@@ -95,3 +96,47 @@ def test_detect_prefers_v1_controllers_and_falls_back_to_v2(tmp_path):
         raise AssertionError("detect accepted a hierarchy without memory and pids")
     except cgroups.CgroupsUnavailable as e:
         assert "cpu, memory and pids" in e.strerror
+
+
+def test_v2_cgroup_writes_its_limits_and_reads_its_counters(tmp_path):
+    """cgroup v2 cannot run on this project's machines (v1 holds the
+    controllers), so its file protocol is checked on a plain directory."""
+    mount = tmp_path / "unified"
+    task = mount / "cistern" / "a1" / "t1"
+    task.mkdir(parents=True)
+    # What the kernel would offer (a knob it lacks, memory.swap.max here, is skipped).
+    for d in (mount, mount / "cistern", mount / "cistern" / "a1"):
+        (d / "cgroup.subtree_control").write_text("")
+    for knob in ("cpu.max", "memory.max", "memory.oom.group", "pids.max", "cgroup.procs"):
+        (task / knob).write_text("")
+    group = cgroups.for_task({"version": 2, "mount": str(mount)}, "cistern", "a1", "t1")
+    assert group.dir == str(task)
+    group.create(1.5, 64 << 20, 100)
+    enable = "+cpu +memory +pids"
+    assert (mount / "cgroup.subtree_control").read_text() == enable
+    assert (mount / "cistern" / "a1" / "cgroup.subtree_control").read_text() == enable
+    assert (task / "cpu.max").read_text() == "150000 100000"
+    assert ((task / "memory.max").read_text(), (task / "pids.max").read_text()) == (str(64 << 20), "100")
+    assert (task / "memory.oom.group").read_text() == "1"
+    assert not (task / "memory.swap.max").exists()       # an absent knob is skipped, never created
+    (task / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\n")
+    (task / "pids.events").write_text("max 3\n")
+    (task / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 1\n")
+    (task / "memory.current").write_text("4096\n")
+    (task / "pids.current").write_text("5\n")
+    assert (group.oom_kills(), group.memory_limit_hits(), group.pids_limit_hits()) == (2, 7, 3)
+    assert group.usage() == {"mem_bytes": 4096, "mem_peak_bytes": 0, "cpu_s": 2.5, "pids": 5}
+    assert group.procs() == set() and group.kill_all(1.0)
+    assert cgroups.from_json(group.to_json()).dir == group.dir
+
+
+def test_v1_cgroup_reads_the_oom_kill_counter_and_pids_events(tmp_path):
+    dirs = {c: str(tmp_path / c / "t1") for c in ("cpu", "memory", "pids")}
+    for d in dirs.values():
+        os.makedirs(d)
+    group = cgroups.CgroupV1(dirs)
+    open(os.path.join(dirs["memory"], "memory.oom_control"), "w").write("oom_kill_disable 0\nunder_oom 0\noom_kill 4\n")
+    open(os.path.join(dirs["pids"], "pids.events"), "w").write("max 9\n")
+    assert (group.oom_kills(), group.pids_limit_hits()) == (4, 9)
+    os.unlink(os.path.join(dirs["memory"], "memory.oom_control"))
+    assert group.oom_kills() == -1                      # an old kernel: unknown, not zero
