@@ -70,6 +70,10 @@ SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 
 SANDBOX_MOUNT = "/mnt/cistern/sandbox"   # where a task sees its sandbox (cwd, HOME)
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+             ("stderr", "/proc/self/fd/2"))
+MNT_DETACH = 0x2
 mnt_tmpfs_bytes = 64 * 1024
 poll_interval_s = 0.25           # how often the shim looks at the cgroup's OOM counter
 drain_timeout_s = 5.0            # output still arriving after pid 1 died (cannot: its namespace is dead)
@@ -312,7 +316,8 @@ def _child(plan: dict, go_r: int, parent_fds: tuple, out_w: int, err_w: int, sta
 def _build_view(plan: dict) -> None:
     """The task's file system: everything read-only and nosuid, except its
     sandbox (at SANDBOX_MOUNT) and fresh private tmpfs at /tmp, /var/tmp,
-    /dev/shm; inputs bound read-only; a /proc of its own pid namespace.
+    /dev/shm; inputs bound read-only; a /dev of harmless devices; a /proc
+    of its own pid namespace.
     Binds come first: the host paths they start from may be under /tmp."""
     _mount_setattr("/", AT_RECURSIVE, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0)
     _mount("tmpfs", "/mnt", "tmpfs", MS_NOSUID | MS_NODEV, f"size={mnt_tmpfs_bytes},mode=0755")
@@ -323,11 +328,31 @@ def _build_view(plan: dict) -> None:
         target = os.path.join(SANDBOX_MOUNT, "input", str(n))
         _mount(source, target, None, MS_BIND)
         _mount_setattr(target, 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, 0)
+    _private_dev()
     _mount_setattr("/mnt", 0, MOUNT_ATTR_RDONLY, 0)
     for d in PRIVATE_TMP_DIRS:
         if os.path.isdir(d):
             _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan['tmpfs_bytes']},mode=1777")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _private_dev() -> None:
+    """A /dev of the harmless devices only (the host's /dev would show
+    e.g. /dev/kmsg), read-only, with /dev/shm for its tmpfs. The host's
+    nodes are bound from a staging bind of the host /dev, then it goes."""
+    staging = os.path.join(os.path.dirname(SANDBOX_MOUNT), "hostdev")
+    os.mkdir(staging)
+    _mount("/dev", staging, None, MS_BIND)
+    _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
+    for name in DEV_NODES:
+        open(os.path.join("/dev", name), "w").close()
+        _mount(os.path.join(staging, name), os.path.join("/dev", name), None, MS_BIND)
+    for name, target in DEV_LINKS:
+        os.symlink(target, os.path.join("/dev", name))
+    os.mkdir("/dev/shm")
+    _check(_libc.umount2(staging.encode(), MNT_DETACH), f"umount {staging}")
+    os.rmdir(staging)
+    _mount_setattr("/dev", 0, MOUNT_ATTR_RDONLY, 0)
 
 
 def _enter_as_user(plan: dict, out_w: int, err_w: int) -> None:

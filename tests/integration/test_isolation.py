@@ -339,3 +339,13 @@ def test_a_task_inherits_no_ignored_or_blocked_signal(tasks):
     relies on SIGPIPE, a supervisor on SIGTERM)."""
     r = tasks.run(tasks.launch(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]))
     assert r.stdout_tail.decode().split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16], r
+
+
+def test_a_task_sees_only_harmless_devices(tasks):
+    h = tasks.sh("ls /dev; echo x > /dev/null && echo null-writable; head -c 8 /dev/urandom | wc -c; "
+                 "echo y > /dev/shm/f && cat /dev/shm/f; touch /dev/new 2>/dev/null || echo dev-read-only")
+    r = tasks.run(h)
+    lines = r.stdout_tail.decode().split()
+    assert lines[:11] == ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom",
+                          "zero"], lines                     # no kmsg, no disks
+    assert lines[11:] == ["null-writable", "8", "y", "dev-read-only"], lines
