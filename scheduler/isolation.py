@@ -25,7 +25,10 @@ What a task gets (every guarantee is enforced by the kernel, not by trust):
   (cwd and HOME, at ``shim.SANDBOX_MOUNT``, a fresh directory it owns,
   holding ``out/`` for outputs and ``input/<n>``, each input bound
   read-only) and private tmpfs at /tmp, /var/tmp and /dev/shm (charged to
-  its memory limit, gone with it).
+  its memory limit, gone with it); a read-only /dev of null, zero, full,
+  random, urandom, tty; its own /proc. Host files it may read stay
+  readable (read-only): there is no private root image.
+* signals at their defaults, none blocked; only fds 0-2 (stdin /dev/null).
 * environment: PATH, HOME, TMPDIR, LANG, USER, then ``spec.env`` and
   ``extra_env``, then the ``CISTERN_*`` variables of the scheduler contract
   (``task_env``), which win.
@@ -40,6 +43,8 @@ a task id already on this agent, ENOTSUP when this machine cannot isolate
 A command that cannot be exec'd is not an exception: its result is FAILED
 with reason "bad command".
 
+Shims: a warm launcher process per agent process forks them (``shim.py``;
+``shutdown()`` stops it); when it cannot, an interpreter per shim.
 Threads: a ``TaskHandle`` may be used from several threads.
 Durability: the task dir's files are written atomically but not fsynced;
 they survive an agent crash, not a machine crash (nor does the task).
