@@ -779,7 +779,7 @@ class _UsageCollector:
         agent = self._agent
         with agent._lock:
             active = [r.spec.resources for r in agent._book.active()]
-        handles = list(agent._handles.values())
+            handles = list(agent._handles.values())
         used = [h.usage() for h in handles]
         yield GaugeMetricFamily("cistern_agent_cpus_total", "cpus this agent offers", value=agent.total.cpus)
         yield GaugeMetricFamily("cistern_agent_mem_bytes_total", "memory this agent offers",
