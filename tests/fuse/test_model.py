@@ -17,8 +17,8 @@ directories, removed afterwards. Hypothesis prints the failing steps.
 The mount runs with attr_timeout=0: under libfuse 2's high-level API the
 kernel caches attributes per path, so for attr_timeout a hard link's other
 name shows stale attributes (pinned by test_tools'
-test_a_hard_link_sees_a_change_through_its_other_name_at_once); without
-the kernel's cache the model holds the mount to everything else exactly."""
+test_stat_of_a_hard_link_sees_a_change_through_its_other_name_at_once);
+without the kernel's cache the model holds the mount to everything else exactly."""
 
 from __future__ import annotations
 
