@@ -405,12 +405,12 @@ def as_nobody(script: str, cwd: str, ok=None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def public_mount(mounted):
+def public_mount(mounted, tmp_path):
     """The cluster mounted again (allow_other) where uid 65534 can reach it:
     pytest's own temporary directories are private to root."""
     path = tempfile.mkdtemp(prefix="cistern-fuse-public-")
     os.chmod(path, 0o755)
-    mount = mounted.mount_again(path, options=("allow_other",))
+    mount = mounted.mount_again(path, options=("allow_other",), log_path=tmp_path / "public-mount.log")
     try:
         yield mount.mountpoint
     finally:
