@@ -25,7 +25,8 @@ def register(commands) -> None:
                    help="mount options: allow_other, ro, attr_timeout=S (1), entry_timeout=S (1), "
                         "negative_timeout=S (0), timeout=S (30: a cluster call's limit), attr_cache=S "
                         "(attr_timeout), block_size=BYTES, read_ahead_kb=KB (4096), "
-                        "no_default_permissions, and libfuse 2's others")
+                        "no_default_permissions, linearizable_attrs (attribute misses pass a read barrier), "
+                        "and libfuse 2's others")
     p.add_argument("--metrics", default=None, metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--log-file", default=None, metavar="PATH",
                    help="where a background mount logs (default: a file in the temp directory)")

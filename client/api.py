@@ -152,6 +152,22 @@ class Client:
         return view
 
     @property
+    def serializable(self) -> "Client":
+        """This view, but reads answered from the leader's applied state with
+        no read barrier (etcd's serializable reads): about three times
+        cheaper, and stale only while a deposed leader has not yet noticed
+        (bounded by the election timeout). Writes are unchanged. Cached."""
+        view = self._faces.get("serializable")
+        if view is None:
+            view = object.__new__(type(self))
+            view.__dict__.update(self.__dict__)
+            view._stale_reads = True
+            view._owner = False
+            view._faces = {}
+            self._faces["serializable"] = view
+        return view
+
+    @property
     def futures(self) -> "Futures":
         """The futures face: the same methods, returning Futures."""
         face = self._faces.get("futures")

@@ -84,6 +84,7 @@ def parse_options(strings) -> tuple[dict, dict]:
     """(kernel FUSE options, own options) from ``-o`` strings."""
     fuse_options = dict(DEFAULT_FUSE_OPTIONS)
     own = {name: default for name, (_, default) in OWN_OPTIONS.items()}
+    own["linearizable_attrs"] = False
     for string in strings:
         for item in string.split(","):
             item = item.strip()
@@ -105,6 +106,8 @@ def parse_options(strings) -> tuple[dict, dict]:
                     raise CisternError(errno.EINVAL, f"option {name} needs seconds, not {value!r}") from None
             elif name == "rw":
                 fuse_options.pop("ro", None)
+            elif name == "linearizable_attrs":
+                own["linearizable_attrs"] = True
             elif name == "no_default_permissions":
                 fuse_options.pop("default_permissions", None)
             elif name in ("foreground", "debug", "nothreads") or name.startswith("-"):
@@ -199,7 +202,8 @@ def serve(mountpoint, cluster, options=(), metrics_address: str | None = None, *
         if metrics_address:
             metrics_server = start_metrics_server(metrics_address, metrics.registry)
             log.info("metrics at http://%s/metrics", metrics_server.address)
-        settings = Settings(read_only="ro" in fuse_options, attr_cache_s=own["attr_cache"])
+        settings = Settings(read_only="ro" in fuse_options, attr_cache_s=own["attr_cache"],
+                            linearizable_attrs=own["linearizable_attrs"])
         operations = Operations(client, settings, metrics)
         if not settings.read_only and operations.remove_leftovers():
             log.info("removed files left unlinked-while-open by mounts that died")

@@ -133,8 +133,14 @@ _UNSTORED_XATTRS = frozenset(("security.capability", "security.selinux"))
 class Settings:
     """The mount's own knobs (the kernel's are FUSE options, see mount.py)."""
 
-    def __init__(self, *, read_only: bool = False, attr_cache_s: float = 1.0, groups_cache_s: float = 1.0):
+    def __init__(self, *, read_only: bool = False, attr_cache_s: float = 1.0, groups_cache_s: float = 1.0,
+                 linearizable_attrs: bool = False):
         self.read_only = bool(read_only)
+        # Attribute lookups (getattr, the kernel's lookups) read the leader's
+        # applied state without a read barrier unless asked: the kernel and
+        # our cache already serve attributes up to attr_timeout old, and
+        # open() stays linearizable (close-to-open).
+        self.linearizable_attrs = bool(linearizable_attrs)
         self.attr_cache_s = float(attr_cache_s)
         self.groups_cache_s = float(groups_cache_s)
 
@@ -406,7 +412,8 @@ class Operations(fusepy.Operations):
             return attr
         self.metrics.miss.inc()
         epoch = self._cache.epoch
-        attr = view.attr(path, follow_symlinks=False)
+        reader = view if self.settings.linearizable_attrs else view.serializable
+        attr = reader.attr(path, follow_symlinks=False)
         self._cache.put(cred, path, attr, epoch)
         return attr
 

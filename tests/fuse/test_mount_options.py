@@ -26,7 +26,8 @@ class A:
 def test_defaults_and_overrides():
     fuse_options, own = parse_options([])
     assert fuse_options == DEFAULT_FUSE_OPTIONS
-    assert own == {"timeout": 30.0, "attr_cache": 1.0, "block_size": None, "read_ahead_kb": 4096}
+    assert own == {"timeout": 30.0, "attr_cache": 1.0, "block_size": None, "read_ahead_kb": 4096,
+                   "linearizable_attrs": False}
     fuse_options, own = parse_options(["allow_other,ro", "attr_timeout=2.5,entry_timeout=0",
                                        "timeout=5,block_size=1048576", "no_default_permissions"])
     assert fuse_options["allow_other"] is True and fuse_options["ro"] is True
@@ -35,6 +36,7 @@ def test_defaults_and_overrides():
     assert own["timeout"] == 5.0 and own["block_size"] == 1 << 20
     assert own["attr_cache"] == 2.5     # follows attr_timeout unless given
     assert parse_options(["attr_cache=0"])[1]["attr_cache"] == 0.0
+    assert parse_options(["linearizable_attrs"])[1]["linearizable_attrs"] is True
 
 
 @pytest.mark.parametrize("bad", ["timeout=soon", "timeout=0", "block_size=-1", "attr_timeout=x",

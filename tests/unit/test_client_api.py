@@ -724,3 +724,28 @@ def test_client_works_as_a_context_manager(tmp_path):
     assert exc.value.errno == errno.ESHUTDOWN
     with pytest.raises(OSError):
         c.isdir("/x")
+
+
+def test_a_serializable_view_asks_for_stale_reads_and_changes_nothing_else():
+    with connect_in_process(uid=0, gid=0, groups=[]) as fs:
+        seen = []
+        submit = fs.meta.submit
+
+        def recording(code, args, *, stale=False, timeout_s=None):
+            seen.append(stale)
+            return submit(code, args, stale=stale, timeout_s=timeout_s)
+
+        fs.meta.submit = recording
+        fs.mkdir("/d")
+        view = fs.with_creds(1000, 1000, []).serializable
+        assert view.cred == (1000, 1000, []) and view.serializable is view.serializable
+        seen.clear()
+        assert view.stat("/d").st_uid == 0
+        assert seen and all(seen)                        # every read of the stat skipped the barrier
+        seen.clear()
+        fs.stat("/d")
+        assert seen and not any(seen)                    # the view it came from is untouched
+        with pytest.raises(PermissionError):
+            view.mkdir("/d/x")                           # still acts as uid 1000 (0755 dir owned by root)
+        view.close()                                     # a view's close leaves the connection open
+        assert fs.stat("/d").st_uid == 0
