@@ -434,7 +434,9 @@ def run(args, prog: str = "cistern bench fuse") -> int:
         cluster = args.cluster or os.environ.get("CISTERN_CLUSTER")
         if not cluster:
             local = LocalCluster(os.path.join(scratch, "cluster"))
-            cluster = local.addresses
+            # cluster.json with the nodes, as `cistern up --mount` gives the mount:
+            # the mount shares the nodes' host and reads their blocks short-circuit.
+            cluster = local.cluster.cluster_json()
         for name in TARGET_NAMES[::-1]:
             path = os.path.join(scratch, f"mnt-{name}")
             os.makedirs(path)

@@ -10,6 +10,7 @@ exit), and killed by the kernel if the test process dies first.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -169,6 +170,19 @@ class StorageCluster:
                                             start_new_session=True, env=procs.child_env())
         self.nodes[node_id] = node
         return node["address"]
+
+    def cluster_json(self) -> str:
+        """Write ``cluster.json`` listing the metadata replicas and the nodes
+        started so far, as ``cistern up`` does (clients on this host then
+        read those nodes' blocks straight from their files); return its path."""
+        path = self.meta.cluster_json()
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        doc["nodes"] = [{"id": node_id, "rpc": node["address"], "pid": node["proc"].pid, "data": node["data"]}
+                        for node_id, node in self.nodes.items()]
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+        return path
 
     def kill_node(self, node_id: str) -> None:
         proc = self.nodes[node_id]["proc"]

@@ -67,7 +67,8 @@ umask_default = 0o022
 def connect(cluster: str | None = None, *, uid: int | None = None, gid: int | None = None,
             groups=None, timeout_s: float = 30.0, stale_reads: bool = False,
             umask: int = umask_default, block_size: int | None = None,
-            node_id: str | None = None, local_data_dir: str | None = None) -> "Client":
+            node_id: str | None = None, local_data_dir: str | None = None,
+            short_circuit: bool = True) -> "Client":
     """A ``Client`` for the cluster named by ``cluster`` (a cluster.json path
     or comma-separated metadata addresses; None reads $CISTERN_CLUSTER).
     Credentials default to this process's uid, gid and groups. Raises
@@ -77,7 +78,9 @@ def connect(cluster: str | None = None, *, uid: int | None = None, gid: int | No
     the smallest the live nodes accept); ``node_id`` names the storage node
     on this host, read first (default ``$CISTERN_NODE_ID``), and
     ``local_data_dir`` its data directory, for short-circuit reads of whole
-    blocks straight from its block files (default ``$CISTERN_NODE_DATA``)."""
+    blocks straight from its block files (default ``$CISTERN_NODE_DATA``).
+    With ``short_circuit`` (the default) the nodes a cluster.json lists on
+    this host (loopback addresses) are read that way too."""
     from cistern.metadata.client import MetaClient   # grpc loads only for real clusters
 
     try:
@@ -86,7 +89,8 @@ def connect(cluster: str | None = None, *, uid: int | None = None, gid: int | No
         raise to_oserror(e.errno, e.message, cluster) from None
     meta = MetaClient(list(spec.meta_addresses), timeout_s=timeout_s)
     return Client(meta, uid=uid, gid=gid, groups=groups, stale_reads=stale_reads, umask=umask,
-                  block_size=block_size, node_id=node_id, timeout_s=timeout_s, local_data_dir=local_data_dir)
+                  block_size=block_size, node_id=node_id, timeout_s=timeout_s, local_data_dir=local_data_dir,
+                  local_data_dirs=spec.local_node_dirs() if short_circuit else None)
 
 
 def _blocking(plan):
@@ -104,7 +108,7 @@ class Client:
     def __init__(self, meta, *, uid: int | None = None, gid: int | None = None, groups=None,
                  stale_reads: bool = False, umask: int = umask_default, block_size: int | None = None,
                  node_id: str | None = None, timeout_s: float = 30.0, data=None,
-                 local_data_dir: str | None = None):
+                 local_data_dir: str | None = None, local_data_dirs: dict | None = None):
         """``meta`` is a ``MetaClient`` (or anything with its interface);
         the client owns it and closes it on ``close()``. The data path
         (``blocks.DataPath``, or ``data`` when given) talks to the Nodes
@@ -114,7 +118,7 @@ class Client:
         self._meta = meta
         self._data = data or DataPath(getattr(meta, "addresses", ()), renew=self._renew_leases,
                                       block_size_bytes=block_size, node_id=node_id, timeout_s=timeout_s,
-                                      local_data_dir=local_data_dir)
+                                      local_data_dir=local_data_dir, local_data_dirs=local_data_dirs)
         self._cred = (
             os.getuid() if uid is None else int(uid),
             os.getgid() if gid is None else int(gid),

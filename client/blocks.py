@@ -29,9 +29,10 @@ Contract:
   as bad (in the background); an unreachable node is not reported (the
   leader notices dead nodes by their heartbeats). When every replica fails,
   the node table is refreshed once and the replicas tried again.
-* Short-circuit local reads (HDFS's): when this host's node holds a replica
-  and its data directory is known (``local_data_dir``, default
-  ``$CISTERN_NODE_DATA``), a whole-block read opens the block file directly
+* Short-circuit local reads (HDFS's): when a node on this host holds a
+  replica and its data directory is known (``local_data_dir`` of
+  ``node_id``, default ``$CISTERN_NODE_DATA``, and ``local_data_dirs``, e.g.
+  the loopback nodes of a local cluster's cluster.json), a whole-block read opens the block file directly
   and checks it against the layout's xxh3-128; a missing or mismatching file
   falls back to the node's block service (which re-verifies, quarantines
   and reports a corrupt copy itself). Ranged reads always go through the
@@ -94,7 +95,7 @@ def order_replicas(node_ids, local_node: str | None, turn: int) -> list:
 class DataPath:
     def __init__(self, meta_addresses, *, renew=None, block_size_bytes: int | None = None,
                  node_id: str | None = None, timeout_s: float = 30.0, nodes=None, blocks=None,
-                 local_data_dir: str | None = None):
+                 local_data_dir: str | None = None, local_data_dirs: dict | None = None):
         """``renew(holder)`` sends RENEW_LEASES (the Client passes a function
         over its metadata client). ``nodes``/``blocks`` replace the
         NodesClient/BlockClient (tests)."""
@@ -102,6 +103,9 @@ class DataPath:
         self.holder = new_holder_id()
         self.node_id = node_id if node_id is not None else (os.environ.get(NODE_ENV_VAR) or None)
         self.local_data_dir = local_data_dir or os.environ.get(NODE_DATA_ENV_VAR) or None
+        self._local_dirs = dict(local_data_dirs or {})        # node id -> data dir on this host
+        if self.node_id and self.local_data_dir:
+            self._local_dirs[self.node_id] = self.local_data_dir
         self.timeout_s = timeout_s
         self._block_size = block_size_bytes
         self._renew = renew
@@ -277,10 +281,13 @@ class DataPath:
         verified."""
         block_id, block_length, checksum, node_ids = block
         failures = []
-        if length is None and checksum and self.local_data_dir and self.node_id in node_ids:
-            data = self._read_local(block_id, block_length, checksum)
-            if data is not None:
-                return data
+        if length is None and checksum and self._local_dirs:
+            for node_id in node_ids:
+                data_dir = self._local_dirs.get(node_id)
+                if data_dir is not None:
+                    data = self._read_local(data_dir, block_id, block_length, checksum)
+                    if data is not None:
+                        return data
         for attempt in range(2):
             order = order_replicas(node_ids, self.node_id, next(self._turn))
             for node_id in order:
@@ -302,13 +309,14 @@ class DataPath:
         raise to_oserror(errno.EIO, f"block {bytes(block_id).hex()}: no replica could be read: "
                                     + "; ".join(failures)[:500])
 
-    def _read_local(self, block_id: bytes, block_length: int, checksum: bytes) -> bytes | None:
-        """The block straight from the local node's block file, or None."""
+    @staticmethod
+    def _read_local(data_dir: str, block_id: bytes, block_length: int, checksum: bytes) -> bytes | None:
+        """The block straight from a local node's block file, or None."""
         from cistern.blockstore.store import block_checksum
 
         name = bytes(block_id).hex()
         try:
-            with open(os.path.join(self.local_data_dir, "blocks", name[:2], name), "rb") as f:
+            with open(os.path.join(data_dir, "blocks", name[:2], name), "rb") as f:
                 data = f.read(block_length + 1)
         except OSError:
             return None

@@ -21,10 +21,29 @@ from cistern.core.errors import CisternError
 ENV_VAR = "CISTERN_CLUSTER"
 
 
+_LOOPBACK_HOSTS = ("localhost", "[::1]", "::1")
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     meta_addresses: tuple[str, ...]
     document: dict = field(default_factory=dict)   # the parsed cluster.json, or {}
+
+    def local_node_dirs(self) -> dict[str, str]:
+        """{node id: data directory} of the storage nodes listed in
+        cluster.json that run on this host: a loopback RPC address and a
+        block directory this process can see. Clients read whole blocks of
+        those nodes straight from their files (short-circuit reads)."""
+        found = {}
+        for node in self.document.get("nodes") or ():
+            try:
+                node_id, rpc, data = str(node["id"]), str(node["rpc"]), str(node["data"])
+            except (KeyError, TypeError):
+                continue
+            host = rpc.rpartition(":")[0]
+            if (host.startswith("127.") or host in _LOOPBACK_HOSTS) and os.path.isdir(os.path.join(data, "blocks")):
+                found[node_id] = data
+        return found
 
 
 def resolve(spec: str | None) -> ClusterSpec:

@@ -551,3 +551,21 @@ def test_without_renewals_the_lease_lapses_and_the_commit_is_estale():
     assert e.value.errno == errno.ESTALE and renewals == []
     assert c.stat("/lapsed").st_size == 0      # nothing of the writer's became visible
     c.close()
+
+
+def test_blocks_of_any_node_on_this_host_are_read_from_their_files(tmp_path):
+    from cistern.blockstore.store import block_checksum
+
+    nodes = FakeNodes({"n1": "h1", "n2": "h2"})
+    blocks = FakeBlocks()
+    # No node of our own (a mount beside a local cluster): n2's directory is known from cluster.json.
+    path = DataPath(["m:1"], nodes=nodes, blocks=blocks, node_id="", local_data_dirs={"n2": str(tmp_path)})
+    bid = bytes(range(16, 32))
+    good = b"block of n2"
+    (tmp_path / "blocks" / bid.hex()[:2]).mkdir(parents=True)
+    (tmp_path / "blocks" / bid.hex()[:2] / bid.hex()).write_bytes(good)
+    assert path.read([bid, len(good), block_checksum(good), ["n1", "n2"]]) == good and blocks.reads == []
+    other = bytes(range(32, 48))                 # held by n1 only: through its service
+    blocks.data[("h1", other)] = b"remote"
+    assert path.read([other, 6, block_checksum(b"remote"), ["n1"]]) == b"remote" and blocks.reads == ["h1"]
+    path.close()
