@@ -78,8 +78,6 @@ import os
 import stat as S
 import struct
 
-import lmdb
-
 from cistern.metadata import limits, model, store
 from cistern.metadata.model import ROOT_INO, TIME_NOW, Attr, Op
 
@@ -118,12 +116,11 @@ _SETATTR_KEYS = frozenset(("mode", "uid", "gid", "size", "atime", "mtime"))
 _XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.")
 
 
-class _Fail(Exception):
-    """An expected failure found while validating: nothing was changed yet."""
+_Fail = store.Refused   # an expected failure found while validating: nothing was changed yet
 
-    def __init__(self, err: int, msg: str):
-        self.err = err
-        self.msg = msg
+
+def _run_write(child, handler, time_ns: int, args):
+    return handler(child, time_ns, _cred(args[0]), args[1:])
 
 
 def _fail(err: int, what: object = "") -> _Fail:
@@ -140,15 +137,6 @@ def _fail(err: int, what: object = "") -> _Fail:
 def _is_int(value) -> bool:
     # Op members are ints too; bools are not operation codes.
     return isinstance(value, int) and type(value) is not bool
-
-
-def _abort(child) -> None:
-    """Undo a nested transaction; one whose commit failed is already gone."""
-    if child is not None:
-        try:
-            child.abort()
-        except lmdb.Error:
-            pass
 
 
 def _args(args, count: int) -> list:
@@ -435,7 +423,6 @@ class Namespace:
 
     def apply(self, txn, time_ns: int, code: int, args: list) -> tuple[int, str, object]:
         """Apply one write operation inside ``txn``; never raises."""
-        child = None
         try:
             handler = self._writes.get(code) if _is_int(code) else None
             if handler is None:
@@ -444,20 +431,9 @@ class Namespace:
                 return (E.EINVAL, "bad time_ns", None)
             if type(args) not in (list, tuple) or not args:
                 return (E.EINVAL, "arguments must be a list starting with credentials", None)
-            cred = _cred(args[0])
-            child = self._env.begin(write=True, parent=txn)
-            value = handler(child, time_ns, cred, args[1:])
-            child.commit()
-            return (0, "", value)
-        except _Fail as failure:
-            _abort(child)
-            return (failure.err, failure.msg, None)
-        except lmdb.MapFullError:
-            _abort(child)
-            return (E.ENOSPC, "metadata store is full", None)
-        except Exception as exc:  # last resort: a bug; undo and keep serving
-            _abort(child)
+        except Exception as exc:  # last resort: a bug; keep serving
             return (E.EIO, f"internal error: {type(exc).__name__}: {exc!r}"[:300], None)
+        return store.apply_nested(self._env, txn, _run_write, handler, time_ns, args)
 
     def read(self, txn, code: int, args: list) -> tuple[int, str, object]:
         """Answer one read operation from ``txn``; never raises."""

@@ -35,6 +35,7 @@ name               key                          value
 
 from __future__ import annotations
 
+import errno
 import os
 
 import lmdb
@@ -114,3 +115,45 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Refused(Exception):
+    """An expected failure a state machine found while validating an
+    operation (``err``, ``msg``): the operation changes nothing."""
+
+    def __init__(self, err: int, msg: str):
+        super().__init__(err, msg)
+        self.err = err
+        self.msg = msg
+
+
+def apply_nested(env, txn, run, *args) -> tuple[int, str, object]:
+    """``run(child, *args)`` in a write transaction nested in ``txn``,
+    committed: ``(0, "", its value)``. Anything ``run`` raises undoes all it
+    wrote and becomes a result, so one operation of a Raft entry fails
+    alone and the state machine keeps serving: ``Refused`` its
+    ``(err, msg, None)``, a full map ENOSPC, anything else (a bug) EIO."""
+    child = None
+    try:
+        child = env.begin(write=True, parent=txn)
+        value = run(child, *args)
+        child.commit()
+        return (0, "", value)
+    except Refused as failure:
+        _abort(child)
+        return (failure.err, failure.msg, None)
+    except lmdb.MapFullError:
+        _abort(child)
+        return (errno.ENOSPC, "metadata store is full", None)
+    except Exception as exc:  # last resort: a bug; undo and keep serving
+        _abort(child)
+        return (errno.EIO, f"internal error: {type(exc).__name__}: {exc!r}"[:300], None)
+
+
+def _abort(child) -> None:
+    """Undo a nested transaction; one whose commit failed is already gone."""
+    if child is not None:
+        try:
+            child.abort()
+        except lmdb.Error:
+            pass

@@ -49,9 +49,9 @@ import math
 import os
 import struct
 
-import lmdb
 import xxhash
 
+from cistern.metadata.store import Refused, apply_nested
 from cistern.scheduler import limits, model
 from cistern.scheduler.model import ACTIVE, TERMINAL, SchedOp, TaskState
 
@@ -74,12 +74,12 @@ _STATE_NUMBERS = frozenset(int(s) for s in TaskState if s != TaskState.TASK_UNKN
 _RESOURCE_MAX = (limits.cpus_max, limits.mem_bytes_max, limits.disk_bytes_max)
 
 
-class _Fail(Exception):
-    """An expected failure found while validating: nothing was changed yet."""
+_Fail = Refused   # an expected failure found while validating: nothing was changed yet
 
-    def __init__(self, err: int, msg: str):
-        self.err = err
-        self.msg = msg
+
+def _run_write(child, handler, time_ns: int, args):
+    _root(args[0])
+    return handler(child, time_ns, list(args[1:]))
 
 
 def _fail(err: int, what: str = "") -> _Fail:
@@ -303,7 +303,6 @@ class SchedState:
 
     def apply(self, txn, time_ns: int, code: int, args: list) -> tuple[int, str, object]:
         """Apply one write operation inside ``txn``; never raises."""
-        child = None
         try:
             handler = self._writes.get(code) if _is_code(code) else None
             if handler is None:
@@ -312,20 +311,9 @@ class SchedState:
                 return (E.EINVAL, "bad time_ns", None)
             if type(args) not in (list, tuple) or not args:
                 return (E.EINVAL, "arguments must be a list starting with credentials", None)
-            _root(args[0])
-            child = self._env.begin(write=True, parent=txn)
-            value = handler(child, time_ns, list(args[1:]))
-            child.commit()
-            return (0, "", value)
-        except _Fail as failure:
-            _abort(child)
-            return (failure.err, failure.msg, None)
-        except lmdb.MapFullError:
-            _abort(child)
-            return (E.ENOSPC, "metadata store is full", None)
-        except Exception as exc:  # last resort: a bug; undo and keep serving
-            _abort(child)
+        except Exception as exc:  # last resort: a bug; keep serving
             return (E.EIO, f"internal error: {type(exc).__name__}: {exc!r}"[:300], None)
+        return apply_nested(self._env, txn, _run_write, handler, time_ns, args)
 
     def read(self, txn, code: int, args: list) -> tuple[int, str, object]:
         """Answer one read operation from ``txn``; never raises."""
@@ -612,14 +600,6 @@ class SchedState:
 def _is_code(value) -> bool:
     # SchedOp members are ints too; bools are not operation codes.
     return isinstance(value, int) and type(value) is not bool
-
-
-def _abort(child) -> None:
-    if child is not None:
-        try:
-            child.abort()
-        except lmdb.Error:
-            pass
 
 
 def check_invariants(st: SchedState, txn) -> None:
