@@ -45,6 +45,7 @@ import time
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from cistern.core import config
 from cistern.core.errors import CisternError, grpc_status_for
 from cistern.metadata import fsck as fsck_mod
 from cistern.metadata import limits, model
@@ -96,12 +97,7 @@ class NodesConf:
         """Defaults overridden by ``CISTERN_NODES_<FIELD>`` variables (e.g.
         CISTERN_NODES_NODE_DEAD_AFTER_S=2): the metad process takes no
         flags for these, and real-process tests shorten them this way."""
-        conf = cls()
-        for field in dataclasses.fields(cls):
-            raw = environ.get(f"CISTERN_NODES_{field.name.upper()}")
-            if raw:
-                setattr(conf, field.name, int(raw) if field.type == "int" else float(raw))
-        return conf
+        return config.from_env(cls, "CISTERN_NODES_", environ)
 
     def validate(self) -> None:
         assert self.heartbeat_interval_s * 3 < self.node_dead_after_s

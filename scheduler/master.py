@@ -76,6 +76,7 @@ from concurrent.futures import Future
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from cistern.core import config
 from cistern.core.errors import CisternError, NotLeader
 from cistern.scheduler import limits, model
 from cistern.scheduler import state as state_mod
@@ -113,16 +114,7 @@ class MasterConf:
         """Defaults overridden by ``CISTERN_SCHED_<FIELD>`` variables (e.g.
         CISTERN_SCHED_AGENT_UNREACHABLE_AFTER_S=3): metad takes no flags
         for these, and real-process tests shorten them this way."""
-        conf = cls()
-        for field in dataclasses.fields(cls):
-            name = f"CISTERN_SCHED_{field.name.upper()}"
-            raw = environ.get(name)
-            if raw:
-                try:
-                    setattr(conf, field.name, float(raw))
-                except ValueError:
-                    raise CisternError(errno.EINVAL, f"{name}={raw!r} is not a number of seconds") from None
-        return conf
+        return config.from_env(cls, "CISTERN_SCHED_", environ)
 
     def validate(self) -> None:
         """Raises CisternError(EINVAL) naming the first relation that does not hold."""
