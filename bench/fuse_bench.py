@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import signal
@@ -469,14 +468,7 @@ def run(args, prog: str = "cistern bench fuse") -> int:
                       "options": list(args.options), "passthrough_source": "tmpfs"},
            "versions": report.versions(), "machine": report.machine(),
            "results": results, "metrics": metrics, "compare": compare(metrics)}
-    print(table(doc), file=sys.stderr if args.json == "-" else sys.stdout)
-    if args.json:
-        text = json.dumps(doc, indent=1)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
+    report.emit(doc, table(doc), args.json)
     if interrupted:
         print(f"{prog}: interrupted: the report is partial", file=sys.stderr)
         return 130

@@ -52,6 +52,7 @@ own check of the namespace after the phase (walking the run's tree).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -341,6 +342,21 @@ def table(doc: dict) -> str:
 
 
 # -- the plot ------------------------------------------------------------------------
+
+
+def emit(doc: dict, text: str, json_target: str | None) -> None:
+    """Print ``text`` (the run's table) and, with ``json_target``, write
+    ``doc`` as JSON there: a path, or ``-`` for standard output, which the
+    JSON then owns (the table goes to standard error)."""
+    print(text, file=sys.stderr if json_target == "-" else sys.stdout)
+    if not json_target:
+        return
+    body = json.dumps(doc, indent=1)
+    if json_target == "-":
+        print(body)
+    else:
+        with open(json_target, "w", encoding="utf-8") as f:
+            f.write(body + "\n")
 
 
 def plot(doc: dict, out_path: str) -> None:

@@ -14,7 +14,6 @@ and written).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -121,15 +120,7 @@ def run_meta(args) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     if local is not None:
         doc["config"]["cluster"] = "local (temporary, removed)"
-    # With --json - the JSON owns stdout and the table goes to stderr.
-    print(report.table(doc), file=sys.stderr if args.json == "-" else sys.stdout)
-    if args.json:
-        text = json.dumps(doc, indent=1)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
+    report.emit(doc, report.table(doc), args.json)
     if args.plot and doc["results"]:
         report.plot(doc, args.plot)
     if doc["interrupted"]:

@@ -11,7 +11,6 @@ when the cluster is bad; 2 bad usage; 130 interrupted.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 import sys
@@ -36,7 +35,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from cistern.bench import sched_bench
+    from cistern.bench import report, sched_bench
     from cistern.client import connect
     from cistern.scheduler.framework import Framework
 
@@ -65,13 +64,7 @@ def run(args) -> int:
             local.stop()
             shutil.rmtree(tmp, ignore_errors=True)
     doc["config"]["cluster"] = "a local 3-node cluster (temporary, removed)" if local is not None else args.cluster
-    print(sched_bench.text(doc), file=sys.stderr if args.json == "-" else sys.stdout)
-    if args.json:
-        body = json.dumps(doc, indent=1)
-        if args.json == "-":
-            print(body)
-        else:
-            pathlib.Path(args.json).write_text(body + "\n", encoding="utf-8")
+    report.emit(doc, sched_bench.text(doc), args.json)
     return 1 if doc["failures"] else 0
 
 
