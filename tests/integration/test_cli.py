@@ -170,7 +170,9 @@ def test_sigterm_during_start_up_and_repeated_sigterms_still_stop_everything(up,
     early = up(data=tmp_path / "early")
     time.sleep(0.3)
     early.process.send_signal(signal.SIGTERM)
-    assert early.process.wait(timeout=30) in (0, 1)
+    # On a loaded machine the signal can land before Python has installed the
+    # handler: then the default action ends it before it started anything.
+    assert early.process.wait(timeout=30) in (0, 1, -signal.SIGTERM)
     assert not os.path.exists(early.cluster_file)
 
     u = up(data=tmp_path / "late")
