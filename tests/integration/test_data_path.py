@@ -359,3 +359,30 @@ def test_a_1gib_file_in_4mib_blocks_reads_back_identical(tmp_path_factory):
             assert read.hexdigest() == written.hexdigest()
     finally:
         c.stop()
+
+
+def test_a_client_beside_the_nodes_reads_their_block_files_and_checks_them(client, cluster):
+    # A cluster.json that lists the nodes on this host (as `cistern up` writes
+    # it): whole blocks come straight from their files, so reads succeed with
+    # every node process stopped; a damaged file is never believed.
+    data = os.urandom(3 * BLOCK + 77)
+    client.write_file("/beside", data)
+    first = client.block_locations("/beside")[0]
+    path = cluster.block_file(first["nodes"][0], first["block_id"])
+    with open(path, "r+b") as f:
+        f.seek(10)
+        byte = f.read(1)
+        f.seek(10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    procs = [node["proc"] for node in cluster.nodes.values()]
+    for proc in procs:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        with connect(cluster.cluster_json(), uid=0, gid=0, groups=[], timeout_s=10) as reader:
+            assert sha(reader.read_file("/beside")) == sha(data)
+        with connect(cluster.addresses, uid=0, gid=0, groups=[], timeout_s=3) as remote:
+            with pytest.raises(OSError):      # the same read through the stopped services fails
+                remote.read_file("/beside")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
