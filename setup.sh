@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 need_apt=()
-for pkg in libfuse2 fuse3 attr sqlite3 git; do
+# libfuse2/fuse3: the mount; attr, sqlite3, git, procps: tools the tests drive;
+# util-linux (unshare, setpriv) is part of every Debian system.
+for pkg in libfuse2 fuse3 attr sqlite3 git procps; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,8 +23,19 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+# pip's output is filtered of one noisy warning, but a failed install must
+# stop the set-up (a bare `| grep ... || true` would hide pip's exit status).
+pip_install() {
+  local out
+  if ! out=$(.venv/bin/pip install -q --disable-pip-version-check "$@" 2>&1); then
+    printf '%s\n' "$out" >&2
+    echo "setup: pip install $* failed" >&2
+    exit 1
+  fi
+  printf '%s\n' "$out" | grep -v -e '^WARNING: Location' -e '^$' || true
+}
+pip_install --upgrade pip setuptools wheel
+pip_install -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
 
 case "${1:-}" in
