@@ -147,10 +147,14 @@ class Client:
         and ``close()`` on a view does nothing. uid 0 passes every permission
         check, as on a local filesystem; the service trusts the credentials
         its callers send, as NFS with AUTH_SYS does."""
+        return self._view(_cred=(int(uid), int(gid), [int(g) for g in groups]),
+                          umask=self.umask if umask is None else int(umask) & 0o777)
+
+    def _view(self, **changes) -> "Client":
+        """A copy of this client with ``changes`` to its attributes, over
+        the same connection: not its owner, with faces of its own."""
         view = object.__new__(type(self))
-        view.__dict__.update(self.__dict__)
-        view._cred = (int(uid), int(gid), [int(g) for g in groups])
-        view.umask = self.umask if umask is None else int(umask) & 0o777
+        view.__dict__.update(self.__dict__, **changes)
         view._owner = False
         view._faces = {}
         return view
@@ -163,12 +167,7 @@ class Client:
         (bounded by the election timeout). Writes are unchanged. Cached."""
         view = self._faces.get("serializable")
         if view is None:
-            view = object.__new__(type(self))
-            view.__dict__.update(self.__dict__)
-            view._stale_reads = True
-            view._owner = False
-            view._faces = {}
-            self._faces["serializable"] = view
+            view = self._faces["serializable"] = self._view(_stale_reads=True)
         return view
 
     @property
