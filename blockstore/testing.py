@@ -104,37 +104,12 @@ class NodeCluster(ProcessGroup):
                     raise TimeoutError(f"{self.nodes[i]['id']} not serving:\n{self.log_tail(i)}") from None
                 time.sleep(0.05)
 
-    def alive(self, i: int) -> bool:
-        proc = self.procs[i]
-        return proc is not None and proc.poll() is None
-
-    def kill(self, i: int, sig: int = signal.SIGKILL, timeout_s: float = stop_grace_s) -> int | None:
-        proc = self.procs[i]
-        if proc is None or proc.poll() is not None:
-            return proc.returncode if proc else None
-        proc.send_signal(sig)
-        try:
-            return proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-
     def stop_all(self) -> list:
         """SIGTERM every node, SIGKILL whatever outlives the grace period;
         returns the exit codes."""
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + stop_grace_s
-        for proc in self.procs:
-            if proc is None:
-                continue
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        codes = self._terminate_all()
         self.client.close()
-        return [proc.returncode if proc else None for proc in self.procs]
+        return codes
 
     def _log_path(self, i: int) -> str:
         return self.nodes[i]["log"]

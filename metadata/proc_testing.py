@@ -53,8 +53,43 @@ class ProcessGroup:
     (``stop_all``), and ``log_tail(i)`` shows the end of process i's log
     (``_log_path``) for a failing test's message."""
 
+    procs: list   # subclasses keep one subprocess.Popen (or None) per process
+
     def stop_all(self):
         raise NotImplementedError
+
+    def kill(self, i: int, sig: int = signal.SIGKILL, timeout_s: float = stop_grace_s) -> int | None:
+        """Send sig to process i and wait (up to timeout_s) for it to exit;
+        returns its exit code (None if it is still running)."""
+        proc = self.procs[i]
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else None
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def alive(self, i: int) -> bool:
+        proc = self.procs[i]
+        return proc is not None and proc.poll() is None
+
+    def _terminate_all(self) -> list:
+        """SIGTERM every process, SIGKILL whatever outlives the grace
+        period; returns their exit codes."""
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + stop_grace_s
+        for proc in self.procs:
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        return [proc.returncode if proc else None for proc in self.procs]
 
     def _log_path(self, i: int) -> str:
         raise NotImplementedError
@@ -145,36 +180,9 @@ class MetaCluster(ProcessGroup):
                                              cwd=self.tmpdir, start_new_session=True)
         me["pid"] = self.procs[i].pid
 
-    def kill(self, i: int, sig: int = signal.SIGKILL, timeout_s: float = stop_grace_s) -> int | None:
-        """Send sig to replica i and wait (up to timeout_s) for it to exit;
-        returns its exit code (None if it is still running)."""
-        proc = self.procs[i]
-        if proc is None or proc.poll() is not None:
-            return proc.returncode if proc else None
-        proc.send_signal(sig)
-        try:
-            return proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def alive(self, i: int) -> bool:
-        proc = self.procs[i]
-        return proc is not None and proc.poll() is None
-
     def stop_all(self) -> None:
         """SIGTERM everything, then SIGKILL whatever outlives the grace period."""
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + stop_grace_s
-        for proc in self.procs:
-            if proc is None:
-                continue
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        self._terminate_all()
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
