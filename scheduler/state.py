@@ -71,7 +71,6 @@ _SEQ = struct.Struct(">Q")
 _SEP = b"\0"
 _INT64_MAX = (1 << 63) - 1
 _STATE_NUMBERS = frozenset(int(s) for s in TaskState if s != TaskState.TASK_UNKNOWN)
-_RESOURCE_MAX = (limits.cpus_max, limits.mem_bytes_max, limits.disk_bytes_max)
 
 
 _Fail = Refused   # an expected failure found while validating: nothing was changed yet
