@@ -230,23 +230,8 @@ class _Session:
         return self.replica.submit_read(int(code), model.encode_args(CRED, *args))
 
     def open_close(self, path: bytes) -> Future:
-        out: Future = Future()
-        out.set_running_or_notify_cancel()
-
-        def released(f):
-            error = f.exception()
-            out.set_exception(error) if error is not None else out.set_result(None)
-
-        def opened(f):
-            error = f.exception()
-            if error is not None:
-                out.set_exception(error)
-                return
-            ino, lease_id = f.result()
-            self.write(Op.RELEASE_LEASE, ino, lease_id).add_done_callback(released)
-
-        self.write(Op.OPEN_LEASE, path, HOLDER).add_done_callback(opened)
-        return out
+        return runner.open_then_release(self.write(Op.OPEN_LEASE, path, HOLDER),
+                                        lambda ino, lease_id: self.write(Op.RELEASE_LEASE, ino, lease_id))
 
     def readdir(self, path: bytes) -> Future:
         out: Future = Future()

@@ -279,28 +279,12 @@ class ApiDriver:
 
     def _open_close(self, path: str):
         """OPEN_LEASE then RELEASE_LEASE, as one future."""
-        from concurrent.futures import Future
-
         from cistern.metadata.model import Op, ROOT_CRED, encode_args
 
         meta = self.client.meta
-        out: Future = Future()
-        out.set_running_or_notify_cancel()
-
-        def released(f):
-            error = f.exception()
-            out.set_exception(error) if error is not None else out.set_result(None)
-
-        def opened(f):
-            error = f.exception()
-            if error is not None:
-                out.set_exception(error)
-                return
-            ino, lease_id = f.result()
-            meta.submit(Op.RELEASE_LEASE, encode_args(ROOT_CRED, ino, lease_id)).add_done_callback(released)
-
-        meta.submit(Op.OPEN_LEASE, encode_args(ROOT_CRED, os.fsencode(path), self.holder)).add_done_callback(opened)
-        return out
+        return open_then_release(
+            meta.submit(Op.OPEN_LEASE, encode_args(ROOT_CRED, os.fsencode(path), self.holder)),
+            lambda ino, lease_id: meta.submit(Op.RELEASE_LEASE, encode_args(ROOT_CRED, ino, lease_id)))
 
     def calls(self, step):
         f = self.futures
@@ -321,6 +305,30 @@ class ApiDriver:
 
     def close(self):
         self.client.close()
+
+
+def open_then_release(opening, release):
+    """One future for the open-close step: ``opening`` is the future of an
+    OPEN_LEASE's ``(ino, lease_id)``; ``release(ino, lease_id)`` submits the
+    RELEASE_LEASE and returns its future. Either's failure fails it."""
+    from concurrent.futures import Future
+
+    out: Future = Future()
+    out.set_running_or_notify_cancel()
+
+    def released(f):
+        error = f.exception()
+        out.set_exception(error) if error is not None else out.set_result(None)
+
+    def opened(f):
+        error = f.exception()
+        if error is not None:
+            out.set_exception(error)
+            return
+        release(*f.result()).add_done_callback(released)
+
+    opening.add_done_callback(opened)
+    return out
 
 
 def make_driver(spec: dict):
