@@ -9,10 +9,7 @@ never forks a process that already has gRPC threads.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-
-from cistern.cli.main import EXIT_FAILED
 
 
 def register(commands) -> None:
@@ -39,7 +36,6 @@ def register(commands) -> None:
 
 def run_mount(args) -> int:
     from cistern.core.cluster import resolve
-    from cistern.core.errors import CisternError
     from cistern.fuse.mount import MountProcess, serve
 
     cluster = args.cluster or os.environ.get("CISTERN_CLUSTER")
@@ -51,11 +47,7 @@ def run_mount(args) -> int:
     child = MountProcess(args.mountpoint, cluster if not os.path.exists(cluster or "") else os.path.abspath(cluster),
                          options=args.options, metrics_address=args.metrics, log_path=log_path,
                          log_level=args.log_level, die_with_parent=False)
-    try:
-        child.start()
-    except CisternError as e:
-        print(f"cistern mount: {e.message}", file=sys.stderr)
-        return EXIT_FAILED
+    child.start()   # a CisternError becomes cli.main's one-line message and exit 1
     print(f"cistern mount: {child.mountpoint} mounted (pid {child.proc.pid}, log {log_path})")
     return 0
 
