@@ -262,6 +262,7 @@ class TaskHandle:
         self._proc = proc
         self._lock = threading.Lock()
         self._result: TaskResult | None = None
+        self._started: dict | None = None
 
     def checkpoint(self) -> dict:
         return {"task_id": self.task_id, "task_dir": self.task_dir, "sandbox": self.sandbox,
@@ -270,8 +271,11 @@ class TaskHandle:
 
     def started(self) -> dict | None:
         """``{"init_pid", "init_start_ticks", "started_at"}`` once the
-        command was exec'd, else None."""
-        return _read_json(os.path.join(self.task_dir, "started.json"))
+        command was exec'd, else None. The shim writes the file once
+        (atomically), so it is read until found and then kept."""
+        if self._started is None:
+            self._started = _read_json(os.path.join(self.task_dir, "started.json"))
+        return self._started
 
     def wait_started(self, timeout_s: float = start_timeout_s) -> bool:
         """Wait until the command was exec'd (True) or the task ended
