@@ -105,6 +105,21 @@ def through_blocks(cluster, total_bytes: int, block_bytes: int, payload: bytes, 
     return write_s, read_s[0], read_s[1]
 
 
+def print_against_disk(title: str, label: str, disks: list, measured: list, total_bytes: int) -> None:
+    """The table both data benchmarks print: MB/s of write, read from disk
+    and cached read, direct disk against ``label``, medians of the rounds'
+    ``(write_s, read_s, cached_s)`` timings, and their ratio."""
+    disk = [statistics.median(r[i] for r in disks) for i in range(3)]
+    got = [statistics.median(r[i] for r in measured) for i in range(3)]
+    mb = total_bytes / 1e6
+    print(f"{title}; MB/s, median of {len(disks)} rounds")
+    print(f"  {'':36} {'write':>8} {'read (disk)':>12} {'read (cached)':>14}")
+    print(f"  {'direct disk, 1 MiB I/O + fsync':36} {mb / disk[0]:8.0f} {mb / disk[1]:12.0f} {mb / disk[2]:14.0f}")
+    print(f"  {label:36} {mb / got[0]:8.0f} {mb / got[1]:12.0f} {mb / got[2]:14.0f}")
+    print(f"  {'ratio':36} {disk[0] / got[0]:8.0%} {disk[1] / got[1]:12.0%} {disk[2] / got[2]:14.0%}"
+          f"   (targets: write >= 30%, read >= 60%)")
+
+
 def main(argv=None) -> int:
     from cistern.blockstore.testing import NodeCluster
 
@@ -131,16 +146,8 @@ def main(argv=None) -> int:
                 blks.append(through_blocks(cluster, total, block_bytes, payload, args.inflight))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    disk = [statistics.median(r[i] for r in disks) for i in range(3)]
-    blk = [statistics.median(r[i] for r in blks) for i in range(3)]
-    mb = total / 1e6
-    print(f"{args.mib} MiB, {args.block_mib} MiB blocks, 3 replicas on one machine's disk, "
-          f"{args.inflight} block(s) in flight; MB/s, median of {args.rounds} rounds")
-    print(f"  {'':36} {'write':>8} {'read (disk)':>12} {'read (cached)':>14}")
-    print(f"  {'direct disk, 1 MiB I/O + fsync':36} {mb / disk[0]:8.0f} {mb / disk[1]:12.0f} {mb / disk[2]:14.0f}")
-    print(f"  {'BlockClient, 3-node pipeline':36} {mb / blk[0]:8.0f} {mb / blk[1]:12.0f} {mb / blk[2]:14.0f}")
-    print(f"  {'ratio':36} {disk[0] / blk[0]:8.0%} {disk[1] / blk[1]:12.0%} {disk[2] / blk[2]:14.0%}"
-          f"   (targets: write >= 30%, read >= 60%)")
+    print_against_disk(f"{args.mib} MiB, {args.block_mib} MiB blocks, 3 replicas on one machine's disk, "
+                       f"{args.inflight} block(s) in flight", "BlockClient, 3-node pipeline", disks, blks, total)
     return 0
 
 

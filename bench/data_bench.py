@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from cistern.bench.block_bench import block_files, direct_disk, evict
+from cistern.bench.block_bench import block_files, direct_disk, evict, print_against_disk
 
 MiB = 1024 * 1024
 _NODE_ENTRY = "import sys; from cistern.blockstore.server import main; sys.exit(main(sys.argv[1:]))"
@@ -120,16 +119,9 @@ def main(argv=None) -> int:
                 node["proc"].kill()
         meta.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    disk = [statistics.median(r[i] for r in disks) for i in range(3)]
-    cl = [statistics.median(r[i] for r in clients) for i in range(3)]
-    mb = total / 1e6
-    print(f"{args.mib} MiB file, {args.block_mib} MiB blocks, 3 replicas on one machine's disk"
-          f"{', reader local to node 1' if args.local else ''}; MB/s, median of {args.rounds} rounds")
-    print(f"  {'':36} {'write':>8} {'read (disk)':>12} {'read (cached)':>14}")
-    print(f"  {'direct disk, 1 MiB I/O + fsync':36} {mb / disk[0]:8.0f} {mb / disk[1]:12.0f} {mb / disk[2]:14.0f}")
-    print(f"  {'client open(), 1 MiB writes/reads':36} {mb / cl[0]:8.0f} {mb / cl[1]:12.0f} {mb / cl[2]:14.0f}")
-    print(f"  {'ratio':36} {disk[0] / cl[0]:8.0%} {disk[1] / cl[1]:12.0%} {disk[2] / cl[2]:14.0%}"
-          f"   (targets: write >= 30%, read >= 60%)")
+    print_against_disk(f"{args.mib} MiB file, {args.block_mib} MiB blocks, 3 replicas on one machine's disk"
+                       f"{', reader local to node 1' if args.local else ''}", "client open(), 1 MiB writes/reads",
+                       disks, clients, total)
     return 0
 
 
