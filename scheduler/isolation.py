@@ -443,12 +443,18 @@ def _validate(spec, agent_id: str, pids_max: int) -> None:
         raise CisternError(errno.EINVAL, problem)
 
 
-def _nobody(uid: int | None, gid: int | None) -> tuple[int, int]:
+@functools.lru_cache(maxsize=1)
+def _nobody_ids() -> tuple[int, int]:
+    """nobody's (uid, gid), looked up once (not per launch)."""
     try:
         entry = pwd.getpwnam("nobody")
-        default_uid, default_gid = entry.pw_uid, entry.pw_gid
+        return entry.pw_uid, entry.pw_gid
     except KeyError:
-        default_uid = default_gid = 65534
+        return 65534, 65534
+
+
+def _nobody(uid: int | None, gid: int | None) -> tuple[int, int]:
+    default_uid, default_gid = _nobody_ids()
     uid = default_uid if uid is None else int(uid)
     gid = default_gid if gid is None else int(gid)
     if uid == 0 or gid == 0:
