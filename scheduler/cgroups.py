@@ -115,7 +115,7 @@ class Cgroup:
     def procs(self) -> set[int]:
         """Every process in the cgroup (host pids); empty when it is gone."""
         out = set()
-        for d in self._member_dirs():
+        for d in self._dirs():
             try:
                 with open(os.path.join(d, "cgroup.procs")) as f:
                     out.update(int(p) for p in f.read().split())
@@ -125,7 +125,7 @@ class Cgroup:
         return out
 
     def add(self, pid: int) -> None:
-        for d in self._member_dirs():
+        for d in self._dirs():
             _write(os.path.join(d, "cgroup.procs"), str(pid))
 
     def kill_all(self, timeout_s: float = 10.0) -> bool:
@@ -160,7 +160,7 @@ class Cgroup:
         """rmdir every directory of the cgroup (it must be empty of
         processes; an exiting process can keep it busy for a moment)."""
         deadline = time.monotonic() + remove_retry_s
-        for d in self._all_dirs():
+        for d in self._dirs():
             while True:
                 try:
                     os.rmdir(d)
@@ -173,7 +173,7 @@ class Cgroup:
                     time.sleep(kill_poll_interval_s)
 
     def exists(self) -> bool:
-        return any(os.path.isdir(d) for d in self._all_dirs())
+        return any(os.path.isdir(d) for d in self._dirs())
 
     def _freeze(self, frozen: bool) -> None:
         pass
@@ -225,10 +225,7 @@ class CgroupV1(Cgroup):
                 "cpu_s": cpu_ns / 1e9 if cpu_ns >= 0 else -1.0,
                 "pids": _read_int(os.path.join(self.dirs["pids"], "pids.current"), 0)}
 
-    def _member_dirs(self) -> list[str]:
-        return list(self.dirs.values())
-
-    def _all_dirs(self) -> list[str]:
+    def _dirs(self) -> list[str]:
         return list(self.dirs.values())
 
     def _freeze(self, frozen: bool) -> None:
@@ -285,10 +282,7 @@ class CgroupV2(Cgroup):
         _write_if_present(os.path.join(self.dir, "cgroup.kill"), "1")
         return super().kill_all(timeout_s)
 
-    def _member_dirs(self) -> list[str]:
-        return [self.dir]
-
-    def _all_dirs(self) -> list[str]:
+    def _dirs(self) -> list[str]:
         return [self.dir]
 
     def _freeze(self, frozen: bool) -> None:
