@@ -499,8 +499,9 @@ class Master:
         self._generation += 1
         self._reset_memory()
 
-    def _read(self, code: int, *args):
-        return self._replica.submit_read(code, model.sched_args(*args)).result(limits.raft_write_timeout_s)
+    def _read(self, code: int, *args, linearizable: bool = True):
+        return self._replica.submit_read(code, model.sched_args(*args),
+                                         linearizable=linearizable).result(limits.raft_write_timeout_s)
 
     def _read_all_tasks(self) -> list:
         tasks, after = [], None
@@ -914,8 +915,7 @@ class Master:
         task = self._tasks.get(task_id)
         if task is None and task_id not in self._launching:
             try:    # a completed task the master no longer keeps in memory
-                task = self._replica.submit_read(SchedOp.GET_TASK, model.sched_args(task_id),
-                                                 linearizable=False).result(limits.raft_write_timeout_s)
+                task = self._read(SchedOp.GET_TASK, task_id, linearizable=False)
             except (CisternError, ValueError):
                 task = None
         if task_id in self._launching and task is None:
@@ -1057,8 +1057,7 @@ class Master:
     # -- status ----------------------------------------------------------------------
 
     def _status(self) -> dict:
-        counts = self._replica.submit_read(SchedOp.COUNTS, model.sched_args(),
-                                           linearizable=False).result(limits.raft_write_timeout_s)
+        counts = self._read(SchedOp.COUNTS, linearizable=False)
         agents = []
         for agent_id, agent in sorted(self._agents.items()):
             used = (0.0, 0, 0)
