@@ -1058,20 +1058,26 @@ class Master:
 
     def _status(self) -> dict:
         counts = self._read(SchedOp.COUNTS, linearizable=False)
+        # One pass over the open tasks (this runs on the loop thread).
+        used_by_agent: dict[str, tuple] = {}
+        tasks_by_agent: collections.Counter = collections.Counter()
+        tasks_by_framework: collections.Counter = collections.Counter()
+        for task in self._tasks.values():
+            if task["state"] in ACTIVE:
+                cpus, mem, disk = task["spec"]["resources"]
+                used = used_by_agent.get(task["agent_id"], (0.0, 0, 0))
+                used_by_agent[task["agent_id"]] = (used[0] + cpus, used[1] + mem, used[2] + disk)
+                tasks_by_agent[task["agent_id"]] += 1
+                tasks_by_framework[task["framework_id"]] += 1
         agents = []
         for agent_id, agent in sorted(self._agents.items()):
-            used = (0.0, 0, 0)
-            active = [t for t in self._tasks.values() if t["agent_id"] == agent_id and t["state"] in ACTIVE]
-            for task in active:
-                cpus, mem, disk = task["spec"]["resources"]
-                used = (used[0] + cpus, used[1] + mem, used[2] + disk)
             r = agent.record
             agents.append({"agent_id": agent_id, "node_id": r["node_id"], "address": r["address"],
-                           "state": r["state"], "total": list(r["resources"]), "used": list(used),
-                           "tasks": len(active), "connected": agent.session is not None})
+                           "state": r["state"], "total": list(r["resources"]),
+                           "used": list(used_by_agent.get(agent_id, (0.0, 0, 0))),
+                           "tasks": tasks_by_agent[agent_id], "connected": agent.session is not None})
         frameworks = [{"framework_id": fid, "name": fw.record["name"], "connected": fw.session is not None,
-                       "tasks": sum(1 for t in self._tasks.values()
-                                    if t["framework_id"] == fid and t["state"] in ACTIVE),
+                       "tasks": tasks_by_framework[fid],
                        "failover_timeout_s": fw.record["failover_timeout_s"]}
                       for fid, fw in sorted(self._frameworks.items())]
         return {"tasks_by_state": counts["tasks_by_state"], "completed_remembered": counts["completed"],
