@@ -67,6 +67,13 @@ def block_checksum(data) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
+def block_file(data_dir: str, block_id: bytes) -> str:
+    """Where a node with data directory ``data_dir`` keeps a block's file
+    (``blocks/ab/abcdef...``); the client's short-circuit reads open it."""
+    name = bytes(block_id).hex()
+    return os.path.join(data_dir, "blocks", name[:limits.fanout_prefix_hex_chars], name)
+
+
 def chunk_count(length: int, chunk_size_bytes: int = limits.chunk_size_bytes) -> int:
     return -(-length // chunk_size_bytes)
 
@@ -160,8 +167,7 @@ class BlockStore:
     # -- paths ---------------------------------------------------------------
 
     def block_path(self, block_id: bytes) -> str:
-        name = block_id.hex()
-        return os.path.join(self.blocks_dir, name[:limits.fanout_prefix_hex_chars], name)
+        return block_file(self.data_dir, block_id)
 
     # -- open-time recovery ------------------------------------------------------
 

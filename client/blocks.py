@@ -312,11 +312,10 @@ class DataPath:
     @staticmethod
     def _read_local(data_dir: str, block_id: bytes, block_length: int, checksum: bytes) -> bytes | None:
         """The block straight from a local node's block file, or None."""
-        from cistern.blockstore.store import block_checksum
+        from cistern.blockstore.store import block_checksum, block_file
 
-        name = bytes(block_id).hex()
         try:
-            with open(os.path.join(data_dir, "blocks", name[:2], name), "rb") as f:
+            with open(block_file(data_dir, block_id), "rb") as f:
                 data = f.read(block_length + 1)
         except OSError:
             return None
