@@ -532,12 +532,14 @@ class SchedState:
         if task["acked"]:
             return task
         task["acked"] = True
+        if task["state"] not in TERMINAL:   # the counters change only when a task completes
+            self._put(t, self._tasks, task_id, task)
+            return task
         counters = self._counters(t)
-        if task["state"] in TERMINAL:
-            counters["done_seq"] += 1
-            counters["done_count"] += 1
-            task["done_seq"] = counters["done_seq"]
-            t.put(_SEQ.pack(task["done_seq"]), task_id.encode(), db=self._done)
+        counters["done_seq"] += 1
+        counters["done_count"] += 1
+        task["done_seq"] = counters["done_seq"]
+        t.put(_SEQ.pack(task["done_seq"]), task_id.encode(), db=self._done)
         self._put(t, self._tasks, task_id, task)
         self._prune_done(t, counters)
         self._put_counters(t, counters)
