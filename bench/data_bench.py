@@ -47,18 +47,6 @@ def start_nodes(workdir: str, meta_addresses: str, block_bytes: int) -> list[dic
     return nodes
 
 
-def wait_live(client, count: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if sum(1 for n in client.data.nodes.nodes().nodes if n.full_report) >= count:
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{count} storage nodes did not register")
-
-
 def through_client(client, nodes, path: str, total: int, payload: bytes, local_reader):
     """(write_s, cold_read_s, cached_read_s) of one file through the client."""
     started = time.perf_counter()
@@ -83,6 +71,7 @@ def through_client(client, nodes, path: str, total: int, payload: bytes, local_r
 
 def main(argv=None) -> int:
     from cistern.client import connect
+    from cistern.client.testing import wait_nodes_live
     from cistern.metadata.proc_testing import MetaCluster
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -104,7 +93,7 @@ def main(argv=None) -> int:
         with connect(addresses, block_size=block_bytes) as client, \
                 connect(addresses, node_id="n1" if args.local else None,
                         local_data_dir=nodes[0]["data"] if args.local else None) as reader:
-            wait_live(client, 3)
+            wait_nodes_live(client, [node["id"] for node in nodes], timeout_s=60.0)
             disks, clients = [], []
             for r in range(args.rounds):
                 disks.append(direct_disk(os.path.join(nodes[0]["data"], "dd.bin"), total, payload))

@@ -177,11 +177,10 @@ class LocalCluster:
 
     def _wait_nodes(self) -> None:
         from cistern.client import connect
-
-        from .data_bench import wait_live
+        from cistern.client.testing import wait_nodes_live
 
         with connect(self.addresses) as client:
-            wait_live(client, local_nodes)
+            wait_nodes_live(client, self.cluster.nodes, timeout_s=60.0)
 
     def stop(self) -> None:
         self.cluster.stop()

@@ -22,6 +22,7 @@ import time
 import pytest
 
 from cistern.client import connect
+from cistern.client.testing import wait_nodes_live
 from cistern.metadata.model import ROOT_CRED, Op, encode_args
 from cistern.blockstore.testing import StorageCluster
 from cistern.core import procs
@@ -63,10 +64,7 @@ class Cluster(StorageCluster):
         super().__init__(tmp, block_size=block_size, env=env)
 
     def wait_live(self, client, node_ids) -> None:
-        def live():
-            reply = client.data.nodes.nodes()
-            return {n.node_id for n in reply.nodes if n.full_report} == set(node_ids)
-        wait_for(live, f"live nodes {sorted(node_ids)}")
+        wait_nodes_live(client, node_ids, timeout_s=WAIT_S)
 
 
 @pytest.fixture(scope="module")
