@@ -82,9 +82,7 @@ def _agent_options(args) -> dict:
         try:
             options["mem_bytes"] = parse_mem(args.mem)
         except ValueError as e:
-            raise CisternError(errno.EINVAL, f"--mem: {e}") from None
-        if options["mem_bytes"] <= 0:
-            raise CisternError(errno.EINVAL, f"--mem {args.mem} must be positive")
+            raise CisternError(errno.EINVAL, f"--mem: {e}") from None     # parse_mem refuses 0 too
     return options
 
 
