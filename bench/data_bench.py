@@ -19,34 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 
 from cistern.bench.block_bench import block_files, direct_disk, evict, print_against_disk
 
 MiB = 1024 * 1024
-_NODE_ENTRY = "import sys; from cistern.blockstore.server import main; sys.exit(main(sys.argv[1:]))"
-
-
-def start_nodes(workdir: str, meta_addresses: str, block_bytes: int) -> list[dict]:
-    from cistern.core import procs
-    from cistern.metadata.proc_testing import free_port
-
-    nodes = []
-    for i in range(3):
-        node = {"id": f"n{i + 1}", "rpc": f"127.0.0.1:{free_port()}", "data": os.path.join(workdir, f"n{i + 1}")}
-        argv = [sys.executable, "-P", "-c", _NODE_ENTRY, "--log-level", "WARNING", "--id", node["id"],
-                "--data", node["data"], "--listen", node["rpc"], "--meta", meta_addresses,
-                "--block-size", str(block_bytes), "--no-scrub"]
-        with open(os.path.join(workdir, f"{node['id']}.log"), "ab") as log:
-            node["proc"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, env=procs.child_env())
-        nodes.append(node)
-    return nodes
-
-
 def through_client(client, nodes, path: str, total: int, payload: bytes, local_reader):
     """(write_s, cold_read_s, cached_read_s) of one file through the client."""
     started = time.perf_counter()
@@ -70,6 +48,7 @@ def through_client(client, nodes, path: str, total: int, payload: bytes, local_r
 
 
 def main(argv=None) -> int:
+    from cistern.blockstore.testing import NodeCluster
     from cistern.client import connect
     from cistern.client.testing import wait_nodes_live
     from cistern.metadata.proc_testing import MetaCluster
@@ -86,26 +65,20 @@ def main(argv=None) -> int:
     payload = os.urandom(64 * MiB + MiB)
     workdir = tempfile.mkdtemp(prefix="data_bench.", dir=args.dir)
     meta = MetaCluster(os.path.join(workdir, "meta"), 3, log_level="WARNING")
-    nodes = []
     try:
         addresses = ",".join(meta.addresses)
-        nodes = start_nodes(workdir, addresses, block_bytes)
-        with connect(addresses, block_size=block_bytes) as client, \
-                connect(addresses, node_id="n1" if args.local else None,
-                        local_data_dir=nodes[0]["data"] if args.local else None) as reader:
-            wait_nodes_live(client, [node["id"] for node in nodes], timeout_s=60.0)
-            disks, clients = [], []
-            for r in range(args.rounds):
-                disks.append(direct_disk(os.path.join(nodes[0]["data"], "dd.bin"), total, payload))
-                clients.append(through_client(client, nodes, f"/bench-{r}", total, payload, reader))
+        with NodeCluster(workdir, 3, block_size_bytes=block_bytes, log_level="WARNING",
+                         extra_args=["--meta", addresses, "--no-scrub"]) as cluster:
+            nodes = cluster.nodes
+            with connect(addresses, block_size=block_bytes) as client, \
+                    connect(addresses, node_id="n1" if args.local else None,
+                            local_data_dir=nodes[0]["data"] if args.local else None) as reader:
+                wait_nodes_live(client, [node["id"] for node in nodes], timeout_s=60.0)
+                disks, clients = [], []
+                for r in range(args.rounds):
+                    disks.append(direct_disk(os.path.join(nodes[0]["data"], "dd.bin"), total, payload))
+                    clients.append(through_client(client, nodes, f"/bench-{r}", total, payload, reader))
     finally:
-        for node in nodes:
-            node["proc"].terminate()
-        for node in nodes:
-            try:
-                node["proc"].wait(5)
-            except subprocess.TimeoutExpired:
-                node["proc"].kill()
         meta.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     print_against_disk(f"{args.mib} MiB file, {args.block_mib} MiB blocks, 3 replicas on one machine's disk"
