@@ -73,6 +73,10 @@ _INT64_MAX = (1 << 63) - 1
 _STATE_NUMBERS = frozenset(int(s) for s in TaskState if s != TaskState.TASK_UNKNOWN)
 
 
+def _empty_counters() -> dict:
+    return {"done_seq": 0, "done_count": 0, "by_state": {}}
+
+
 _Fail = Refused   # an expected failure found while validating: nothing was changed yet
 
 
@@ -298,7 +302,7 @@ class SchedState:
     def bootstrap(self, txn) -> None:
         """Create the counters when absent. Idempotent."""
         if txn.get(_COUNTERS_KEY, db=self._meta) is None:
-            self._put_counters(txn, {"done_seq": 0, "done_count": 0, "by_state": {}})
+            self._put_counters(txn, _empty_counters())
 
     def apply(self, txn, time_ns: int, code: int, args: list) -> tuple[int, str, object]:
         """Apply one write operation inside ``txn``; never raises."""
@@ -340,7 +344,7 @@ class SchedState:
 
     def _counters(self, t) -> dict:
         raw = t.get(_COUNTERS_KEY, db=self._meta)
-        return model.unpack(raw) if raw is not None else {"done_seq": 0, "done_count": 0, "by_state": {}}
+        return model.unpack(raw) if raw is not None else _empty_counters()
 
     def _put_counters(self, t, counters: dict) -> None:
         t.put(_COUNTERS_KEY, model.pack(counters), db=self._meta)
