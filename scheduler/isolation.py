@@ -535,8 +535,7 @@ class _Launcher:
     def _spawn(self) -> subprocess.Popen:
         # Not a session of its own: it goes when its agent goes (EOF on stdin);
         # the shims it forks have their own sessions and stay.
-        return subprocess.Popen([sys.executable, "-I", "-S", shim.__file__, "--launcher"],
-                                env={"PATH": default_path, "LANG": "C.UTF-8"}, stdin=subprocess.PIPE,
+        return subprocess.Popen(_shim_argv("--launcher"), env=_shim_env(), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True, cwd="/")
 
     def _stop_locked(self) -> None:
@@ -555,13 +554,21 @@ class _Launcher:
 _LAUNCHER = _Launcher()
 
 
+def _shim_argv(arg: str) -> list[str]:
+    """``shim.py`` run as a script without site (see shim's imports)."""
+    return [sys.executable, "-I", "-S", shim.__file__, arg]
+
+
+def _shim_env() -> dict:
+    return {"PATH": default_path, "LANG": "C.UTF-8"}
+
+
 def _start_shim(task_dir: str) -> subprocess.Popen:
     """The shim, in a session of its own and without the die-with-parent
     request: it must outlive a crashed agent. No preexec_fn (the agent has
     gRPC threads)."""
-    env = {"PATH": default_path, "LANG": "C.UTF-8"}
     with open(os.path.join(task_dir, "shim.log"), "ab") as log:
-        return subprocess.Popen([sys.executable, "-I", "-S", shim.__file__, task_dir], cwd=task_dir, env=env,
+        return subprocess.Popen(_shim_argv(task_dir), cwd=task_dir, env=_shim_env(),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
 
