@@ -216,6 +216,7 @@ def _pump_until_exit(pid: int, pidfd: int, logs: dict, cgroup) -> bool:
     True when the shim killed it for memory."""
     oom_base = max(0, cgroup.oom_kills())
     oom_killed = False
+    next_look = time.monotonic() + poll_interval_s     # not on every read of a chatty task's output
     while True:
         readable, _, _ = select.select(list(logs) + [pidfd], [], [], poll_interval_s)
         for fd in readable:
@@ -224,9 +225,12 @@ def _pump_until_exit(pid: int, pidfd: int, logs: dict, cgroup) -> bool:
                 os.close(fd)
         if pidfd in readable:
             return oom_killed
-        if not oom_killed and cgroup.oom_kills() > oom_base:
-            oom_killed = True
-            os.kill(pid, signal.SIGKILL)
+        now = time.monotonic()
+        if not oom_killed and now >= next_look:
+            next_look = now + poll_interval_s
+            if cgroup.oom_kills() > oom_base:
+                oom_killed = True
+                os.kill(pid, signal.SIGKILL)
 
 
 def _drain(logs: dict) -> None:
