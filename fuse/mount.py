@@ -341,11 +341,7 @@ class MountProcess:
         if self.proc is None:
             return None
         try:
-            if is_mounted(self.mountpoint):
-                try:
-                    unmount(self.mountpoint, timeout_s=timeout_s)
-                except CisternError as e:
-                    log.warning("%s", e.message)
+            self._unmount_if_mounted(timeout_s)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -354,8 +350,11 @@ class MountProcess:
                 self.proc.wait(10)
             return self.proc.returncode
         finally:
-            if is_mounted(self.mountpoint):   # the child died with the mount still in place
-                for argv in (["fusermount", "-uz", self.mountpoint], ["umount", "-l", self.mountpoint]):
-                    subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s)
-                    if not is_mounted(self.mountpoint):
-                        break
+            self._unmount_if_mounted(timeout_s)   # the child died with the mount still in place
+
+    def _unmount_if_mounted(self, timeout_s: float) -> None:
+        if is_mounted(self.mountpoint):
+            try:
+                unmount(self.mountpoint, timeout_s=timeout_s)
+            except CisternError as e:
+                log.warning("%s", e.message)
