@@ -123,6 +123,10 @@ def _run_write(child, handler, time_ns: int, args):
     return handler(child, time_ns, _cred(args[0]), args[1:])
 
 
+def _run_read(txn, handler, args):
+    return handler(txn, _cred(args[0]), args[1:])
+
+
 def _fail(err: int, what: object = "") -> _Fail:
     text = os.strerror(err)
     if what != "":
@@ -423,31 +427,11 @@ class Namespace:
 
     def apply(self, txn, time_ns: int, code: int, args: list) -> tuple[int, str, object]:
         """Apply one write operation inside ``txn``; never raises."""
-        try:
-            handler = self._writes.get(code) if _is_int(code) else None
-            if handler is None:
-                return (E.ENOSYS, f"unknown write operation {code!r}"[:200], None)
-            if type(time_ns) is not int or not 0 <= time_ns <= _INT64_MAX:
-                return (E.EINVAL, "bad time_ns", None)
-            if type(args) not in (list, tuple) or not args:
-                return (E.EINVAL, "arguments must be a list starting with credentials", None)
-        except Exception as exc:  # last resort: a bug; keep serving
-            return (E.EIO, f"internal error: {type(exc).__name__}: {exc!r}"[:300], None)
-        return store.apply_nested(self._env, txn, _run_write, handler, time_ns, args)
+        return store.apply_op(self._env, txn, self._writes, code, time_ns, args, _run_write)
 
     def read(self, txn, code: int, args: list) -> tuple[int, str, object]:
         """Answer one read operation from ``txn``; never raises."""
-        try:
-            handler = self._reads.get(code) if _is_int(code) else None
-            if handler is None:
-                return (E.ENOSYS, f"unknown read operation {code!r}"[:200], None)
-            if type(args) not in (list, tuple) or not args:
-                return (E.EINVAL, "arguments must be a list starting with credentials", None)
-            return (0, "", handler(txn, _cred(args[0]), args[1:]))
-        except _Fail as failure:
-            return (failure.err, failure.msg, None)
-        except Exception as exc:  # last resort: a bug; keep serving
-            return (E.EIO, f"internal error: {type(exc).__name__}: {exc!r}"[:300], None)
+        return store.read_op(txn, self._reads, code, args, _run_read)
 
     # -- records -------------------------------------------------------------------
 

@@ -127,6 +127,47 @@ class Refused(Exception):
         self.msg = msg
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _is_code(value) -> bool:
+    # IntEnum members are ints too; bools are not operation codes.
+    return isinstance(value, int) and type(value) is not bool
+
+
+def apply_op(env, txn, handlers: dict, code, time_ns, args, run, what: str = "write") -> tuple[int, str, object]:
+    """A state machine's whole ``apply``: the handler for ``code`` (ENOSYS
+    when there is none), a sane ``time_ns`` and ``args`` a list starting
+    with credentials (EINVAL otherwise), then ``apply_nested(env, txn, run,
+    handler, time_ns, args)``: ``run`` checks the credentials (raising
+    ``Refused``) and calls the handler. Never raises."""
+    handler = handlers.get(code) if _is_code(code) else None
+    if handler is None:
+        return (errno.ENOSYS, f"unknown {what} operation {code!r}"[:200], None)
+    if type(time_ns) is not int or not 0 <= time_ns <= _INT64_MAX:
+        return (errno.EINVAL, "bad time_ns", None)
+    if type(args) not in (list, tuple) or not args:
+        return (errno.EINVAL, "arguments must be a list starting with credentials", None)
+    return apply_nested(env, txn, run, handler, time_ns, args)
+
+
+def read_op(txn, handlers: dict, code, args, run, what: str = "read") -> tuple[int, str, object]:
+    """A state machine's whole ``read``: as ``apply_op`` without the time,
+    answering ``(0, "", run(txn, handler, args))``; ``Refused`` becomes its
+    result and anything else (a bug) EIO. Never raises."""
+    handler = handlers.get(code) if _is_code(code) else None
+    if handler is None:
+        return (errno.ENOSYS, f"unknown {what} operation {code!r}"[:200], None)
+    if type(args) not in (list, tuple) or not args:
+        return (errno.EINVAL, "arguments must be a list starting with credentials", None)
+    try:
+        return (0, "", run(txn, handler, args))
+    except Refused as failure:
+        return (failure.err, failure.msg, None)
+    except Exception as exc:  # last resort: a bug; keep serving
+        return (errno.EIO, f"internal error: {type(exc).__name__}: {exc!r}"[:300], None)
+
+
 def apply_nested(env, txn, run, *args) -> tuple[int, str, object]:
     """``run(child, *args)`` in a write transaction nested in ``txn``,
     committed: ``(0, "", its value)``. Anything ``run`` raises undoes all it

@@ -51,7 +51,7 @@ import struct
 
 import xxhash
 
-from cistern.metadata.store import Refused, apply_nested
+from cistern.metadata.store import Refused, apply_op, read_op
 from cistern.scheduler import limits, model
 from cistern.scheduler.model import ACTIVE, TERMINAL, SchedOp, TaskState
 
@@ -83,6 +83,11 @@ _Fail = Refused   # an expected failure found while validating: nothing was chan
 def _run_write(child, handler, time_ns: int, args):
     _root(args[0])
     return handler(child, time_ns, list(args[1:]))
+
+
+def _run_read(txn, handler, args):
+    _root(args[0])
+    return handler(txn, list(args[1:]))
 
 
 def _fail(err: int, what: str = "") -> _Fail:
@@ -306,32 +311,11 @@ class SchedState:
 
     def apply(self, txn, time_ns: int, code: int, args: list) -> tuple[int, str, object]:
         """Apply one write operation inside ``txn``; never raises."""
-        try:
-            handler = self._writes.get(code) if _is_code(code) else None
-            if handler is None:
-                return (E.ENOSYS, f"unknown scheduler write operation {code!r}"[:200], None)
-            if type(time_ns) is not int or not 0 <= time_ns <= _INT64_MAX:
-                return (E.EINVAL, "bad time_ns", None)
-            if type(args) not in (list, tuple) or not args:
-                return (E.EINVAL, "arguments must be a list starting with credentials", None)
-        except Exception as exc:  # last resort: a bug; keep serving
-            return (E.EIO, f"internal error: {type(exc).__name__}: {exc!r}"[:300], None)
-        return apply_nested(self._env, txn, _run_write, handler, time_ns, args)
+        return apply_op(self._env, txn, self._writes, code, time_ns, args, _run_write, "scheduler write")
 
     def read(self, txn, code: int, args: list) -> tuple[int, str, object]:
         """Answer one read operation from ``txn``; never raises."""
-        try:
-            handler = self._reads.get(code) if _is_code(code) else None
-            if handler is None:
-                return (E.ENOSYS, f"unknown scheduler read operation {code!r}"[:200], None)
-            if type(args) not in (list, tuple) or not args:
-                return (E.EINVAL, "arguments must be a list starting with credentials", None)
-            _root(args[0])
-            return (0, "", handler(txn, list(args[1:])))
-        except _Fail as failure:
-            return (failure.err, failure.msg, None)
-        except Exception as exc:  # last resort: a bug; keep serving
-            return (E.EIO, f"internal error: {type(exc).__name__}: {exc!r}"[:300], None)
+        return read_op(txn, self._reads, code, args, _run_read, "scheduler read")
 
     # -- records ------------------------------------------------------------------
 
@@ -600,11 +584,6 @@ class SchedState:
         counters = self._counters(t)
         return {"tasks_by_state": dict(counters["by_state"]), "completed": counters["done_count"],
                 "frameworks": t.stat(self._fw)["entries"], "agents": t.stat(self._agents)["entries"]}
-
-
-def _is_code(value) -> bool:
-    # SchedOp members are ints too; bools are not operation codes.
-    return isinstance(value, int) and type(value) is not bool
 
 
 def check_invariants(st: SchedState, txn) -> None:
