@@ -735,7 +735,7 @@ _STATES = {"finished": pb.TASK_FINISHED, "failed": pb.TASK_FAILED, "killed": pb.
 class _AgentMetrics:
     def __init__(self, agent: Agent, registry):
         self._agent = agent
-        kw = {"registry": registry} if registry is not None else {"registry": None}
+        kw = {"registry": registry}                 # None: metrics of their own, registered nowhere
         self.tasks = Gauge("cistern_agent_tasks", "tasks this agent holds, by state", ["state"], **kw)
         self.ended = Counter("cistern_agent_tasks_ended", "tasks that ended here, by terminal state", ["state"], **kw)
         self.launch_latency = Histogram("cistern_agent_launch_latency_seconds",
