@@ -16,6 +16,8 @@ import shutil
 import sys
 import tempfile
 
+from cistern.cli.main import EXIT_FAILED, EXIT_USAGE
+
 
 def register(sub) -> None:
     s = sub.add_parser("sched", help="scheduler: launch latency, no-op tasks/s, locality (issue 5 targets)",
@@ -46,7 +48,7 @@ def run(args) -> int:
         config.check()
     except ValueError as e:
         print(f"cistern bench sched: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     local = tmp = None
     try:
         addresses = args.cluster
@@ -65,7 +67,7 @@ def run(args) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     doc["config"]["cluster"] = "a local 3-node cluster (temporary, removed)" if local is not None else args.cluster
     report.emit(doc, sched_bench.text(doc), args.json)
-    return 1 if doc["failures"] else 0
+    return EXIT_FAILED if doc["failures"] else 0
 
 
 def _start_local_cluster(block_size: int):
