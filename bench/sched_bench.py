@@ -15,7 +15,7 @@ bench may not import the scheduler (the layout's one-way arrows), so the
 caller passes in what it needs: ``make_framework(name, locality_wait_s)``
 returning a framework with the SDK's ``submit``/``wait``/``close`` and task
 handles (``cistern.scheduler.framework``), and a client for the input file.
-``cistern bench sched`` (cli/bench.py) composes them and starts a local
+``cistern bench sched`` (cli/bench_sched.py) composes them and starts a local
 cluster when none is given.
 """
 
