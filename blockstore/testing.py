@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from cistern.blockstore import store
 from cistern.blockstore.client import BlockClient
 from cistern.core.errors import CisternError
 from cistern.core import procs
@@ -168,8 +169,7 @@ class StorageCluster:
         return self.nodes[node_id]["address"]
 
     def block_file(self, node_id: str, block_id: bytes) -> str:
-        name = block_id.hex()
-        return os.path.join(self.nodes[node_id]["data"], "blocks", name[:2], name)
+        return store.block_file(self.nodes[node_id]["data"], block_id)
 
     def block_ids_on(self, node_id: str) -> set:
         root = os.path.join(self.nodes[node_id]["data"], "blocks")
