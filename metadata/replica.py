@@ -62,19 +62,45 @@ Apply (one replicated method, on every replica, in log order)
     the entry forever. An LMDB failure (disk full) does escape: the replica
     stalls on that entry, logging, rather than skip it and diverge.
 
-Linearizable reads
-    Reads queue beside writes; the next entry submitted (a write batch, or an empty barrier entry ``[time_ns, []]`` when no write waits)
-    carries every read that arrived before it. When that entry is applied on
-    the leader, the reads run together in one LMDB read transaction. An entry
-    of this leader's term committed after a read arrived proves this replica
-    was still leader then (a newer leader would have had to hold the entry
-    too), so the read sees every write acknowledged before it arrived.
-    ``linearizable=False`` reads the local applied state on any replica.
-    Up to ``batches_in_flight_max`` entries (writes or barriers) are in
-    flight, so several barriers may be; a group of reads from one request
-    batch (``submit_reads``) shares one callback. Tested by a partitioned
-    leader that still believes it leads: its read must fail, never answer
-    from before a write the new leader acknowledged.
+Linearizable reads: ReadIndex (Raft thesis 6.4), no log entry
+    A linearizable read is queued and wakes the tick thread, which, before
+    its next tick, gives every queued read one *round*: it records the read
+    index, ``max(commit index, index of this term's no-op)``, and bumps the
+    round stamp. From then on every ``append_entries`` the leader sends
+    carries the stamp (``_DurableTransport.send``: heartbeats and the appends
+    that carry writes alike; if the tick sent none, ``_before_poll`` sends a
+    heartbeat round), and a follower's answer to an append
+    (``next_node_idx``, success or not) echoes the stamp of the append it
+    answers. Once a majority counting the leader answered a stamp at or past
+    the round's, the round is confirmed; once pysyncobj's applied index
+    reaches its read index, its reads run together in one LMDB read
+    transaction (inline for a few reads, else on the reader pool). One round
+    serves every read queued since the previous one, and nothing enters the
+    log. ``linearizable=False`` reads the local applied state on any replica.
+    Safety: let read R arrive at time t0 on leader L of term T, and W be a
+    write acknowledged before t0. (1) If W was committed in a term <= T, it
+    is in L's log (Leader Completeness) at or below the commit index, or
+    below this term's no-op when L has not committed an entry of its own
+    term yet; so its index is at most R's read index, and R is served only
+    after L applied that far. (2) W cannot have been committed by a leader of
+    a later term T' > T: that leader was elected before t0 by a majority
+    that had moved to term T' before t0; R's round was stamped after R
+    arrived, so each answer L counts was sent by a member that accepted an
+    append of term T after t0 (pysyncobj answers no append whose term is
+    below the member's), hence had not moved to T' yet; two majorities
+    share a member, a contradiction. Stamps only grow over the process's
+    life and the rounds are dropped (their reads failed with NotLeader) on
+    the tick thread the moment leadership is lost, so an answer to an append
+    sent before the round, or in an earlier term, never confirms it; the
+    answers are matched by their echoed stamp, not by arrival time, so
+    answers buffered while the leader was frozen (SIGSTOP) confirm nothing
+    newer than what they answer. A leader that cannot reach a majority never
+    confirms a round and fails its reads when it steps down
+    (``leader_fallback_timeout_s``). No clock is trusted: no leader lease
+    (pysyncobj's followers grant votes while hearing from a leader, so a
+    lease would not be safe). Tested by a partitioned leader that still
+    believes it leads, and by a leader frozen while its peers elect a new
+    one and acknowledge a write: neither may answer a read stale.
 
 Durability (pysyncobj does not fsync)
     * Journal: ``FileJournal`` writes through mmap and never syncs. We replace
@@ -174,7 +200,8 @@ Divergence: "truncating already-applied log entries ... may have diverged"
     when it was applied (``cistern_replica_divergence_detected``).
 
 Threads: pysyncobj's tick loop (ours, ``autoTick=False``: it also applies
-entries, runs callbacks and resolves small batches' futures), one completer
+entries, runs callbacks, resolves small batches' futures, runs ReadIndex
+rounds and answers small groups of reads), one completer
 for bigger batches, the journal syncer, a snapshot writer while one runs,
 and a small reader pool. pysyncobj state is only mutated on the tick
 thread; other threads read plain attributes for status.
@@ -216,7 +243,6 @@ KEY_DIGEST = b"digest"
 KEY_RING = b"ring:"                  # + u16: [index, xxh3_64(entry)] of recent entries
 DIGEST_ZERO = b"\0" * 16
 recent_entry_hashes_max = 4096       # entries whose hash is kept to check a replayed entry
-read_batch_max = 4096                # reads carried by one barrier
 inline_completion_max = 8            # futures resolved on the tick thread itself
 bind_attempts_max = 10               # x 0.2 s: the raft port must come free within ~2 s
 _U64 = struct.Struct(">Q")
@@ -226,6 +252,7 @@ _SNAP_TRAILER = struct.Struct(">Q8s")
 _ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 _ROLE_LEADER = 2
 _READ_DIGEST = int(model.Op.DIGEST)
+_ROUND_KEY = "cistern_read_round"    # added to append_entries, echoed in next_node_idx
 
 
 @dataclasses.dataclass
@@ -454,12 +481,21 @@ class _DurableTransport(TCPTransport):
     """
 
     def send(self, node, message):
-        journal = getattr(self._syncObj, "_cistern_journal", None)
+        raft = self._syncObj
+        journal = getattr(raft, "_cistern_journal", None)
         if journal is not None:
-            if isinstance(message, dict) and message.get("type") == "append_entries":
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "append_entries":
                 journal.sync_async()
+                # ReadIndex: every append carries the current read round.
+                stamp = raft._cistern_replica._read_stamp
+                if stamp:
+                    message[_ROUND_KEY] = stamp
+                    raft._cistern_replica._read_stamp_sent = stamp
             else:
                 journal.sync()
+                if kind == "next_node_idx" and raft._cistern_echo is not None:
+                    message[_ROUND_KEY] = raft._cistern_echo   # the round of the append answered
         return super().send(node, message)
 
 
@@ -470,6 +506,8 @@ class _RaftNode(SyncObj):
     def __init__(self, replica: "Replica", self_address, other_addresses, conf: SyncObjConf, durable: bool):
         self._cistern_replica = replica
         self._cistern_journal = None
+        self._cistern_echo = None        # follower: read round of the append being answered
+        self._cistern_acked = {}         # leader: node -> highest read round it answered
         super().__init__(self_address, other_addresses, conf, transportClass=_DurableTransport)
         # autoTick is off, so nothing has ticked yet: swap the journal for the
         # durable subclass over the same file (SyncObj.__init__ already read
@@ -493,9 +531,17 @@ class _RaftNode(SyncObj):
         leader) already holds the next entry -- always so for a lone member
         -- nothing would wake the poll, and the entry would wait out the
         tick period. Wake it instead (once per commit index, so an entry of
-        an older term, which counting does not commit, cannot make it spin)."""
+        an older term, which counting does not commit, cannot make it spin).
+
+        ReadIndex: when no append left since the newest read round began,
+        send one heartbeat round now; then confirm and serve what can be."""
         if self._SyncObj__raftState != _ROLE_LEADER:
             return
+        replica = self._cistern_replica
+        if replica._read_rounds or replica._read_ready:
+            if replica._read_stamp_sent != replica._read_stamp:
+                self._SyncObj__sendAppendEntries()   # one heartbeat round for the reads
+            replica._check_read_rounds()
         commit = self._SyncObj__raftCommitIndex
         if self.last_log_index() <= commit:
             return
@@ -515,8 +561,22 @@ class _RaftNode(SyncObj):
         # follower holding stale uncommitted entries would then apply them.
         # Such a message must not raise our commit index (see module docstring).
         kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "append_entries" and "prevLogIdx" not in message and "commit_index" in message:
-            message["commit_index"] = min(message["commit_index"], self.raftCommitIndex)
+        if kind == "append_entries":
+            if "prevLogIdx" not in message and "commit_index" in message:
+                message["commit_index"] = min(message["commit_index"], self.raftCommitIndex)
+            # Any answer pysyncobj sends to this append (it answers only an
+            # append whose term is at least ours) echoes the append's round.
+            self._cistern_echo = message.get(_ROUND_KEY)
+            try:
+                SyncObj._SyncObj__onMessageReceived(self, node, message)
+            finally:
+                self._cistern_echo = None
+            return
+        if kind == "next_node_idx" and self._SyncObj__raftState == _ROLE_LEADER:
+            stamp = message.get(_ROUND_KEY)
+            if stamp is not None and stamp > self._cistern_acked.get(node, 0):
+                self._cistern_acked[node] = stamp
+                self._cistern_replica._check_read_rounds()
         if kind != "next_node_idx" or not message.get("success") or message.get("reset"):
             SyncObj._SyncObj__onMessageReceived(self, node, message)
             return
@@ -531,6 +591,20 @@ class _RaftNode(SyncObj):
         after = next_index.get(node)
         if before is not None and after is not None and after < before:
             next_index[node] = before
+
+    def read_index_now(self) -> int:
+        """ReadIndex (Raft thesis 6.4) as of now: the commit index, but at
+        least this term's first entry (the no-op pysyncobj appends on
+        election), which holds every entry an earlier leader committed."""
+        return max(self._SyncObj__raftCommitIndex, self._SyncObj__noopIDx or 0)
+
+    def majority_answered(self, stamp: int) -> bool:
+        """A majority, counting this leader, answered an append carrying read
+        round ``stamp`` or a later one."""
+        others = self._SyncObj__otherNodes
+        acked = self._cistern_acked
+        holders = 1 + sum(1 for node in others if acked.get(node, 0) >= stamp)
+        return holders * 2 > len(others) + 1
 
     def commit_ready(self) -> bool:
         """This leader's next tick would commit a new entry: a majority,
@@ -699,14 +773,24 @@ def _fail_reads(groups, exc: BaseException) -> None:
 
 
 class _Batch:
-    __slots__ = ("futures", "reads", "n_reads", "done", "ops")
+    __slots__ = ("futures", "done", "ops")
 
-    def __init__(self, futures, reads, ops):
+    def __init__(self, futures, ops):
         self.futures = futures
-        self.reads = reads          # [(reads, on_done), ...] groups
-        self.n_reads = 0            # reads in all groups
         self.ops = ops
         self.done = False
+
+
+class _ReadRound:
+    """Linearizable reads waiting for one ReadIndex round (tick thread)."""
+    __slots__ = ("stamp", "term", "read_index", "groups", "n_reads")
+
+    def __init__(self, stamp: int, term: int, read_index: int, groups: list):
+        self.stamp = stamp              # appends sent from now on carry it
+        self.term = term
+        self.read_index = read_index    # serve once applied reaches it
+        self.groups = groups            # [(reads, on_done), ...]
+        self.n_reads = sum(len(reads) for reads, _ in groups)
 
 
 class _SnapshotJob:
@@ -756,6 +840,14 @@ class Replica:
         self._pending_writes: collections.deque = collections.deque()
         self._pending_bytes = 0
         self._pending_reads: collections.deque = collections.deque()
+        self._read_wake = False                       # the tick thread was woken for pending reads
+        # ReadIndex rounds (tick thread only): the stamp outgoing appends carry,
+        # the last stamp that left, rounds awaiting a majority's answer, and
+        # confirmed rounds awaiting apply up to their read index.
+        self._read_stamp = 0
+        self._read_stamp_sent = 0
+        self._read_rounds: collections.deque = collections.deque()
+        self._read_ready: collections.deque = collections.deque()
         self._in_flight: set = set()
         self._running = False
         self._stopping = threading.Event()
@@ -837,7 +929,7 @@ class Replica:
             job.thread.join(timeout=60)
         self._node.destroy()      # autoTick off: closes transport, flushes journal now
         self._readers.shutdown(wait=True)
-        self._fail_everything(NotLeader(""))
+        self._fail_everything(NotLeader(""), self._take_read_rounds())
 
     def _bootstrap(self) -> None:
         with self._env.begin(write=True) as txn:
@@ -934,7 +1026,9 @@ class Replica:
         else:
             with self._lock:
                 self._pending_reads.append((reads, on_done))
-            self._kick()
+                wake, self._read_wake = not self._read_wake, True
+            if wake:
+                self._node._SyncObj__pipeNotifier.notify()
 
     def is_leader(self) -> bool:
         return self._node is not None and self._node._isLeader()
@@ -1006,6 +1100,8 @@ class Replica:
         while not self._stopping.is_set():
             try:
                 journal.wait_synced()   # the leader's own sync, before it counts itself
+                if self._pending_reads:
+                    self._start_read_round()
                 node.doTick(period)
             except Exception:
                 log.exception("replica %s: pysyncobj tick failed; retrying", self.node_id)
@@ -1043,8 +1139,7 @@ class Replica:
                 self._kick_wanted = False
                 while True:
                     with self._lock:
-                        if not (self._running and (self._pending_writes or self._pending_reads)
-                                and len(self._in_flight) < slots):
+                        if not (self._running and self._pending_writes and len(self._in_flight) < slots):
                             break
                         batch = self._take_batch()
                         self._in_flight.add(batch)
@@ -1067,15 +1162,7 @@ class Replica:
             ops.append(op)
             futures.append(future)
             size += len(op)
-        reads = []
-        n_reads = 0
-        while self._pending_reads and n_reads < read_batch_max:
-            group = self._pending_reads.popleft()
-            reads.append(group)
-            n_reads += len(group[0])
-        batch = _Batch(futures, reads, ops)
-        batch.n_reads = n_reads
-        return batch
+        return _Batch(futures, ops)
 
     def _submit(self, batch: _Batch) -> None:
         if not self._node._isLeader():
@@ -1089,11 +1176,10 @@ class Replica:
         self._node.apply_entry(entry, callback=lambda res, err: self._on_committed(batch, res, err))
 
     def _on_committed(self, batch: _Batch, res, err) -> None:
-        """pysyncobj callback (tick thread). A small batch completes here,
-        its few reads included (saves two thread hops: one at a time, a
-        read's barrier and its answer cost one wake-up less); bigger ones go
-        to the completer, and their reads on to the reader pool."""
-        if len(batch.futures) + batch.n_reads <= inline_completion_max:
+        """pysyncobj callback (tick thread). A small batch completes here
+        (one at a time, that saves a thread hop); bigger ones go to the
+        completer."""
+        if len(batch.futures) <= inline_completion_max:
             try:
                 self._complete(batch, res, err)
             except Exception:
@@ -1116,7 +1202,7 @@ class Replica:
         if err == FAIL_REASON.SUCCESS and isinstance(res, list) and len(res) == len(batch.ops):
             self._m.entries_committed.labels(self._label).inc()
             _deliver(batch.futures, res, None)
-            self._finish(batch, reads_ok=True)
+            self._finish(batch)
         elif err == FAIL_REASON.SUCCESS:
             # Applied before (index at or below LMDB's applied index): the
             # outcome of these ops is not known here; a resend dedupes.
@@ -1126,7 +1212,7 @@ class Replica:
         else:
             self._finish(batch, exc=NotLeader(self.leader_rpc_address()))
 
-    def _finish(self, batch: _Batch, *, exc: BaseException | None = None, reads_ok: bool = False) -> None:
+    def _finish(self, batch: _Batch, *, exc: BaseException | None = None) -> None:
         with self._lock:
             if batch.done:
                 return
@@ -1134,16 +1220,11 @@ class Replica:
             self._in_flight.discard(batch)
         if exc is not None:
             _deliver(batch.futures, None, exc)
-        if batch.reads:
-            if reads_ok and self._running and batch.n_reads <= inline_completion_max:
-                self._run_reads(batch.reads)
-            elif reads_ok and self._running:
-                self._readers.submit(self._run_reads, batch.reads)
-            else:
-                _fail_reads(batch.reads, exc or NotLeader(self.leader_rpc_address()))
         self._kick()
 
-    def _fail_everything(self, exc: BaseException) -> None:
+    def _fail_everything(self, exc: BaseException, rounds=()) -> None:
+        """Fail every queued and in-flight operation. ``rounds``: read groups
+        the tick thread took out of its ReadIndex rounds for this."""
         with self._lock:
             batches = list(self._in_flight)
             pending = list(self._pending_writes)
@@ -1151,10 +1232,19 @@ class Replica:
             self._pending_writes.clear()
             self._pending_reads.clear()
             self._pending_bytes = 0
+            self._read_wake = False
         for batch in batches:
             self._finish(batch, exc=exc)
         _deliver([sink for _, sink in pending], None, exc)
-        _fail_reads(reads, exc)
+        _fail_reads(list(rounds) + reads, exc)
+
+    def _take_read_rounds(self) -> list:
+        """Empty the ReadIndex rounds (tick thread, or after it stopped);
+        their read groups."""
+        groups = [g for r in (*self._read_rounds, *self._read_ready) for g in r.groups]
+        self._read_rounds.clear()
+        self._read_ready.clear()
+        return groups
 
     def _on_state_changed(self, old_state, new_state) -> None:
         """pysyncobj callback (tick thread)."""
@@ -1162,10 +1252,62 @@ class Replica:
         if old_state == _ROLE_LEADER and new_state != _ROLE_LEADER:
             log.warning("replica %s: lost leadership; failing in-flight operations", self.node_id)
             # Outcome unknown: they may still commit. Clients resend with the
-            # same (client_id, seq), which applies at most once.
-            threading.Thread(target=self._fail_everything, args=(NotLeader(""),), daemon=True).start()
+            # same (client_id, seq), which applies at most once. Reads waiting
+            # for a round leave the rounds now, on this thread, so no answer
+            # that arrives later can confirm them.
+            rounds = self._take_read_rounds()
+            threading.Thread(target=self._fail_everything, args=(NotLeader(""), rounds), daemon=True).start()
         elif new_state == _ROLE_LEADER:
             log.info("replica %s: leader in term %d", self.node_id, self._node.raftCurrentTerm)
+
+    # -- linearizable reads: ReadIndex (tick thread) ------------------------
+
+    def _start_read_round(self) -> None:
+        """Give every pending linearizable read one new ReadIndex round:
+        record the read index now, bump the stamp that appends carry from now
+        on (the tick sends them; ``_before_poll`` sends a heartbeat if it did
+        not), and wait in ``_read_rounds`` for a majority to answer one."""
+        node = self._node
+        with self._lock:
+            groups = list(self._pending_reads)
+            self._pending_reads.clear()
+            self._read_wake = False
+        if not groups:
+            return
+        if node._SyncObj__raftState != _ROLE_LEADER:
+            _fail_reads(groups, NotLeader(self.leader_rpc_address()))
+            return
+        self._read_stamp += 1
+        self._read_rounds.append(_ReadRound(self._read_stamp, node.raftCurrentTerm,
+                                            node.read_index_now(), groups))
+        self._check_read_rounds()   # a lone member is its own majority
+
+    def _check_read_rounds(self) -> None:
+        """Confirm rounds a majority answered, then serve confirmed rounds
+        whose read index is applied (called on answers and every tick)."""
+        node = self._node
+        rounds, ready = self._read_rounds, self._read_ready
+        term = node.raftCurrentTerm
+        while rounds and node.majority_answered(rounds[0].stamp):
+            confirmed = rounds.popleft()
+            if confirmed.term != term or node._SyncObj__raftState != _ROLE_LEADER:
+                _fail_reads(confirmed.groups, NotLeader(self.leader_rpc_address()))
+            else:
+                ready.append(confirmed)
+        if not ready:
+            return
+        applied = node.raftLastApplied
+        groups, n_reads = [], 0
+        while ready and ready[0].read_index <= applied:
+            served = ready.popleft()
+            groups.extend(served.groups)
+            n_reads += served.n_reads
+        if not groups:
+            return
+        if n_reads <= inline_completion_max:
+            self._run_reads(groups)
+        else:
+            self._readers.submit(self._run_reads, groups)
 
     # -- reads -----------------------------------------------------------
 

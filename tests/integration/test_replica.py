@@ -267,15 +267,23 @@ def test_a_raising_machine_fails_only_its_operation_with_eio(group):
         assert txn.get(b"half-written", db=leader.store.db(b"counters")) is None
 
 
-def test_linearizable_reads_share_a_barrier_and_see_acknowledged_writes(group):
+def test_linearizable_reads_add_no_raft_entry_and_see_acknowledged_writes(group):
+    # ReadIndex: a read waits for a heartbeat round a majority answered, not
+    # for a log entry; so reads alone never grow the log, on any replica.
     g = group().start_all()
     leader = g.leader()
     cid = os.urandom(16)
     incr(leader, cid, 1, b"r").result(5)
-    before = leader.status()["batches"]
+    g.converge()
+    before = [r.status()["last_log_index"] for r in g.running()]
+    batches = leader.status()["batches"]
     futures = [leader.submit_read(GET, model.encode_args(CRED, b"r")) for _ in range(300)]
     assert all(f.result(10) == 1 for f in futures)
-    assert leader.status()["batches"] - before <= 10
+    for n in range(1, 40):              # reads interleaved with writes see each write
+        incr(leader, cid, 1 + n, b"r").result(5)
+        assert get(leader, b"r") == 1 + n
+    assert [r.status()["last_log_index"] for r in g.running()] == [b + 39 for b in before]
+    assert leader.status()["batches"] - batches == 39
     digest_read = leader.submit_read(Op.DIGEST, model.encode_args(CRED)).result(5)
     assert digest_read[0] >= 1 and len(digest_read[1]) == 16
 
@@ -560,3 +568,73 @@ def test_a_partitioned_leader_that_still_believes_it_leads_never_answers_a_read_
         value = read.result(30)
         raise AssertionError(f"a deposed leader answered a linearizable read with {value}")
     assert get(old, b"k", linearizable=False) == 1   # a stale read says so; it stays allowed
+
+
+def test_a_frozen_leader_never_answers_a_read_that_misses_the_new_leaders_write(group):
+    # The SIGSTOP case of ReadIndex: freeze the leader's tick thread (so it
+    # neither hears nor speaks, and still believes it leads), let the other
+    # two elect a leader and acknowledge a write, queue a linearizable read on
+    # the frozen one, then thaw it. The followers' answers to its last
+    # heartbeats wait in its socket buffers, processed after the read
+    # arrived: a leader that took any answer received after a read as proof
+    # of leadership (or a lease) would answer 1. The answer must be 2 or a
+    # failure (it steps down on hearing the new leader).
+    g = group(leader_fallback_timeout_s=8.0, connection_timeout_s=10.0).start_all()
+    old = g.leader()
+    cid = os.urandom(16)
+    assert incr(old, cid, 1, b"k").result(5) == 1
+    assert get(old, b"k") == 1          # a read round, so appends carry round stamps
+    gate, frozen = threading.Event(), threading.Event()
+    tick = old._node.doTick
+
+    def frozen_tick(period):       # frozen between two ticks, as SIGSTOP may catch it
+        frozen.set()
+        gate.wait(30)
+
+    old._node.doTick = frozen_tick
+    try:
+        assert frozen.wait(5)
+        new = g.leader(timeout_s=15, exclude=old)
+        assert incr(new, cid, 2, b"k").result(5) == 2
+        assert old.is_leader(), "the frozen leader already knows it was deposed: the test means nothing"
+        read = old.submit_read(GET, model.encode_args(CRED, b"k"))
+        time.sleep(0.2)
+        assert not read.done()
+    finally:
+        old._node.doTick = tick
+        gate.set()
+    try:
+        value = read.result(30)
+    except CisternError:
+        value = None        # failed: allowed (NotLeader once it steps down)
+    assert value in (None, 2), f"a deposed leader answered a linearizable read with {value}"
+    assert not old.is_leader()
+    g.converge()
+
+
+def test_a_leader_cut_off_from_its_peers_answers_no_linearizable_read(group):
+    # The peers frozen instead: no member answers the leader's heartbeats, so
+    # no read round is confirmed; reads fail once it steps down, and it
+    # answers again once the peers are back.
+    g = group(leader_fallback_timeout_s=3.0, connection_timeout_s=10.0).start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+    assert incr(leader, cid, 1, b"k").result(5) == 1
+    peers = [r for r in g.running() if r is not leader]
+    gate = threading.Event()
+    ticks = [p._node.doTick for p in peers]
+    for p, tick in zip(peers, ticks):
+        p._node.doTick = lambda period, tick=tick: (gate.wait(30), tick(period))
+    try:
+        time.sleep(0.3)
+        read = leader.submit_read(GET, model.encode_args(CRED, b"k"))
+        time.sleep(1.0)
+        assert not read.done(), "a read was answered without a majority's heartbeat answer"
+        with pytest.raises(NotLeader):
+            read.result(30)
+    finally:
+        for p, tick in zip(peers, ticks):
+            p._node.doTick = tick
+        gate.set()
+    assert get(g.leader(timeout_s=15), b"k") == 1
+    g.converge()
