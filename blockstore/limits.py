@@ -36,6 +36,14 @@ scrub_interval_s = 24 * 3600.0             # a full pass over every block this o
 scrub_rate_bytes_per_s = 32 * MiB          # the scrubber's disk bandwidth at most
 orphan_grace_s = 3600.0                    # an uncommitted block lives this long (metadata-side GC)
 
+# Durable stores write block files with O_DIRECT from page-aligned staging
+# buffers: the page-cache copy of a buffered write() cost a node a third of
+# its CPU per byte (three replicas on one host pay it three times). The
+# unaligned tail of a block is written through the page cache; fsync stays.
+direct_io_align_bytes = 4096               # O_DIRECT offsets, lengths and buffers are multiples of this
+direct_io_stage_bytes = 1 * MiB            # one staging buffer per block being written
+direct_io_stages_kept_max = 8              # idle staging buffers a store keeps for reuse
+
 index_map_size_bytes = 16 << 30            # sparse LMDB map: ~600 bytes per 4 MiB block
 index_readers_max = 256
 fanout_prefix_hex_chars = 2                # blocks/ab/abcdef...: 256 directories
@@ -48,4 +56,5 @@ assert message_data_max_bytes + chunk_checksums_max * 8 + 64 * KiB < wire_messag
 assert 1 <= pipeline_depth_max <= 16
 assert scrub_rate_bytes_per_s >= block_size_max_bytes / 60     # a max block scrubs within a minute
 assert downstream_ack_timeout_s < write_call_timeout_s
+assert direct_io_stage_bytes % direct_io_align_bytes == 0 and direct_io_align_bytes % 512 == 0
 delete_ids_max = 4096                      # block ids in one Delete call
