@@ -72,6 +72,7 @@ class AsyncClient:
     access = _coroutine(Plans.access)
     listdir = _coroutine(Plans.listdir)
     readdir = _coroutine(Plans.readdir)
+    readdir_page = _coroutine(Plans.readdir_page)
     readlink = _coroutine(Plans.readlink)
     getxattr = _coroutine(Plans.getxattr)
     listxattr = _coroutine(Plans.listxattr)

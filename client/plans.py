@@ -207,6 +207,19 @@ class Plans:
         t = paths.parse(path, function="scandir")
         return [tuple(entry) for entry in (yield from _readdir(t))]
 
+    def readdir_page(self, path="/", after=None, limit=None) -> tuple:
+        """One page of ``readdir``: ``(entries, done)``, the entries (as
+        ``readdir`` gives them) whose names follow ``after`` (bytes, None
+        for the start) in the service's order, at most ``limit`` of them
+        (default and ceiling: one READDIR reply, ``limits.readdir_page_entries_max``);
+        ``done`` when none follow. One round trip, so a caller can bound its
+        work in a huge directory (the mount's stat-ahead). Errors as ``listdir``."""
+        t = paths.parse(path, function="scandir")
+        limit = limits.readdir_page_entries_max if limit is None else max(1, min(int(limit),
+                                                                             limits.readdir_page_entries_max))
+        page, done = yield Call(Op.READDIR, (t.wire, None if after is None else bytes(after), limit), t.given)
+        return [tuple(entry) for entry in page], bool(done)
+
     def readlink(self, path):
         """``os.readlink``: the target as stored, str for a str path.
         Errors: ENOENT, EINVAL (not a symlink), ENOTDIR, EACCES."""

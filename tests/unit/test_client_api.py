@@ -252,6 +252,35 @@ def test_listdir_pages_through_large_directories(client, monkeypatch):
     assert len(client.listdir("/big")) == 50
 
 
+def test_readdir_page_bounds_one_round_trip_and_pages_on(client, monkeypatch):
+    from cistern.metadata import limits
+
+    monkeypatch.setattr(limits, "readdir_page_entries_max", 7)
+    client.mkdir("/pg")
+    for f in [client.futures.create(f"/pg/n{i:02}") for i in range(10)]:
+        f.result()
+    first, done = client.readdir_page("/pg", None, 4)
+    assert [e[0] for e in first] == [b"n00", b"n01", b"n02", b"n03"] and not done
+    rest, done = client.readdir_page("/pg", first[-1][0], 100)     # clamped to one reply (7)
+    assert [e[0] for e in rest] == [f"n{i:02}".encode() for i in range(4, 10)] and done
+    assert rest[0] == tuple(client.readdir("/pg")[4])
+    with pytest.raises(FileNotFoundError):
+        client.readdir_page("/nowhere")
+
+
+def test_attrs_answers_each_path_like_attr_in_order(client):
+    client.mkdir("/at")
+    client.create("/at/f")
+    client.symlink("f", "/at/l")
+    got = client.attrs(["/at/f", "/at/l", "/at/missing", "/at/f/under", "/at/l"], follow_symlinks=False)
+    assert got[0] == client.attr("/at/f") and got[1] == client.attr("/at/l", follow_symlinks=False)
+    assert isinstance(got[2], FileNotFoundError) and got[2].filename == "/at/missing"
+    assert isinstance(got[3], NotADirectoryError)
+    assert got[4] == got[1]
+    assert client.attrs(["/at/l"])[0] == client.attr("/at/f")       # follows by default
+    assert client.attrs([]) == []
+
+
 def _scan(fs, path):
     with fs.scandir(path) as it:
         return sorted(
