@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import gc
 import json
 import os
 import select
@@ -108,40 +109,55 @@ def serve(task_dir: str) -> None:
 
 def launcher() -> None:
     """A warm shim factory for one agent process: for each task dir read
-    from stdin (one per line), fork a shim in a session of its own (double
-    fork: the launcher is not its parent either, so it outlives both) and
+    from stdin (one per line), fork a shim in a session of its own and
     answer ``<pid> <start ticks>``. Forking this threadless process costs
     about a millisecond; starting an interpreter per task costs tens of
-    milliseconds of cpu. Ends at EOF (its agent closed the pipe or died)."""
+    milliseconds of cpu. The launcher ignores SIGCHLD, so the kernel reaps
+    its shims (each resets it): they never wait for it, and live on when
+    it ends. Its objects are frozen out of the garbage collector, which
+    stays off in the shims (they make no cycles worth collecting): a
+    collection would write to every page the fork shares and copy them.
+    Ends at EOF (its agent closed the pipe or died)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    gc.disable()
+    gc.freeze()
     while True:
         line = sys.stdin.buffer.readline()
         if not line:
             return
-        pid = _fork_shim(line.decode().rstrip("\n"))
-        sys.stdout.write(f"{pid} {start_ticks(pid) if pid > 0 else -1}\n")
+        pid, ticks = _fork_shim(line.decode().rstrip("\n"))
+        sys.stdout.write(f"{pid} {ticks}\n")
         sys.stdout.flush()
 
 
-def _fork_shim(task_dir: str) -> int:
-    """The pid of a new shim for ``task_dir`` (-1 when it could not start)."""
+def _fork_shim(task_dir: str) -> tuple[int, int]:
+    """(pid, start ticks) of a new shim for ``task_dir``, (-1, -1) when it
+    could not start. The shim waits until its start ticks are read, so
+    they name it even when it would end at once (and be reaped)."""
     r, w = os.pipe()
-    middle = os.fork()
-    if middle == 0:
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return -1, -1
+    if pid == 0:
         try:
+            os.close(w)
+            os.read(r, 1)                    # EOF once the launcher read our start ticks
             os.close(r)
             os.setsid()
-            pid = os.fork()
-            if pid == 0:
-                os.close(w)
-                _become_shim(task_dir)
-            os.write(w, str(pid).encode())
-        finally:
-            os._exit(0)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)   # the shim waits for its task
+        except BaseException:                # noqa: B036 - the child must end here
+            os._exit(1)
+        _become_shim(task_dir)
+    os.close(r)
+    ticks = start_ticks(pid)
+    if ticks < 0:
+        os.kill(pid, signal.SIGKILL)         # cannot be named: it must not run unwatched
     os.close(w)
-    answer = _read_all(r)
-    os.waitpid(middle, 0)
-    return int(answer) if answer.isdigit() else -1
+    return (pid, ticks) if ticks >= 0 else (-1, -1)
 
 
 def _become_shim(task_dir: str) -> None:
