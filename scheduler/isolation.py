@@ -52,6 +52,8 @@ they survive an agent crash, not a machine crash (nor does the task).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import functools
 import json
@@ -61,6 +63,7 @@ import re
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -85,6 +88,7 @@ poll_interval_min_s = 0.002
 poll_interval_max_s = 0.05
 start_poll_interval_s = 0.003        # wait_started looks this often at first: launch latency is a target
 start_quick_s = 0.2                  # (p50 < 100 ms) ... and backs off after this long
+start_safety_poll_s = 0.5            # with inotify: a look this often all the same (a shim killed by hand)
 cgroup_parent_default = "cistern"
 default_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_MOUNT = shim.SANDBOX_MOUNT
@@ -279,21 +283,30 @@ class TaskHandle:
 
     def wait_started(self, timeout_s: float = start_timeout_s) -> bool:
         """Wait until the command was exec'd (True) or the task ended
-        without running (False). Raises TimeoutError."""
+        without running (False). Raises TimeoutError. Woken by inotify
+        when the shim renames started.json or exit.json into the task dir
+        (no polling); it looks again every ``start_safety_poll_s`` anyway
+        (a shim killed by hand writes neither), and polls as before where
+        inotify is unavailable."""
         began = time.monotonic()
         pause = start_poll_interval_s
-        while True:
-            if self.started() is not None:
-                return True
-            if self.poll() is not None:
-                return self.started() is not None
-            waited = time.monotonic() - began
-            if waited > timeout_s:
-                raise TimeoutError(f"task {self.task_id} did not start within {timeout_s:.0f}s")
-            # Quick looks while a start is still likely quick, then fewer (many tasks start at once).
-            if waited > start_quick_s:
-                pause = min(pause * 2, poll_interval_max_s)
-            time.sleep(pause)
+        with _DIR_EVENTS.watch(self.task_dir) as events:
+            while True:
+                events.clear()              # before looking: an event from now on wakes the wait below
+                if self.started() is not None:
+                    return True
+                if self.poll() is not None:
+                    return self.started() is not None
+                waited = time.monotonic() - began
+                if waited > timeout_s:
+                    raise TimeoutError(f"task {self.task_id} did not start within {timeout_s:.0f}s")
+                if events.live:
+                    events.wait(min(start_safety_poll_s, max(0.0, timeout_s - waited) + 0.001))
+                    continue
+                # Quick looks while a start is still likely quick, then fewer (many tasks start at once).
+                if waited > start_quick_s:
+                    pause = min(pause * 2, poll_interval_max_s)
+                events.wait(pause)
 
     def poll(self) -> TaskResult | None:
         """The result once every process of the task is gone, else None."""
@@ -401,7 +414,7 @@ class TaskHandle:
             return
         deadline = time.monotonic() + shim_exit_wait_s
         while self._shim_alive() and time.monotonic() < deadline:
-            time.sleep(poll_interval_min_s)
+            self._sleep_until_shim_exit(max(poll_interval_min_s, deadline - time.monotonic()))
 
     def _lost(self) -> dict:
         """The shim died without recording (killed by hand): nobody can
@@ -502,6 +515,101 @@ def pids_max_for(spec) -> int:
     the default."""
     asked = dict(spec.env).get("CISTERN_PIDS_MAX", "")
     return min(int(asked), pids_max_default) if asked.isdigit() and int(asked) > 0 else pids_max_default
+
+
+class _DirEvents:
+    """One inotify instance for the whole process (an instance per task
+    would run into ``fs.inotify.max_user_instances``, 128 by default): a
+    reader thread wakes whoever waits on a directory when a file is
+    renamed into it (the shim writes started.json and exit.json that way).
+    ``watch(path)`` is a context manager giving a ``_DirWaiter``; its
+    ``live`` is False when inotify is unavailable (then waits just sleep)."""
+
+    _IN_MOVED_TO, _IN_IGNORED = 0x80, 0x8000
+    _IN_CLOEXEC = 0o2000000
+    _event = struct.Struct("iIII")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._failed = False
+        self._waiters: dict[int, set] = {}      # watch descriptor -> its _DirWaiters
+
+    @contextlib.contextmanager
+    def watch(self, path: str):
+        waiter = _DirWaiter()
+        wd = self._add(path, waiter)
+        waiter.live = wd is not None
+        try:
+            yield waiter
+        finally:
+            if wd is not None:
+                self._remove(wd, waiter)
+
+    def _add(self, path: str, waiter) -> int | None:
+        with self._lock:
+            if self._fd is None and not self._failed:
+                self._start_locked()
+            if self._fd is None:
+                return None
+            wd = _libc.inotify_add_watch(self._fd, path.encode(), self._IN_MOVED_TO)
+            if wd < 0:
+                return None
+            self._waiters.setdefault(wd, set()).add(waiter)
+            return wd
+
+    def _remove(self, wd: int, waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get(wd)
+            if waiters is None:
+                return
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[wd]
+                _libc.inotify_rm_watch(self._fd, wd)    # fails harmlessly when the dir is gone
+
+    def _start_locked(self) -> None:
+        fd = _libc.inotify_init1(self._IN_CLOEXEC)
+        if fd < 0:
+            self._failed = True
+            return
+        self._fd = fd
+        threading.Thread(target=self._read_loop, args=(fd,), name="isolation-inotify", daemon=True).start()
+
+    def _read_loop(self, fd: int) -> None:
+        size = self._event.size
+        while True:
+            try:
+                data = os.read(fd, 64 * 1024)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            woken = set()
+            with self._lock:
+                for offset in _event_offsets(data, size, self._event):
+                    wd, mask, _cookie, _length = self._event.unpack_from(data, offset)
+                    woken.update(self._waiters.get(wd, ()))
+                    if mask & self._IN_IGNORED:
+                        self._waiters.pop(wd, None)     # the dir went: its watch is gone
+            for waiter in woken:
+                waiter.set()
+
+
+class _DirWaiter(threading.Event):
+    live = False
+
+
+def _event_offsets(data: bytes, size: int, event: struct.Struct):
+    """The offsets of the inotify events in one read."""
+    offset = 0
+    while offset + size <= len(data):
+        yield offset
+        offset += size + event.unpack_from(data, offset)[3]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_DIR_EVENTS = _DirEvents()
 
 
 class _Launcher:
