@@ -10,7 +10,8 @@ their last updates to be acknowledged, and disconnects. ``cli/node.py``
 composes it with the ``NodeServer`` (whose block store it reads).
 
 Task lifecycle on the agent (the master already committed STAGING):
-``launch`` -> STARTING (inputs staged: a block this node holds is bound
+``launch`` -> STARTING, only for a task with inputs (inputs staged: a
+block this node holds is bound
 read-only straight from the block store and counts as ``bytes_local``;
 any other is read through ``cistern.client`` into the agent's fetch area
 and counts as ``bytes_remote``) -> the shim starts it -> RUNNING once the
@@ -204,7 +205,7 @@ class Checkpoints:
         with open(tmp, "w") as f:
             json.dump(record.to_json(), f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fdatasync(f.fileno())
         os.replace(tmp, path)
 
     def _path(self, task_id: str) -> str:
@@ -512,7 +513,8 @@ class Agent:
             log.warning("task %r: refused: %s", record.task_id, problem)
             self._finish_without_running(record, pb.TASK_ERROR, "invalid launch", problem)
             return
-        self._emit(record, pb.TASK_STARTING, "", "staging inputs")
+        if record.spec.inputs:               # without inputs there is nothing to stage: RUNNING comes next
+            self._emit(record, pb.TASK_STARTING, "", "staging inputs")
         fetch_dir = os.path.join(self.work_dir, "fetched", record.task_id)
         try:
             if record.kill_reason:
@@ -580,9 +582,7 @@ class Agent:
         shutil.rmtree(os.path.join(self.work_dir, "fetched", record.task_id), ignore_errors=True)
         with self._lock:
             self._handles.pop(record.task_id, None)
-            record.handle = None
-            if record.task_id in self._book.tasks:
-                self._checkpoints.save(record)
+            record.handle = None             # not saved: recovery never re-attaches a terminal task
 
     def _finish_without_running(self, record: TaskRecord, state: int, reason: str, message: str) -> None:
         self._emit(record, state, reason, message, finished_at=time.time())
