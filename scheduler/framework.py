@@ -23,7 +23,9 @@ Contract
     waiting task's wait; with nothing pending the framework suppresses
     offers, and a submit revives them.
     Delivery: every status update that carries a uuid is acknowledged
-    (duplicates too: the master resends until acknowledged). ``on_update``
+    (duplicates too: the master resends until acknowledged); a non-terminal
+    one ``ack_delay_s`` late, and not at all when a newer update of the
+    same attempt comes first (the master needs only its latest acknowledged). ``on_update``
     is called once per new state of each attempt, on the framework's own
     thread: keep it short and do not block in it.
     Failover: the framework id survives reconnects. When the stream breaks
@@ -77,6 +79,7 @@ mem_bytes_default = 256 << 20
 attempts_max_default = 3            # one run and two re-runs after TASK_LOST
 failover_timeout_default_s = 60.0   # the master kills our tasks after we are gone this long
 loop_tick_s = 0.05                  # the framework thread's longest sleep between duties
+ack_delay_s = 0.5                   # a running task's update is acknowledged this late (see _acknowledge)
 live_refresh_interval_s = 1.0       # how often the live agents are asked for while tasks wait
 reconcile_quiet_s = 10.0            # a launched attempt not heard of this long is reconciled explicitly
 offer_refusals_max = 20             # launches refused for their offer (a race with a rescind) before giving up
@@ -91,6 +94,7 @@ PENDING = "PENDING"                 # waiting for an offer (framework side, neve
 LAUNCHING = "LAUNCHING"             # accepted; no update heard yet
 TERMINAL_STATES = frozenset({"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR"})
 _RERUN_STATES = frozenset({"TASK_LOST"})
+_TERMINAL_PB = frozenset(pb.TaskState.Value(name) for name in TERMINAL_STATES)
 _INVALID_LAUNCH = "invalid launch"  # TASK_ERROR reason for a launch the master refused (e.g. a rescinded offer)
 
 
@@ -197,6 +201,7 @@ class Framework:
         self._launched_on: dict[str, list] = {}      # offer id -> attempts sent with it (until heard of)
         self._kills: set = set()                     # attempt ids we asked to kill (resent after failover)
         self._kill_again: dict = {}                  # attempt id -> when to send its kill again
+        self._ack_later: dict = {}                   # attempt id -> (uuid, when) of a delayed ack
         self._locations: dict = {}                   # path -> (monotonic time, block_locations)
         self._live: set | None = None                # None until the master first told us
         self._live_fetched = 0.0
@@ -391,6 +396,8 @@ class Framework:
             self._on_stream_closed(item[1])
 
     def _duties(self, now: float) -> None:
+        if self._ack_later:
+            self._acks_due(now)
         if self._pending and not self._live_fetching and now - self._live_fetched > live_refresh_interval_s:
             self._refresh_live(now)
         if self._subscribed.is_set():
@@ -579,9 +586,7 @@ class Framework:
         with self._lock:
             self._stats["updates"] += 1
         if status.uuid:
-            self._send(acknowledge=pb.Acknowledge(task_id=status.task_id, uuid=status.uuid))
-            with self._lock:
-                self._stats["acks"] += 1
+            self._acknowledge(status)
         self.update_log.append((status.task_id, pb.TaskState.Name(status.state), status.reason, status.node_id,
                                 bytes(status.uuid)))
         task = self._by_attempt.get(status.task_id)
@@ -602,6 +607,30 @@ class Framework:
                 self._rerun(task, state, status.reason, status.message)
             else:
                 self._finish(task, state, status.reason, status.message)
+
+    def _acknowledge(self, status) -> None:
+        """Acknowledge a terminal update at once; a running one after
+        ``ack_delay_s``, and only when no newer update of the task came
+        meanwhile (a short task's RUNNING is superseded by its end: the
+        master needs the ack of its latest update only, and each ack is a
+        Raft commit). ``ack_delay_s`` is below the master's resend
+        interval, so a delayed ack is not answered by a resend."""
+        if status.state in _TERMINAL_PB or ack_delay_s <= 0:
+            self._ack_later.pop(status.task_id, None)
+            self._send_ack(status.task_id, status.uuid)
+        else:
+            self._ack_later[status.task_id] = (bytes(status.uuid), time.monotonic() + ack_delay_s)
+
+    def _send_ack(self, task_id: str, uuid: bytes) -> None:
+        self._send(acknowledge=pb.Acknowledge(task_id=task_id, uuid=uuid))
+        with self._lock:
+            self._stats["acks"] += 1
+
+    def _acks_due(self, now: float) -> None:
+        for task_id, (uuid, at) in list(self._ack_later.items()):
+            if at <= now:
+                del self._ack_later[task_id]
+                self._send_ack(task_id, uuid)
 
     def _record(self, task: Task, status, state: str, now: float) -> None:
         changed = state != task.state
