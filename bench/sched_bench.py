@@ -21,6 +21,7 @@ cluster when none is given.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -95,17 +96,35 @@ def _latency(config: Config, make_framework, failures: list) -> dict:
 def _throughput(config: Config, make_framework, failures: list) -> dict:
     fw = make_framework("bench-throughput", config.locality_wait_s)
     try:
+        busy_before = _busy_cpu_s()
         started = time.monotonic()
         tasks = [fw.submit(f"noop-{i}", NOOP, cpus=config.cpus_per_task, mem_bytes=config.mem_bytes_per_task)
                  for i in range(config.throughput_tasks)]
         if not fw.wait(phase_timeout_s):
             failures.append("throughput: tasks still not finished")
         elapsed = time.monotonic() - started
+        busy_s = _busy_cpu_s() - busy_before
         finished = _count_failed(tasks, "throughput", failures)
     finally:
         fw.close()
     return {"tasks": len(tasks), "finished": finished, "elapsed_s": round(elapsed, 3),
-            "tasks_per_s": round(finished / elapsed, 1) if elapsed > 0 else None}
+            "tasks_per_s": round(finished / elapsed, 1) if elapsed > 0 else None,
+            "busy_cpu_s": round(busy_s, 2),
+            "cpu_ms_per_task": round(busy_s * 1e3 / len(tasks), 1) if tasks else None}
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent busy since boot (every cpu of
+    /proc/stat but idle and iowait): over a phase, divided by its tasks, a
+    cost per task that does not depend on how loaded the machine was (it
+    counts every process, so run on a quiet machine)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    busy = sum(fields[:8]) - fields[3] - fields[4]      # user..steal, without idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _locality(config: Config, make_framework, client, failures: list) -> dict:
@@ -161,7 +180,8 @@ def text(doc: dict) -> str:
              f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms   "
              f"[target p50 < {tg['launch_p50_ms_max']:.0f} ms: {_verdict(p50_ok)}]",
              f"  no-op tasks completed per second ({thr['tasks']} at once): {thr['tasks_per_s']} /s "
-             f"in {thr['elapsed_s']} s   [target >= {tg['tasks_per_s_min']:.0f}/s: {_verdict(thr_ok)}]",
+             f"in {thr['elapsed_s']} s, {thr.get('cpu_ms_per_task')} ms of machine cpu per task   "
+             f"[target >= {tg['tasks_per_s_min']:.0f}/s: {_verdict(thr_ok)}]",
              f"  locality ({loc['blocks']} blocks x {loc['block_size'] // 1024} KiB, 1 replica, "
              f"{loc['locality_wait_s']:g} s wait): "
              + ("-" if loc["fraction"] is None else f"{loc['fraction']:.1%}")
