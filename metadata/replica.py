@@ -76,7 +76,9 @@ Linearizable reads: ReadIndex (Raft thesis 6.4), no log entry
     reaches its read index, its reads run together in one LMDB read
     transaction (inline for a few reads, else on the reader pool). One round
     serves every read queued since the previous one, and nothing enters the
-    log. ``linearizable=False`` reads the local applied state on any replica.
+    log; at most ``read_rounds_in_flight_max`` rounds await answers, so
+    under load a round carries what queued meanwhile instead of each tick
+    sending one (the followers' CPU). ``linearizable=False`` reads the local applied state on any replica.
     Safety: let read R arrive at time t0 on leader L of term T, and W be a
     write acknowledged before t0. (1) If W was committed in a term <= T, it
     is in L's log (Leader Completeness) at or below the commit index, or
@@ -244,6 +246,7 @@ KEY_RING = b"ring:"                  # + u16: [index, xxh3_64(entry)] of recent 
 DIGEST_ZERO = b"\0" * 16
 recent_entry_hashes_max = 4096       # entries whose hash is kept to check a replayed entry
 inline_completion_max = 8            # futures resolved on the tick thread itself
+read_rounds_in_flight_max = 2        # unconfirmed ReadIndex rounds; later reads wait for the next
 bind_attempts_max = 10               # x 0.2 s: the raft port must come free within ~2 s
 _U64 = struct.Struct(">Q")
 _RING = struct.Struct(">QQ")
@@ -1100,7 +1103,7 @@ class Replica:
         while not self._stopping.is_set():
             try:
                 journal.wait_synced()   # the leader's own sync, before it counts itself
-                if self._pending_reads:
+                if self._pending_reads and len(self._read_rounds) < read_rounds_in_flight_max:
                     self._start_read_round()
                 node.doTick(period)
             except Exception:
