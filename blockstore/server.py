@@ -174,9 +174,29 @@ def add_node_arguments(p: argparse.ArgumentParser) -> None:
                    help="acknowledge blocks without fsync (tests and benchmarks only: a crash loses them)")
 
 
+def tune_malloc() -> bool:
+    """Set glibc malloc's thresholds for a node process (see limits); False
+    (and nothing changed) where the C library is not glibc. Process-wide:
+    called for node processes only, never in a library user's process."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8   # glibc's malloc.h
+    return all(mallopt(param, value) == 1 for param, value in (
+        (m_arena_max, limits.malloc_arenas_max), (m_mmap_threshold, limits.malloc_mmap_threshold_bytes),
+        (m_trim_threshold, limits.malloc_trim_threshold_bytes)))
+
+
 def run_node(args) -> int:
     """Run one node in the foreground from parsed ``add_node_arguments`` flags.
     Raises CisternError when it cannot start (cli prints it and exits 1)."""
+    if not tune_malloc():
+        log.info("malloc thresholds left as they are (not glibc)")
     meta = tuple(a.strip() for a in args.meta.split(",") if a.strip())
     server = NodeServer(args.id, args.listen, args.data, meta_addresses=meta,
                         metrics_address=args.metrics, block_size_bytes=args.block_size,
