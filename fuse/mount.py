@@ -8,7 +8,7 @@ Contract:
   strings into the kernel's FUSE options (``DEFAULT_FUSE_OPTIONS``
   overridden by the caller's) and the mount's own (``OWN_OPTIONS``:
   ``timeout`` seconds for a cluster call, ``attr_cache`` seconds,
-  ``block_size`` bytes, ``read_ahead_kb``). Bad values are
+  ``block_size`` bytes, ``read_ahead_kb``, ``statahead`` entries). Bad values are
   CisternError(EINVAL).
 * ``serve(mountpoint, cluster, options, metrics_address)`` mounts in this
   process and serves until unmounted, SIGINT or SIGTERM (libfuse's own
@@ -41,6 +41,7 @@ from cistern.core.errors import CisternError
 from cistern.core.metrics import start_metrics_server
 
 from .operations import FS_ENCODING, Metrics, Operations, Settings
+from .statahead import window_default as statahead_window_default
 
 __all__ = ["DEFAULT_FUSE_OPTIONS", "OWN_OPTIONS", "parse_options", "check_mountpoint", "serve", "unmount",
            "is_mounted", "MountProcess"]
@@ -74,6 +75,9 @@ OWN_OPTIONS = {
     # The kernel's read-ahead for the mount (its bdi's read_ahead_kb, set by
     # root after mounting; libfuse 2 cannot raise it above 128 KiB itself).
     "read_ahead_kb": (int, 4096),
+    # Entries a stat-ahead pass fetches ahead of a caller traversing a
+    # directory (operations.py, statahead.py); 0 turns stat-ahead off.
+    "statahead": (int, statahead_window_default),
 }
 start_timeout_s = 60.0
 stop_timeout_s = 30.0
@@ -97,7 +101,7 @@ def parse_options(strings) -> tuple[dict, dict]:
                     own[name] = parse(value)
                 except ValueError:
                     raise CisternError(errno.EINVAL, f"option {name} needs a number, not {value!r}") from None
-                if own[name] < 0 or (name not in ("attr_cache", "read_ahead_kb") and own[name] == 0):
+                if own[name] < 0 or (name not in ("attr_cache", "read_ahead_kb", "statahead") and own[name] == 0):
                     raise CisternError(errno.EINVAL, f"option {name} must be positive")
             elif name in ("attr_timeout", "entry_timeout", "negative_timeout"):
                 try:
@@ -203,7 +207,7 @@ def serve(mountpoint, cluster, options=(), metrics_address: str | None = None, *
             metrics_server = start_metrics_server(metrics_address, metrics.registry)
             log.info("metrics at http://%s/metrics", metrics_server.address)
         settings = Settings(read_only="ro" in fuse_options, attr_cache_s=own["attr_cache"],
-                            linearizable_attrs=own["linearizable_attrs"])
+                            linearizable_attrs=own["linearizable_attrs"], statahead_entries=own["statahead"])
         operations = Operations(client, settings, metrics)
         if not settings.read_only and operations.remove_leftovers():
             log.info("removed files left unlinked-while-open by mounts that died")

@@ -56,13 +56,24 @@ Contract (what the mount promises, and how):
   land at the true end. ``stat`` of the other name may show the old size
   and mode for up to ``attr_timeout``.
 * getattr answers from a short per-caller attribute cache
-  (``attr_cache_s``) filled by replies that carry attributes, and by
-  opendir, which asks for the attributes of every entry (up to
-  ``prefetch_entries_max``) in batches without waiting, as a readdirplus
-  would; this mount's own changes empty it, and an answer asked for before
-  a change is dropped. A file this mount is writing reports the writer's
-  size and last write time, so the kernel never cuts a buffered write
-  short.
+  (``attr_cache_s``) filled by replies that carry attributes; by opendir,
+  which has the attributes of every entry (up to ``prefetch_entries_max``)
+  fetched in batches on the stat-ahead thread without waiting, as a
+  readdirplus would; and by stat-ahead (``statahead.py``, Lustre's
+  statahead): when a caller's stats miss ``trigger_misses`` times in a row
+  in one directory, the stat-ahead thread lists that directory a page at a
+  time and fetches the attributes of up to ``statahead_entries`` entries
+  in batches (``Client.attrs``), so ``ls -l``, ``find`` or an mdtest-style
+  sweep pays a few round trips, not one per entry; an unused pass backs it
+  off, and random access stops it for that directory. Consistency (the
+  kernel's attr_timeout contract): a cached answer is served at most
+  ``attr_cache_s`` after it was *asked for*, so a change made elsewhere is
+  seen through this mount within ``attr_cache_s`` plus the kernel's
+  ``attr_timeout``; this mount's own changes empty the cache and bump its
+  epoch, and an answer (stat-ahead's included) asked for before a change
+  is dropped, so it never shadows the change. A file this mount is writing
+  reports the writer's size and last write time, so the kernel never cuts
+  a buffered write short.
 * Read-only mounts answer EROFS to every change.
 * Locks: the mount has no ``lock`` op (fusepy's high-level API has no
   flock, and a POSIX lock op would need a cluster-wide lock table): the
@@ -86,12 +97,15 @@ import os
 import stat as stat_module
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import fuse as fusepy
 
 from cistern.client import TIME_NOW
 from cistern.client.plans import stat_block_size_bytes
 from cistern.core.metrics import new_registry
+
+from . import statahead
 
 __all__ = ["Operations", "Settings", "FS_ENCODING"]
 
@@ -122,6 +136,11 @@ HIDDEN_DIR = "/.cistern-unlinked"
 _HIDDEN_NAME = HIDDEN_DIR[1:].encode()
 # opendir prefetches the attributes of at most this many entries.
 prefetch_entries_max = 4096
+# Attributes fetched ahead (prefetch, stat-ahead) per Client.attrs call: the
+# answers of one chunk are cached together. The first chunk is small, so the
+# caller finds its next entries soon; each next one is 4 times larger.
+fetch_chunk_entries = 1024
+fetch_first_chunk_entries = 64
 # xattrs answered without a round trip (see the module docstring).
 # The kernel asks for security.capability before every write, ls -l for
 # security.selinux on every file: a round trip each for an answer that is
@@ -134,8 +153,10 @@ class Settings:
     """The mount's own knobs (the kernel's are FUSE options, see mount.py)."""
 
     def __init__(self, *, read_only: bool = False, attr_cache_s: float = 1.0, groups_cache_s: float = 1.0,
-                 linearizable_attrs: bool = False):
+                 linearizable_attrs: bool = False, statahead_entries: int = statahead.window_default):
         self.read_only = bool(read_only)
+        # Entries one stat-ahead pass fetches at most (0: no stat-ahead).
+        self.statahead_entries = max(0, int(statahead_entries))
         # Attribute lookups (getattr, the kernel's lookups) read the leader's
         # applied state without a read barrier unless asked: the kernel and
         # our cache already serve attributes up to attr_timeout old, and
@@ -164,6 +185,13 @@ class Metrics:
         self.bytes_read = Counter("cistern_fuse_read_bytes", "bytes returned by read", **kw)
         self.bytes_written = Counter("cistern_fuse_written_bytes", "bytes accepted by write", **kw)
         self.open_handles = Gauge("cistern_fuse_open_handles", "open file handles", **kw)
+        self.statahead_passes = Counter("cistern_fuse_statahead_passes",
+                                        "stat-ahead passes run (a traversal of a directory was seen)", **kw)
+        self.statahead_entries = Counter("cistern_fuse_statahead_entries",
+                                         "attributes stat-ahead asked for ahead of the caller", **kw)
+        # The metadata client's request batches: its round trips (set by Operations).
+        self.metadata_batches = Gauge("cistern_fuse_metadata_batches_sent",
+                                      "request batches (round trips) the mount's metadata client has sent", **kw)
         self.hit = self.cache.labels("hit")
         self.miss = self.cache.labels("miss")
         self._per_op: dict[str, tuple] = {}
@@ -235,19 +263,38 @@ class AttrCache:
             return None
         return found[0]
 
-    def put(self, cred, path: str, attr, epoch: int | None = None) -> None:
+    def put(self, cred, path: str, attr, epoch: int | None = None, asked: float | None = None) -> None:
         """Cache ``attr``; with ``epoch`` (read before asking), only if
-        nothing was forgotten meanwhile."""
+        nothing was forgotten meanwhile. It expires ``ttl_s`` after
+        ``asked`` (the ``time.monotonic()`` at which it was asked for;
+        default now), so no answer is served older than ``ttl_s``."""
         if self.ttl_s <= 0:
             return
+        expiry = (time.monotonic() if asked is None else asked) + self.ttl_s
         with self._lock:
             if epoch is not None and epoch != self.epoch:
                 return
             if len(self._by_path) >= self.max_entries:
                 self._by_path.clear()
                 self._paths_of.clear()
-            self._by_path.setdefault(path, {})[cred] = (attr, time.monotonic() + self.ttl_s)
+            self._by_path.setdefault(path, {})[cred] = (attr, expiry)
             self._paths_of.setdefault(attr.ino, set()).add(path)
+
+    def put_many(self, cred, items, epoch: int, asked: float) -> int:
+        """``put`` of many ``(path, attr)`` at once (one lock); how many."""
+        if self.ttl_s <= 0:
+            return 0
+        expiry = asked + self.ttl_s
+        with self._lock:
+            if epoch != self.epoch:
+                return 0
+            if len(self._by_path) + len(items) >= self.max_entries:
+                self._by_path.clear()
+                self._paths_of.clear()
+            for path, attr in items:
+                self._by_path.setdefault(path, {})[cred] = (attr, expiry)
+                self._paths_of.setdefault(attr.ino, set()).add(path)
+        return len(items)
 
     def forget(self, *paths: str) -> None:
         with self._lock:
@@ -358,6 +405,17 @@ class Operations(fusepy.Operations):
         self._views: dict[tuple, object] = {}
         self._groups: dict[int, tuple] = {}
         self._cache = AttrCache(self.settings.attr_cache_s)
+        # Attributes asked for ahead of callers (opendir's prefetch, stat-ahead)
+        # are fetched on one thread of their own: off without a cache to fill.
+        self._ahead = None
+        self._ahead_runner = None
+        if self.settings.attr_cache_s > 0:
+            self._ahead_runner = ThreadPoolExecutor(1, thread_name_prefix="cistern-statahead")
+            if self.settings.statahead_entries:
+                self._ahead = statahead.Detector(expiry_s=self.settings.attr_cache_s)
+        batches = getattr(getattr(client, "meta", None), "batches_sent", None)
+        if isinstance(batches, int):
+            self.metrics.metadata_batches.set_function(lambda: client.meta.batches_sent)
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, list] = {}
         self._nodes: dict[int, Node] = {}
@@ -404,37 +462,89 @@ class Operations(fusepy.Operations):
 
     # -- attributes ---------------------------------------------------------
 
-    def _lstat(self, view, path: str):
+    def _reader(self, view):
+        """The view attribute reads go through (see Settings.linearizable_attrs)."""
+        return view if self.settings.linearizable_attrs else view.serializable
+
+    def _lstat(self, view, path: str, traversal: bool = False):
+        """The attributes of ``path`` (no symlink follow), from the cache or
+        one round trip. ``traversal``: a caller's stat (getattr), which
+        stat-ahead watches for traversals of one directory."""
         cred = self._cred(view)
         attr = self._cache.get(cred, path)
         if attr is not None:
             self.metrics.hit.inc()
+            if traversal and self._ahead is not None and self._ahead.active():
+                self._ahead.hit(cred, _parent(path))
             return attr
         self.metrics.miss.inc()
         epoch = self._cache.epoch
-        reader = view if self.settings.linearizable_attrs else view.serializable
-        attr = reader.attr(path, follow_symlinks=False)
-        self._cache.put(cred, path, attr, epoch)
+        asked = time.monotonic()
+        attr = self._reader(view).attr(path, follow_symlinks=False)
+        self._cache.put(cred, path, attr, epoch, asked)
+        if traversal and self._ahead is not None:
+            found = self._ahead.miss(cred, _parent(path))
+            if found is not None:
+                self._ahead_runner.submit(self._stat_ahead, view, found)
         return attr
 
     def _prefetch(self, view, path: str, entries) -> None:
-        """Ask for the attributes of a listed directory's entries at once,
-        in batches (the futures face, nothing waits), so the lookups of
-        ``ls -l`` or ``find`` that follow find them cached."""
-        if self._cache.ttl_s <= 0 or not entries or len(entries) > prefetch_entries_max:
+        """Ask for the attributes of a listed directory's entries (on the
+        stat-ahead thread: opendir does not wait), so the lookups of ``ls
+        -l`` or ``find`` that follow find them cached: readdirplus."""
+        if self._ahead_runner is None or not entries or len(entries) > prefetch_entries_max:
             return
-        cred = self._cred(view)
-        epoch = self._cache.epoch
-        base = path.rstrip("/")
-        for name, _, _ in entries:
-            child = f"{base}/{os.fsdecode(name)}"
-            if self._cache.get(cred, child) is None:
-                view.futures.attr(child, follow_symlinks=False).add_done_callback(
-                    functools.partial(self._prefetched, cred, child, epoch))
+        self._ahead_runner.submit(self._fetch_attrs, view, self._cred(view), path, entries, self._cache.epoch)
 
-    def _prefetched(self, cred, path: str, epoch: int, future) -> None:
-        if future.exception() is None:     # a name gone meanwhile: the lookup will say so
-            self._cache.put(cred, path, future.result(), epoch)
+    def _fetch_attrs(self, view, cred, path: str, entries, epoch: int) -> int:
+        """Fetch the attributes of those of ``path``'s ``entries`` the cache
+        lacks, in ``Client.attrs`` chunks (batched round trips; the first
+        small, growing to ``fetch_chunk_entries``), and cache them unless this mount changed anything
+        since ``epoch`` (then stop). Each expires ``attr_cache_s`` after it
+        was asked for. How many were asked for."""
+        base = path.rstrip("/")
+        reader = self._reader(view)
+        children = [f"{base}/{os.fsdecode(name)}" for name, _, _ in entries
+                    if not (base == "" and name == _HIDDEN_NAME)]
+        children = [child for child in children if self._cache.get(cred, child) is None]
+        asked_for, at, size = 0, 0, fetch_first_chunk_entries
+        while at < len(children) and self._cache.epoch == epoch:
+            chunk = children[at:at + size]
+            at, size = at + size, min(size * 4, fetch_chunk_entries)
+            asked = time.monotonic()
+            answers = reader.attrs(chunk, follow_symlinks=False)
+            asked_for += len(chunk)
+            # A name gone meanwhile is left out: its lookup will say so.
+            self._cache.put_many(cred, [(child, attr) for child, attr in zip(chunk, answers)
+                                        if not isinstance(attr, BaseException)], epoch, asked)
+        return asked_for
+
+    def _stat_ahead(self, view, found: statahead.Pass) -> None:
+        """One stat-ahead pass (on the stat-ahead thread): list ``found``'s
+        directory page by page from its cursor and fetch the attributes of
+        up to ``statahead_entries`` entries the cache lacks (``_fetch_attrs``).
+        It stops early once this mount changes anything (its answers would
+        be dropped)."""
+        fetched, cursor = 0, found.cursor
+        try:
+            epoch = self._cache.epoch
+            reader = self._reader(view)
+            left = self.settings.statahead_entries
+            while left > 0 and self._cache.epoch == epoch:
+                entries, done = reader.readdir_page(found.directory, cursor, left)
+                left -= len(entries)
+                fetched += self._fetch_attrs(view, found.who, found.directory, entries, epoch)
+                cursor = None if done or not entries else entries[-1][0]
+                if cursor is None:
+                    break
+        except OSError as e:     # the directory went away, or the caller may no longer read it
+            log.debug("stat-ahead of %s stopped: %s", found.directory, e)
+        except Exception:   # noqa: BLE001 - a failed pass only costs the caller round trips
+            log.exception("stat-ahead of %s failed", found.directory)
+        finally:
+            self.metrics.statahead_passes.inc()
+            self.metrics.statahead_entries.inc(fetched)
+            self._ahead.finished(found, fetched, cursor)
 
     def _remember(self, view, path: str, attr) -> None:
         self._cache.forget_ino(attr.ino)
@@ -463,7 +573,7 @@ class Operations(fusepy.Operations):
             return self._overlay(attr._replace(nlink=0))
         if path is None:
             raise OSError(errno.ENOENT, "no such file")
-        return self._overlay(self._lstat(self._caller(), path))
+        return self._overlay(self._lstat(self._caller(), path, True))
 
     def _overlay(self, attr) -> dict:
         node = self._nodes.get(attr.ino)
@@ -583,6 +693,8 @@ class Operations(fusepy.Operations):
     def rename(self, old, new):
         self._caller().rename(old, new)
         self._cache.clear()     # a directory's whole subtree changed names
+        if self._ahead is not None:
+            self._ahead.forget()
         return 0
 
     @_operation
@@ -951,6 +1063,8 @@ class Operations(fusepy.Operations):
     def destroy(self, path):
         """Unmounting: publish and close what is still open (the mount
         closes the client after)."""
+        if self._ahead_runner is not None:
+            self._ahead_runner.shutdown(wait=False, cancel_futures=True)
         for number in list(self._handles):
             handle = self._handles.pop(number, None)
             if handle is None:
