@@ -84,11 +84,13 @@ class BlockClient:
 
     # -- write -------------------------------------------------------------------
 
-    def write_block_results(self, targets, block_id, data, *,
+    def write_block_results(self, targets, block_id, data, *, checksum: bytes | None = None,
                             timeout_s: float = limits.write_call_timeout_s) -> list[ReplicaResult]:
         """Write one block down the pipeline ``targets`` (first target first);
         one result per target, in order. ``data`` is bytes-like or an iterable
-        of bytes-like pieces (joined here: a block is at most 64 MiB).
+        of bytes-like pieces (joined here: a block is at most 64 MiB);
+        ``checksum``, when the caller has it already, its xxh3-128 (a wrong
+        one is refused by the first node: DATA_LOSS).
         Raises EINVAL for bad arguments; a failed first target is a result,
         not an exception."""
         targets = list(targets)
@@ -97,7 +99,8 @@ class BlockClient:
         block_id = check_block_id(block_id)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             data = b"".join(data)
-        header = pb.WriteHeader(block_id=block_id, length=len(data), checksum=block_checksum(data),
+        header = pb.WriteHeader(block_id=block_id, length=len(data),
+                                checksum=block_checksum(data) if checksum is None else checksum,
                                 chunk_size=limits.chunk_size_bytes, chunk_checksums=chunk_checksums(data),
                                 targets=targets[1:])
         try:

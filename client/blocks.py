@@ -238,7 +238,7 @@ class DataPath:
                 if not exclude:
                     raise
                 break   # no node left beyond the failed ones: keep what acked, if anything did
-            results = self.blocks.write_block_results([a for _, a in targets], block_id, data)
+            results = self.blocks.write_block_results([a for _, a in targets], block_id, data, checksum=checksum)
             acked = [node_id for (node_id, _), r in zip(targets, results) if r.ok]
             # Nodes after a failed one were never reached (ECANCELED): they may be fine.
             failed = [node_id for (node_id, _), r in zip(targets, results) if not r.ok]

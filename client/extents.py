@@ -38,6 +38,8 @@ from typing import NamedTuple
 
 __all__ = ["Extent", "Extents", "OpenMode", "parse_mode"]
 
+whole_buffer_write_min_bytes = 64 << 10   # a first write this large into a new block allocates all of it
+
 
 class OpenMode(NamedTuple):
     readable: bool
@@ -76,7 +78,9 @@ def parse_mode(mode, encoding=None, errors=None, newline=None, buffering: int = 
 
 class Extent:
     """One piece of the file: ``block`` (stored) or ``data`` (dirty: a
-    bytearray; uploading: bytes with ``upload`` set by the shell)."""
+    bytearray; uploading: the same, with ``upload`` set by the shell). The
+    file's bytes are ``data[:length]``; a buffer may be longer (room for
+    the rest of its block)."""
 
     __slots__ = ("start", "length", "block", "data", "upload")
 
@@ -102,6 +106,12 @@ class Extent:
     def __repr__(self) -> str:
         kind = "stored" if self.stored else "dirty" if self.dirty else "uploading"
         return f"<Extent {kind} [{self.start}, {self.end})>"
+
+
+def filled(e: Extent):
+    """A dirty or uploading extent's bytes: its buffer, or a view of the
+    buffer's first ``length`` bytes when the buffer is longer."""
+    return e.data if len(e.data) == e.length else memoryview(e.data)[:e.length]
 
 
 class Piece(NamedTuple):
@@ -205,15 +215,17 @@ class Extents:
         last = self.items[-1] if self.items else None
         room = self.block_size_bytes - last.length if last is not None else 0
         if last is None or room <= 0:
-            e = Extent(self.end, 0, data=bytearray())
+            room = self.block_size_bytes
+            # A large first write sizes the buffer for the whole block at
+            # once: growing a bytearray by appends copies it at every step.
+            e = Extent(self.end, 0, data=bytearray(room if len(view) >= whole_buffer_write_min_bytes else 0))
             self.items.append(e)
             self.dirty[id(e)] = e
-            room = self.block_size_bytes
         else:
             e = last
             self.make_dirty(e, load)
         taken = min(room, len(view))
-        e.data += view[:taken]
+        e.data[e.length:e.length + taken] = view[:taken]   # in place within the buffer, else it grows
         e.length += taken
         return taken
 
@@ -226,17 +238,17 @@ class Extents:
             data = bytearray(load(e))
             assert len(data) == e.length, (len(data), e.length)
         else:
-            data = bytearray(e.data)   # the upload in flight becomes an orphan
+            data = bytearray(filled(e))   # the upload in flight becomes an orphan
         e.data, e.block, e.upload = data, None, None
         self.dirty[id(e)] = e
 
     def uploading(self, e: Extent, handle):
-        """Freeze a dirty extent's bytes for upload; returns them. Not
-        copied: nothing writes into an uploading extent's buffer (a change
-        makes it dirty again with a copy, ``make_dirty``)."""
+        """Freeze a dirty extent's bytes for upload; returns them (a
+        bytes-like). Not copied: nothing writes into an uploading extent's
+        buffer (a change makes it dirty again with a copy, ``make_dirty``)."""
         assert e.dirty
         e.upload = handle
-        return e.data
+        return filled(e)
 
     def uploaded(self, e: Extent, handle, block) -> bool:
         """The upload ``handle`` finished as ``block``; False when the
@@ -251,7 +263,7 @@ class Extents:
     def upload_failed(self, e: Extent, handle) -> None:
         """The extent is dirty again, to be retried."""
         if e.upload is handle:
-            e.data, e.upload = bytearray(e.data), None
+            e.data, e.upload = bytearray(filled(e)), None
 
     def truncate(self, size: int) -> None:
         """Set the size: extents starting at or beyond it go; the one

@@ -139,6 +139,27 @@ def test_an_upload_finished_after_the_extent_changed_is_ignored():
     assert e.dirty and bytes(e.data) == b"b" + b"a" * 15
 
 
+def test_a_large_first_write_gets_the_whole_block_buffer_and_uploads_only_what_was_written():
+    from cistern.client.extents import whole_buffer_write_min_bytes as big
+    x = Extents([], 0, 4 * big)
+    x.write(0, b"a" * big, no_load)
+    e = x.items[0]
+    buffer = e.data
+    assert len(buffer) == 4 * big and e.length == big     # room for the rest of the block
+    x.write(big, b"b" * (big + 5), no_load)
+    assert e.data is buffer and e.length == 2 * big + 5    # filled in place, never regrown
+    payload = x.uploading(e, object())
+    assert bytes(payload) == b"a" * big + b"b" * (big + 5)
+    x.write(1, b"Z", no_load)                              # a change while uploading copies what was written
+    assert e.dirty and len(e.data) == e.length == 2 * big + 5 and e.data[:3] == b"aZa"
+    assert bytes(payload) == b"a" * big + b"b" * (big + 5)  # the upload's bytes did not change
+    x.truncate(big)
+    assert bytes(e.data) == b"aZ" + b"a" * (big - 2) and x.size == big
+    small = Extents([], 0, 4 * big)
+    small.write(0, b"c" * 10, no_load)
+    assert len(small.items[0].data) == 10                   # a small file keeps a small buffer
+
+
 # -- the file object over fakes --------------------------------------------------------
 
 
@@ -407,7 +428,7 @@ class FakeBlocks:
             raise CisternError(errno.EBADMSG, f"{address}: sub-chunk 0 arrived corrupt")
         return data if length is None else data[offset:offset + length]
 
-    def write_block_results(self, targets, block_id, data, timeout_s=None):
+    def write_block_results(self, targets, block_id, data, checksum=None, timeout_s=None):
         out = []
         for i, t in enumerate(targets):
             if t in self.down:
