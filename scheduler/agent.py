@@ -55,6 +55,7 @@ import base64
 import collections
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -475,12 +476,12 @@ class Agent:
     def _on_ack(self, ack: pb.AckUpdate) -> None:
         with self._lock:
             done = self._book.ack(ack.task_id, ack.uuid)
-            record = self._book.tasks.get(ack.task_id)
             if done is not None:
                 self._checkpoints.remove(ack.task_id)
-            elif record is not None:
-                self._checkpoints.save(record)
-        self._metrics.refresh_states()
+            # A non-terminal task's checkpoint keeps the acknowledged update: it
+            # is rewritten at the task's next change anyway, and an agent that
+            # restarts before then only sends it again (the master acks a uuid
+            # it holds as a no-op), so no fsync here.
 
     # -- one task ----------------------------------------------------------------------------
 
@@ -592,7 +593,6 @@ class Agent:
         with self._lock:
             status = self._update(record, state, reason, message, **fields)
         self._send_update(status)
-        self._metrics.refresh_states()
         if state in TERMINAL:
             self._metrics.ended.labels(pb.TaskState.Name(state)).inc()
 
@@ -750,8 +750,8 @@ class _AgentMetrics:
             self._collectors.append(_UsageCollector(agent))
             registry.register(self._collectors[-1])
         for name in pb.TaskState.keys():
-            if name != "TASK_UNKNOWN":
-                self.tasks.labels(name)
+            if name != "TASK_UNKNOWN":    # counted when scraped, not on every update (a pass over all tasks)
+                self.tasks.labels(name).set_function(functools.partial(self._count_state, name))
 
     def close(self) -> None:
         """Leave the registry (a new agent of the same node may join it)."""
@@ -760,12 +760,9 @@ class _AgentMetrics:
                 self._registry.unregister(collector)
             self._registry = None
 
-    def refresh_states(self) -> None:
+    def _count_state(self, name: str) -> int:
         with self._agent._lock:
-            counts = self._agent._book.counts()
-        for name in pb.TaskState.keys():
-            if name != "TASK_UNKNOWN":
-                self.tasks.labels(name).set(counts.get(name, 0))
+            return self._agent._book.counts().get(name, 0)
 
 
 class _UsageCollector:
