@@ -492,3 +492,31 @@ def test_an_eagain_reply_is_resent_with_the_same_seq_and_the_caller_sees_success
         assert sorted(seqs) == sorted(list(set(seqs)) * 2)
     finally:
         server.stop(0)
+
+
+def test_a_leader_whose_peers_are_frozen_answers_no_linearizable_read(tmp_path):
+    # ReadIndex across processes: with both followers stopped (SIGSTOP: alive
+    # to TCP, silent), no majority answers the leader's heartbeat rounds, so a
+    # linearizable read is never answered from its state (a leader lease or a
+    # local read would answer at once); it fails over to not_leader when the
+    # leader steps down. A stale read is still answered locally.
+    with MetaCluster(tmp_path, 3) as cluster, cluster.client(timeout_s=60) as client:
+        mkdir(client, b"/p")
+        leader = cluster.wait_leader()
+        peers = [i for i in range(3) if i != leader]
+        getattr_args = model.encode_args(CRED, b"/p", True)
+        for i in peers:
+            cluster.kill(i, signal.SIGSTOP, timeout_s=0.1)
+        try:
+            reply = raw_call(cluster.addresses[leader], pb.RequestBatch(
+                requests=[pb.Request(seq=1, code=Op.GETATTR, args=getattr_args)]), timeout_s=30)
+            assert reply.not_leader or reply.replies[0].errno != 0, \
+                "a leader without a majority answered a linearizable read"
+            stale = raw_call(cluster.addresses[leader], pb.RequestBatch(
+                stale_ok=True, requests=[pb.Request(seq=2, code=Op.GETATTR, args=getattr_args)]))
+            assert stale.replies[0].errno == 0
+        finally:
+            for i in peers:
+                cluster.kill(i, signal.SIGCONT, timeout_s=0.1)
+        assert getattr_(client, b"/p").ino > 1
+        assert_replicas_agree(cluster)
