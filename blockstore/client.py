@@ -17,7 +17,9 @@ Contract:
 
 from __future__ import annotations
 
+import bisect
 import errno
+import itertools
 import threading
 
 import grpc
@@ -31,7 +33,7 @@ from cistern.blockstore.store import block_checksum, check_block_id, chunk_check
 from cistern.core import rpc
 from cistern.core.errors import CisternError, errno_for_grpc_status
 
-__all__ = ["BlockClient", "ReplicaResult"]
+__all__ = ["BlockClient", "BlockPieces", "ReplicaResult"]
 
 _WRITE = "/cistern.blockstore.Block/Write"
 _READ = "/cistern.blockstore.Block/Read"
@@ -169,28 +171,38 @@ class BlockClient:
         when length is None). When ``checksum`` (the layout's xxh3-128) is
         given for a whole-block read, the block must match it too."""
         if checksum is not None and offset == 0 and length is None:
-            data, actual, _ = self.fetch_block(address, block_id, timeout_s=timeout_s)
-            if actual != checksum:
-                raise CisternError(errno.EBADMSG, f"{address}: block {bytes(block_id).hex()} is not the expected block")
-            return data
+            return bytes(self.read_pieces(address, block_id, checksum=checksum, timeout_s=timeout_s)[0])
         return b"".join(piece for _, piece in self._pieces(address, block_id, offset, length, timeout_s))
+
+    def read_pieces(self, address: str, block_id, *, checksum: bytes | None = None,
+                    timeout_s: float = limits.read_call_timeout_s):
+        """A whole block as (``BlockPieces``, xxh3-128, sub-chunk checksums),
+        verified per sub-chunk and as a whole against what the node's index
+        says (and against ``checksum``, the layout's, when given), without
+        joining the messages it came in."""
+        block_id = check_block_id(block_id)
+        views, sums = [], []
+        length, actual = 0, b""
+        hasher = xxhash.xxh3_128()
+        for data, msg in self._replies(address, block_id, pb.ReadRequest(block_id=block_id), timeout_s):
+            if msg.block_checksum:
+                length, actual = msg.block_length, msg.block_checksum
+            hasher.update(data)
+            views.append(data)
+            sums.extend(msg.chunk_checksums)
+        pieces = BlockPieces(views)
+        if len(pieces) != length or hasher.digest() != actual:
+            raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()} fails its whole-block checksum "
+                                              f"({len(pieces)} of {length} bytes)")
+        if checksum is not None and actual != checksum:
+            raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()} is not the expected block")
+        return pieces, actual, sums
 
     def fetch_block(self, address: str, block_id, *, timeout_s: float = limits.copy_call_timeout_s):
         """A whole block as (data, xxh3-128, sub-chunk checksums), verified
         per sub-chunk and as a whole against what the node's index says."""
-        block_id = check_block_id(block_id)
-        pieces, sums = [], []
-        length, checksum = 0, b""
-        for data, msg in self._replies(address, block_id, pb.ReadRequest(block_id=block_id), timeout_s):
-            if msg.block_checksum:
-                length, checksum = msg.block_length, msg.block_checksum
-            pieces.append(data)
-            sums.extend(msg.chunk_checksums)
-        data = b"".join(pieces)
-        if len(data) != length or block_checksum(data) != checksum:
-            raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()} fails its whole-block checksum "
-                                              f"({len(data)} of {length} bytes)")
-        return data, checksum, sums
+        pieces, checksum, sums = self.read_pieces(address, block_id, timeout_s=timeout_s)
+        return bytes(pieces), checksum, sums
 
     # -- the rest -----------------------------------------------------------------
 
@@ -231,6 +243,43 @@ class BlockClient:
         except grpc.RpcError as e:
             raise _error(address, e) from None
         return json.loads(r.json) if r.json else {"node_id": r.node_id}
+
+
+class BlockPieces:
+    """A block's verified bytes as the pieces (memoryviews of the messages)
+    they arrived in: nothing is joined until asked. ``len()``, ``bytes()``
+    and slicing (``p[a:b]``, step 1) return bytes, copied once."""
+
+    __slots__ = ("_views", "_ends", "length")
+
+    def __init__(self, views):
+        self._views = [v for v in views if len(v)]
+        self._ends = list(itertools.accumulate(len(v) for v in self._views))
+        self.length = self._ends[-1] if self._ends else 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __bytes__(self) -> bytes:
+        return self[:]
+
+    def __getitem__(self, key: slice) -> bytes:
+        if not isinstance(key, slice):
+            raise TypeError("BlockPieces are sliced, not indexed")
+        start, stop, step = key.indices(self.length)
+        if step != 1:
+            raise ValueError("BlockPieces slices take no step")
+        out = []
+        i = bisect.bisect_right(self._ends, start)
+        while start < stop:
+            view, end = self._views[i], self._ends[i]
+            base = end - len(view)
+            out.append(view[start - base:min(stop, end) - base])
+            start = min(stop, end)
+            i += 1
+        if len(out) == 1:
+            return out[0].tobytes()
+        return b"".join(out)
 
 
 def _verify_chunk(address: str, block_id: bytes, msg: pb.ReadChunk, data: memoryview) -> None:

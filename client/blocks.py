@@ -272,13 +272,23 @@ class DataPath:
 
     # -- reads -------------------------------------------------------------------
 
-    def submit_read(self, block, offset: int = 0, length: int | None = None) -> Future:
-        return self.pool.submit(self.read, block, offset, length)
+    def submit_read(self, block) -> Future:
+        """A Future of ``read_whole(block)`` (read-ahead)."""
+        return self.pool.submit(self.read_whole, block)
 
     def read(self, block, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes [offset, offset+length) of a layout block (the whole block
         when length is None), from the first replica that serves them
         verified."""
+        data = self._read(block, offset, length)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def read_whole(self, block):
+        """A whole layout block, verified, as sliceable bytes (bytes, or a
+        ``BlockPieces`` that joins nothing until sliced)."""
+        return self._read(block, 0, None)
+
+    def _read(self, block, offset: int, length: int | None):
         block_id, block_length, checksum, node_ids = block
         failures = []
         if length is None and checksum and self._local_dirs:
@@ -325,7 +335,7 @@ class DataPath:
 
     def _read_one(self, address, block_id, block_length, checksum, offset, length) -> bytes:
         if length is None:
-            data = self.blocks.read_block(address, block_id, checksum=checksum or None)
+            data = self.blocks.read_pieces(address, block_id, checksum=checksum or None)[0]
             if len(data) != block_length:
                 raise CisternError(errno.EBADMSG, f"{address}: block is {len(data)} bytes, not {block_length}")
             return data

@@ -1,6 +1,9 @@
 """The pipeline's pure parts: which replicas a reply says stored a block."""
 
 import errno
+import os
+
+import pytest
 
 from cistern.blockstore.pipeline import ReplicaResult, check_targets, merge_results, results_after_failure
 from cistern.blockstore.proto import blockstore_pb2 as pb
@@ -56,3 +59,24 @@ def test_malformed_data_messages_raise():
                 encode_with_data(b"a", encode_with_data(b"b"))):
         with pytest.raises(Exception):
             split_data(raw, pb.WriteChunk)
+
+
+def test_block_pieces_slice_like_the_joined_bytes():
+    import random
+
+    from cistern.blockstore.client import BlockPieces
+
+    rng = random.Random(7)
+    parts = [os.urandom(n) for n in (5, 0, 17, 1, 64, 3)]
+    joined = b"".join(parts)
+    pieces = BlockPieces([memoryview(b"xx" + p + b"yy")[2:2 + len(p)] for p in parts])
+    assert len(pieces) == len(joined) and bytes(pieces) == joined
+    for _ in range(500):
+        a, b = rng.randrange(-5, len(joined) + 5), rng.randrange(-5, len(joined) + 5)
+        got = pieces[a:b]
+        assert type(got) is bytes and got == joined[a:b], (a, b)
+    assert pieces[:] == joined and pieces[10:] == joined[10:] and BlockPieces([])[:] == b""
+    with pytest.raises(TypeError):
+        pieces[3]
+    with pytest.raises(ValueError):
+        pieces[::2]

@@ -428,6 +428,9 @@ class FakeBlocks:
             raise CisternError(errno.EBADMSG, f"{address}: sub-chunk 0 arrived corrupt")
         return data if length is None else data[offset:offset + length]
 
+    def read_pieces(self, address, block_id, *, checksum=None, timeout_s=None):
+        return self.read_block(address, block_id), checksum, []
+
     def write_block_results(self, targets, block_id, data, checksum=None, timeout_s=None):
         out = []
         for i, t in enumerate(targets):
