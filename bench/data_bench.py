@@ -5,13 +5,17 @@ bytes written directly to node 1's disk with dd-style 1 MiB writes plus
 fsync and read back in 1 MiB reads, in one run.
 
     .venv/bin/python -m cistern.bench.data_bench --mib 512 [--rounds 3] [--block-mib 4] [--local]
+        [--no-malloc-tuning]
 
 Prints MB/s both ways and the ratios (issue 3 targets: writes >= 30% and
 reads >= 60% of the direct-disk figure). Cold reads come from the disk
 (pages evicted with fadvise, no root needed); cached reads from the page
 cache. ``--local`` makes the client read node 1 first, as a task on that
 node would, with short-circuit reads of its block files. Direct and client rounds alternate and medians are shown,
-because the machine is shared.
+because the machine is shared. The benchmark process tunes its malloc as
+node processes do (``blockstore.tuning.tune_malloc``) unless
+``--no-malloc-tuning``: a process that streams large files should (gRPC's
+megabyte messages otherwise churn through mmap/madvise and page faults).
 """
 
 from __future__ import annotations
@@ -59,7 +63,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating direct/client rounds; medians shown")
     p.add_argument("--local", action="store_true", help="the reader is local to node 1 (short-circuit reads)")
     p.add_argument("--dir", default=None, help="where the daemons keep their data (default: a temp dir)")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave this (client) process's malloc thresholds as they are")
     args = p.parse_args(argv)
+    from cistern.blockstore.tuning import tune_malloc
+
+    tuned = not args.no_malloc_tuning and tune_malloc()
     block_bytes = args.block_mib * MiB
     total = args.mib * MiB
     payload = os.urandom(64 * MiB + MiB)
@@ -82,7 +91,9 @@ def main(argv=None) -> int:
         meta.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     print_against_disk(f"{args.mib} MiB file, {args.block_mib} MiB blocks, 3 replicas on one machine's disk"
-                       f"{', reader local to node 1' if args.local else ''}", "client open(), 1 MiB writes/reads",
+                       f"{', reader local to node 1' if args.local else ''}"
+                       f"{', client malloc tuned' if tuned else ', client malloc untuned'}",
+                       "client open(), 1 MiB writes/reads",
                        disks, clients, total)
     return 0
 

@@ -44,11 +44,7 @@ direct_io_align_bytes = 4096               # O_DIRECT offsets, lengths and buffe
 direct_io_stage_bytes = 1 * MiB            # one staging buffer per block being written
 direct_io_stages_kept_max = 8              # idle staging buffers a store keeps for reuse
 
-# glibc malloc in a node process (run_node): 1 MiB messages and 4 MiB blocks
-# come from the arenas instead of fresh mmaps, and freed memory is kept up to
-# the trim threshold instead of being returned with madvise and faulted in
-# (zeroed) again for the next message (that churn was a fifth of a node's
-# CPU per byte). Retained free memory: at most arenas x trim threshold.
+# glibc malloc in processes that move block data (see tuning.py).
 malloc_mmap_threshold_bytes = 16 * MiB
 malloc_trim_threshold_bytes = 32 * MiB
 malloc_arenas_max = 4

@@ -29,6 +29,7 @@ from cistern.blockstore import limits
 from cistern.blockstore.scrubber import Scrubber
 from cistern.blockstore.service import BlockService, NullReporter, StoreCollector, add_to_server
 from cistern.blockstore.store import BlockStore
+from cistern.blockstore.tuning import tune_malloc
 from cistern.core import procs
 from cistern.core import metrics, rpc
 from cistern.core.errors import CisternError
@@ -172,24 +173,6 @@ def add_node_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-scrub", action="store_true", help="do not re-verify blocks in the background")
     p.add_argument("--unsafe-no-fsync", action="store_true",
                    help="acknowledge blocks without fsync (tests and benchmarks only: a crash loses them)")
-
-
-def tune_malloc() -> bool:
-    """Set glibc malloc's thresholds for a node process (see limits); False
-    (and nothing changed) where the C library is not glibc. Process-wide:
-    called for node processes only, never in a library user's process."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8   # glibc's malloc.h
-    return all(mallopt(param, value) == 1 for param, value in (
-        (m_arena_max, limits.malloc_arenas_max), (m_mmap_threshold, limits.malloc_mmap_threshold_bytes),
-        (m_trim_threshold, limits.malloc_trim_threshold_bytes)))
 
 
 def run_node(args) -> int:
