@@ -301,6 +301,30 @@ def test_reads_fail_over_when_a_replica_node_is_killed(client, cluster):
         cluster.wait_live(client, {"n1", "n2", "n3"})
 
 
+def test_a_node_killed_under_write_behind_leaves_the_old_version_until_the_commit(client, cluster):
+    """Blocks go up while the writer goes on (several in flight); a node
+    dying mid-file costs the writer retries, never a partial file: readers
+    see the old version until the one commit, then all of the new one."""
+    old = os.urandom(3 * BLOCK + 5)
+    client.write_file("/behind", old)
+    new = os.urandom(12 * BLOCK + 7)
+    try:
+        with client.open("/behind", "wb") as f:
+            f.write(new[:5 * BLOCK])                  # complete blocks are uploading behind the writer
+            cluster.kill_node("n2")
+            with connect(cluster.addresses, uid=0, gid=0, groups=[]) as reader:
+                assert reader.read_file("/behind") == old
+            for at in range(5 * BLOCK, len(new), 100_000):
+                f.write(new[at:at + 100_000])
+            with connect(cluster.addresses, uid=0, gid=0, groups=[]) as reader:
+                assert reader.read_file("/behind") == old
+        assert sha(client.read_file("/behind")) == sha(new)
+        assert all("n2" not in b["nodes"] for b in client.block_locations("/behind")[5:])
+    finally:
+        cluster.start_node("n2")
+        cluster.wait_live(client, {"n1", "n2", "n3"})
+
+
 def cli(cluster, *args, stdin: bytes | None = None):
     return subprocess.run(cistern_command() + ["fs", "--cluster", cluster.addresses, *args], input=stdin,
                           capture_output=True, timeout=60)

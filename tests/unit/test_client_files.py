@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import time
 from concurrent.futures import Future
 
 import pytest
@@ -593,3 +594,44 @@ def test_blocks_of_any_node_on_this_host_are_read_from_their_files(tmp_path):
     blocks.data[("h1", other)] = b"remote"
     assert path.read([other, 6, block_checksum(b"remote"), ["n1"]]) == b"remote" and blocks.reads == ["h1"]
     path.close()
+
+
+def test_read_ahead_over_real_nodes_fails_over_past_a_dead_node_and_bytes_corrupted_on_the_wire(tmp_path):
+    """Read-ahead (``submit_read``) keeps every guarantee of a plain read:
+    a dead node is skipped, a node that sends bytes not matching their
+    sub-chunk checksums (its own check disabled, as corruption on the wire
+    would look) is caught by the client, reported, and read around."""
+    from cistern.blockstore.client import BlockClient, BlockPieces
+    from cistern.blockstore.store import block_checksum
+    from cistern.blockstore.testing import local_node
+
+    servers = [local_node(str(tmp_path / n), n, block_size_bytes=1 << 20) for n in ("n1", "n2", "n3")]
+    blocks = BlockClient()
+    nodes = FakeNodes({s.node_id: s.rpc_address for s in servers})
+    path = DataPath(["m:1"], nodes=nodes, blocks=blocks, node_id="n3", block_size_bytes=1 << 20)
+    try:
+        data = os.urandom((1 << 20) - 1000)
+        bid = os.urandom(16)
+        assert blocks.write_block([s.rpc_address for s in servers], bid, data) == [s.rpc_address for s in servers]
+        block = [bid, len(data), block_checksum(data), ["n1", "n2", "n3"]]
+        servers[2].stop()                                      # the local node, tried first, is dead
+        liar = servers[0]
+        with open(liar.store.block_path(bid), "r+b") as f:    # n1 serves a flipped byte without noticing
+            f.seek(300_000)
+            f.write(b"\x00" if data[300_000] else b"\x01")
+        liar.store._verify_chunks = lambda *args: None
+        with pytest.raises(CisternError) as e:
+            blocks.read_pieces(liar.rpc_address, bid)
+        assert e.value.errno == errno.EBADMSG and "arrived corrupt" in e.value.message
+        for _ in range(4):                                     # whichever of n1, n2 the rotation tries first
+            got = path.submit_read(block).result(timeout=30)
+            assert isinstance(got, BlockPieces) and bytes(got) == data and got[5:70_000] == data[5:70_000]
+        for _ in range(100):                                    # reports go out in the background
+            if nodes.reports:
+                break
+            time.sleep(0.05)
+        assert nodes.reports and all(r == (bid, "n1") for r in nodes.reports)
+    finally:
+        path.close()
+        for s in servers:
+            s.stop()
