@@ -618,11 +618,13 @@ class FileAppender:
         self._stage = None
         self._staged = 0
         if stages is not None:
+            stage = stages.take()
             try:
                 self.fd = os.open(path, flags | os.O_DIRECT, 0o644)
-                self._stage = stages.take()
+                self._stage = stage
                 return
             except OSError as e:
+                stages.give(stage)
                 if e.errno != errno.EINVAL:
                     raise
                 _unlink_quietly(path)   # some file systems create the file before refusing
