@@ -7,7 +7,9 @@ local 3-replica cluster.
 Prints, from one run: bare pysyncobj ops/s (3 processes, its defaults, a
 replicated dict update per call; ``raft_bench.py``'s baseline) beside
 Cistern creates/s (N x K in flight) and their ratio; linearizable stats/s
-(GETATTR, same shape); the latency of one create at a time (p50/p99). With
+(GETATTR, same shape); the latency of one create at a time (p50/p99); for
+each phase the CPU time per operation of the client processes and of the
+metads (a figure that a busy shared machine disturbs far less than rates). With
 ``--prefill N`` also: creates/s on a small namespace, then after filling it
 to N files (many in flight across many directories), creates/s again, their
 ratio, and each metad's resident memory (VmRSS, split into anonymous and
@@ -21,6 +23,7 @@ import argparse
 import errno
 import json
 import multiprocessing
+import os
 import signal
 import statistics
 import sys
@@ -115,15 +118,27 @@ def _work(addresses, index, run_id, phase, inflight, seconds, start_event, resul
             make = lambda i: model.encode_args(CRED, b"%s/f%d" % (directory, i % span), True)  # noqa: E731
             code = Op.GETATTR
         start_event.wait()
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         counts, latencies, _ = _pipeline(client, code, make, inflight, seconds, inflight == 1, count)
-        elapsed = time.monotonic() - t0
+        elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
     results.put({"index": index, "ok": counts["ok"], "err": counts["err"],
                  "first_error": counts["first_error"], "elapsed_s": elapsed,
-                 "latencies": latencies})
+                 "latencies": latencies, "cpu_s": cpu})
 
 
-def run_phase(addresses, run_id, phase, procs, inflight, seconds, span=1000) -> dict:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process used so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+
+
+def run_phase(addresses, run_id, phase, procs, inflight, seconds, span=1000, pids=()) -> dict:
+    """One phase; ``pids``: the metads, whose CPU over the phase is reported
+    per operation beside the clients' own."""
     ctx = multiprocessing.get_context("spawn")   # never fork a process that runs gRPC
     start_event = ctx.Event()
     results = ctx.Queue()
@@ -133,8 +148,10 @@ def run_phase(addresses, run_id, phase, procs, inflight, seconds, span=1000) -> 
     for w in workers:
         w.start()
     time.sleep(2.0 + 0.15 * procs)    # let every worker import, connect and mkdir
+    server_cpu0 = sum(process_cpu_s(pid) for pid in pids)
     start_event.set()
     out = [results.get(timeout=seconds + 120) for _ in workers]
+    server_cpu = sum(process_cpu_s(pid) for pid in pids) - server_cpu0
     for w in workers:
         w.join(10)
     ok = sum(r["ok"] for r in out)
@@ -143,6 +160,10 @@ def run_phase(addresses, run_id, phase, procs, inflight, seconds, span=1000) -> 
     latencies = sorted(x for r in out for x in r["latencies"])
     report = {"phase": phase, "span": min(r["ok"] for r in out), "procs": procs, "inflight": inflight, "ops": ok, "errors": errors,
               "ops_per_s": round(ok / elapsed, 1), "elapsed_s": round(elapsed, 2)}
+    if ok:
+        report["client_cpu_us_per_op"] = round(sum(r.get("cpu_s", 0.0) for r in out) / ok * 1e6, 1)
+        if pids:
+            report["metad_cpu_us_per_op"] = round(server_cpu / ok * 1e6, 1)
     if errors:
         report["first_error"] = next(r["first_error"] for r in out if r["first_error"])
     if latencies:
@@ -204,6 +225,10 @@ def _print_text(result: dict) -> None:
                 f"  ops={r['ops']} errors={r['errors']}")
         if "p50_ms" in r and r["inflight"] == 1:
             line += f"  p50={r['p50_ms']:.3f}ms p99={r['p99_ms']:.3f}ms"
+        if "client_cpu_us_per_op" in r:
+            line += f"  cpu/op: clients {r['client_cpu_us_per_op']:.0f} us"
+            if "metad_cpu_us_per_op" in r:
+                line += f", metads {r['metad_cpu_us_per_op']:.0f} us"
         if r.get("first_error"):
             line += f"  first error: {r['first_error']}"
         print(line)
@@ -265,13 +290,15 @@ def main(argv=None) -> int:
             # After the cluster holds its ports (both pick free ones), before it is busy.
             result["bare"] = measure_bare(args.bare_ops, args.bare_inflight)
         if "create" in phases or "stat" in phases or args.prefill:
-            reports.append(run_phase(addresses, run_id, "create", args.procs, args.inflight, args.seconds))
+            reports.append(run_phase(addresses, run_id, "create", args.procs, args.inflight, args.seconds,
+                                     pids=pids))
         if "stat" in phases:
             # Every worker stats files it created (the fewest any worker made, at most 1000).
             span = max(1, min(1000, reports[-1]["span"]))
-            reports.append(run_phase(addresses, run_id, "stat", args.procs, args.inflight, args.seconds, span))
+            reports.append(run_phase(addresses, run_id, "stat", args.procs, args.inflight, args.seconds, span,
+                                     pids=pids))
         if "latency" in phases:
-            reports.append(run_phase(addresses, run_id + "l", "create", 1, 1, min(args.seconds, 5.0)))
+            reports.append(run_phase(addresses, run_id + "l", "create", 1, 1, min(args.seconds, 5.0), pids=pids))
         if args.prefill:
             result["prefill"] = _prefill(addresses, run_id, args, pids)
     finally:
