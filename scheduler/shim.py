@@ -67,6 +67,7 @@ MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 0x1,
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 SYS_mount_setattr = 442          # the same number on every architecture
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_NAME = 15
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 
 SANDBOX_MOUNT = "/mnt/cistern/sandbox"   # where a task sees its sandbox (cwd, HOME)
@@ -164,6 +165,7 @@ def _become_shim(task_dir: str) -> None:
     """In the forked shim: fresh stdio in the task dir, then serve; never returns."""
     code = 0
     try:
+        _set_name(b"cistern-shim")
         os.chdir(task_dir)
         log = os.open(os.path.join(task_dir, "shim.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         null = os.open("/dev/null", os.O_RDONLY)
@@ -314,6 +316,7 @@ def _child(plan: dict, go_r: int, parent_fds: tuple, out_w: int, err_w: int, sta
         if os.read(go_r, 1) != b"g":
             os._exit(126)                  # the shim gave up (cgroup refused us)
         os.close(go_r)
+        _set_name(b"cistern-init")         # until the exec
         flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (0 if plan["network"] else CLONE_NEWNET)
         _check(_libc.unshare(flags), "unshare")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -445,6 +448,11 @@ def _mounts_under(path: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4].encode().decode("unicode_escape") for line in f]
     return [p for p in points if p == path or (p + "/").startswith(root)]
+
+
+def _set_name(name: bytes) -> None:
+    """The process's name in ps and top (PR_SET_NAME; at most 15 bytes)."""
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
 def _check(rc: int, what: str) -> None:
