@@ -79,7 +79,8 @@ mem_bytes_default = 256 << 20
 attempts_max_default = 3            # one run and two re-runs after TASK_LOST
 failover_timeout_default_s = 60.0   # the master kills our tasks after we are gone this long
 loop_tick_s = 0.05                  # the framework thread's longest sleep between duties
-ack_delay_s = 0.5                   # a running task's update is acknowledged this late (see _acknowledge)
+ack_delay_s = 1.0                   # a running task's update is acknowledged this late (see AckSchedule)
+assert ack_delay_s < limits.update_resend_interval_s
 live_refresh_interval_s = 1.0       # how often the live agents are asked for while tasks wait
 reconcile_quiet_s = 10.0            # a launched attempt not heard of this long is reconciled explicitly
 offer_refusals_max = 20             # launches refused for their offer (a race with a rescind) before giving up
@@ -158,6 +159,37 @@ class Task:
         return f"<Task {self.name} {self.task_id or '-'} {self.state} on {self.node_id or '-'}>"
 
 
+class AckSchedule:
+    """When to acknowledge status updates. Pure (the caller gives the time).
+
+    A terminal update is acknowledged at once; a non-terminal one
+    ``delay_s`` later, and not at all when a newer update of the same
+    attempt comes first: the master needs only the ack of a task's latest
+    update (an ack of an older one is ignored), and each ack is a Raft
+    commit, so a short task's RUNNING, superseded by its end, costs
+    nothing. ``delay_s`` must stay below the master's resend interval
+    (``update_resend_interval_s``), or delayed updates are resent."""
+
+    def __init__(self, delay_s: float):
+        self.delay_s = delay_s
+        self._later: dict = {}           # attempt id -> (uuid, when)
+
+    def on_update(self, task_id: str, uuid: bytes, terminal: bool, now: float) -> bytes | None:
+        """An update came: the uuid to acknowledge now, or None (later, or never)."""
+        if terminal or self.delay_s <= 0:
+            self._later.pop(task_id, None)
+            return uuid
+        self._later[task_id] = (uuid, now + self.delay_s)
+        return None
+
+    def due(self, now: float) -> list:
+        """[(attempt id, uuid), ...] to acknowledge now (each once)."""
+        out = [(task_id, uuid) for task_id, (uuid, at) in self._later.items() if at <= now]
+        for task_id, _ in out:
+            del self._later[task_id]
+        return out
+
+
 class Framework:
     """A Mesos-style framework over one FrameworkStream (see the module
     docstring for the contract). Starts connecting at once; ``close()`` (or
@@ -201,7 +233,7 @@ class Framework:
         self._launched_on: dict[str, list] = {}      # offer id -> attempts sent with it (until heard of)
         self._kills: set = set()                     # attempt ids we asked to kill (resent after failover)
         self._kill_again: dict = {}                  # attempt id -> when to send its kill again
-        self._ack_later: dict = {}                   # attempt id -> (uuid, when) of a delayed ack
+        self._acks = AckSchedule(ack_delay_s)
         self._locations: dict = {}                   # path -> (monotonic time, block_locations)
         self._live: set | None = None                # None until the master first told us
         self._live_fetched = 0.0
@@ -396,8 +428,8 @@ class Framework:
             self._on_stream_closed(item[1])
 
     def _duties(self, now: float) -> None:
-        if self._ack_later:
-            self._acks_due(now)
+        for task_id, uuid in self._acks.due(now):
+            self._send_ack(task_id, uuid)
         if self._pending and not self._live_fetching and now - self._live_fetched > live_refresh_interval_s:
             self._refresh_live(now)
         if self._subscribed.is_set():
@@ -609,28 +641,15 @@ class Framework:
                 self._finish(task, state, status.reason, status.message)
 
     def _acknowledge(self, status) -> None:
-        """Acknowledge a terminal update at once; a running one after
-        ``ack_delay_s``, and only when no newer update of the task came
-        meanwhile (a short task's RUNNING is superseded by its end: the
-        master needs the ack of its latest update only, and each ack is a
-        Raft commit). ``ack_delay_s`` is below the master's resend
-        interval, so a delayed ack is not answered by a resend."""
-        if status.state in _TERMINAL_PB or ack_delay_s <= 0:
-            self._ack_later.pop(status.task_id, None)
-            self._send_ack(status.task_id, status.uuid)
-        else:
-            self._ack_later[status.task_id] = (bytes(status.uuid), time.monotonic() + ack_delay_s)
+        uuid = self._acks.on_update(status.task_id, bytes(status.uuid), status.state in _TERMINAL_PB,
+                                    time.monotonic())
+        if uuid is not None:
+            self._send_ack(status.task_id, uuid)
 
     def _send_ack(self, task_id: str, uuid: bytes) -> None:
         self._send(acknowledge=pb.Acknowledge(task_id=task_id, uuid=uuid))
         with self._lock:
             self._stats["acks"] += 1
-
-    def _acks_due(self, now: float) -> None:
-        for task_id, (uuid, at) in list(self._ack_later.items()):
-            if at <= now:
-                del self._ack_later[task_id]
-                self._send_ack(task_id, uuid)
 
     def _record(self, task: Task, status, state: str, now: float) -> None:
         changed = state != task.state
