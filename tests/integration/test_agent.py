@@ -167,6 +167,8 @@ def test_a_task_reads_its_local_block_in_isolation_and_its_output_is_stored(clus
             words = int(client.read_file(f"/a/out/{t.task_id}/words"))
             assert words == len(data[i * BLOCK:(i + 1) * BLOCK].split())
             assert "stored 1 file(s)" in t.message
+            states = [state for task_id, state, *_ in fw.update_log if task_id == t.task_id]
+            assert states[:2] == ["TASK_STARTING", "TASK_RUNNING"], states     # STARTING: inputs were staged
     assert node.metric("cistern_agent_tasks_ended_total", state="TASK_FINISHED") == 2
     assert node.metric("cistern_agent_launch_latency_seconds_count") == 2
     assert node.metric("cistern_agent_input_bytes_total", locality="local") == 2 * BLOCK
@@ -202,6 +204,10 @@ def test_a_framework_kill_ends_every_process_of_the_task(cluster, nodes):
                       mem_bytes=32 << 20, output_dir="/c/out")
         wait_for(lambda: t.state == "TASK_RUNNING", "the task running", 60)
         wait_for(lambda: len(task_processes(t.task_id)) >= 5, "the task's processes", 20)
+        # No inputs, nothing to stage: no STARTING. Its RUNNING is acknowledged
+        # late (it stays the latest update), and exactly once.
+        assert [s for task_id, s, *_ in fw.update_log if task_id == t.task_id] == ["TASK_RUNNING"]
+        wait_for(lambda: fw.statistics()["acks"] == 1, "the running update acknowledged", 20)
         fw.kill(t)
         assert t.wait(30) and (t.state, t.reason) == ("TASK_KILLED", "killed by framework"), (t.state, t.reason)
         assert task_processes(t.task_id) == []

@@ -349,3 +349,64 @@ def test_a_task_sees_only_harmless_devices(tasks):
     assert lines[:11] == ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom",
                           "zero"], lines                     # no kmsg, no disks
     assert lines[11:] == ["null-writable", "8", "y", "dev-read-only"], lines
+
+
+RECOVERING = r"""
+import json, sys
+from cistern.scheduler import isolation
+from cistern.scheduler.proto import scheduler_pb2 as pb
+spec = pb.TaskSpec(task_id="later", argv=["/bin/sh", "-c", "sleep 300"], resources=pb.Resources(cpus=0.2, mem_bytes=64 << 20))
+print(json.dumps(isolation.launch(spec, agent_id=sys.argv[1], work_dir=sys.argv[2]).checkpoint()))
+"""
+
+
+def test_wait_started_is_woken_by_the_shim_not_by_polling(tasks, tmp_path, monkeypatch):
+    """started.json and exit.json wake wait_started through inotify: with
+    its safety look pushed past its timeout it still answers at once for a
+    task that runs, one that ends at once, one that never execs, one whose
+    setup fails, and one launched by an agent that then died (recovered)."""
+    monkeypatch.setattr(isolation, "start_safety_poll_s", 120.0)
+
+    def wait_started(handle):
+        began = time.monotonic()
+        started = handle.wait_started(60)        # a missed wake-up would sleep all of it and raise
+        return started, time.monotonic() - began
+
+    assert wait_started(tasks.sh("sleep 300"))[0] is True
+    instant = tasks.sh("exit 0")
+    started, took = wait_started(instant)
+    assert started is True and took < 30
+    assert tasks.run(instant).state == "finished"
+    bad = tasks.launch(["/no/such/program"])
+    assert wait_started(bad)[0] is False
+    assert tasks.run(bad).reason == "bad command"
+    source, ib = _block_input(tmp_path, b"x" * 10)
+    os.unlink(source)                             # the bind of its input fails: it never starts
+    broken = tasks.launch(["true"], inputs=[(source, ib)])
+    assert wait_started(broken)[0] is False
+    assert tasks.run(broken).reason == "setup failed"
+    done = subprocess.run([sys.executable, "-P", "-c", RECOVERING, tasks.agent_id, tasks.work_dir],
+                          capture_output=True, timeout=60, check=True)
+    recovered = isolation.recover(json.loads(done.stdout))
+    tasks.handles.append(recovered)
+    assert wait_started(recovered)[0] is True
+    assert recovered.poll() is None
+
+
+def test_wait_started_polls_where_inotify_is_unavailable(tasks, monkeypatch):
+    dead = isolation._DirEvents()
+    dead._failed = True
+    monkeypatch.setattr(isolation, "_DIR_EVENTS", dead)
+    h = tasks.sh("sleep 300")
+    assert h.wait_started(60) is True
+    assert tasks.run(tasks.launch(["/no/such/program"])).reason == "bad command"
+
+
+def test_a_shim_that_ended_is_reaped_not_left_a_zombie(tasks):
+    """The launcher ignores SIGCHLD, so the kernel reaps its shims."""
+    h = tasks.sh("exit 0")
+    assert tasks.run(h).state == "finished"
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{h.shim_pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{h.shim_pid}"), open(f"/proc/{h.shim_pid}/status").read()[:200]

@@ -22,6 +22,7 @@ def test_bench_sched_runs_every_phase_and_reports_against_the_targets(tmp_path):
     assert doc["schema"] == "cistern.bench.sched/1" and doc["failures"] == []
     assert doc["latency"]["measured"] == 3 and doc["latency"]["p50_ms"] > 0
     assert doc["throughput"]["finished"] == 10 and doc["throughput"]["tasks_per_s"] > 0
+    assert doc["throughput"]["cpu_ms_per_task"] > 0 and "ms of machine cpu per task" in done.stdout
     assert doc["locality"]["blocks"] == 3 and 0 <= doc["locality"]["fraction"] <= 1
     assert "target p50 < 100 ms" in done.stdout and "target >= 50/s" in done.stdout
     assert "target >= 95%" in done.stdout

@@ -140,3 +140,12 @@ def test_v1_cgroup_reads_the_oom_kill_counter_and_pids_events(tmp_path):
     assert (group.oom_kills(), group.pids_limit_hits()) == (4, 9)
     os.unlink(os.path.join(dirs["memory"], "memory.oom_control"))
     assert group.oom_kills() == -1                      # an old kernel: unknown, not zero
+
+
+def test_inotify_events_of_one_read_are_found_past_their_names():
+    event = isolation._DirEvents._event
+    name = b"started.json\0\0\0\0"                 # the kernel pads names to a multiple of 16
+    data = event.pack(3, 0x80, 0, len(name)) + name + event.pack(4, 0x8000, 0, 0) + event.pack(5, 0x80, 0, 0)
+    offsets = list(isolation._event_offsets(data, event.size, event))
+    assert [event.unpack_from(data, o)[0] for o in offsets] == [3, 4, 5]
+    assert list(isolation._event_offsets(data[:event.size - 1], event.size, event)) == []
