@@ -7,7 +7,7 @@ and what it covers; ``Operations`` (operations.py) runs the passes.
 
 Contract of ``Detector`` (thread-safe; no I/O; ``clock`` is injectable):
 
-* ``miss(who, directory)`` is called for every attribute-cache miss that
+* ``miss(who, directory, name)`` is called for every attribute-cache miss that
   *found* the entry (a lookup of a name that does not exist, as every create
   makes, says nothing about a traversal). It returns a ``Pass`` to run now,
   or None. A pass starts when ``who`` (the caller's credentials) missed
@@ -18,7 +18,9 @@ Contract of ``Detector`` (thread-safe; no I/O; ``clock`` is injectable):
 * ``finished(p, fetched, cursor)``: the pass fetched ``fetched`` entries
   and stopped before the name ``cursor`` (None: it reached the end of the
   listing). The next pass of that directory starts at the cursor, so a
-  directory larger than one pass is covered window by window.
+  directory larger than one pass is covered window by window. A pass that
+  ``failed`` (the caller may search the directory but not list it, or it
+  is gone) ends stat-ahead there until the state is forgotten.
 * Random access stops it: when a pass is judged (at the next trigger, once
   its answers have expired, i.e. ``expiry_s`` after it ended) and fewer than
   ``yield_min`` of the entries it fetched were asked for, the directory's
@@ -27,6 +29,10 @@ Contract of ``Detector`` (thread-safe; no I/O; ``clock`` is injectable):
   window while the previous one is still fresh runs only if the previous
   one has paid off so far: a caller missing outside the window is followed,
   one fetching random names of a huge directory is not.
+* Order: a pass fetches ``ahead_of`` the name whose miss started it:
+  numbered names in number order (the order sweeps of made-in-order files
+  follow; the listing's byte order scatters them), the names the caller
+  has passed last.
 * Bounds: at most ``dirs_max`` (who, directory) states (least recently
   missed forgotten first), one pass per state at a time; the entries of one
   pass are bounded by its runner (``window``).
@@ -34,29 +40,53 @@ Contract of ``Detector`` (thread-safe; no I/O; ``clock`` is injectable):
 
 from __future__ import annotations
 
+import bisect
 import collections
+import re
 import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["Detector", "Pass", "trigger_misses_default", "dirs_max_default", "window_default"]
+__all__ = ["Detector", "Pass", "ahead_of", "natural_key", "trigger_misses_default", "dirs_max_default", "window_default"]
 
 trigger_misses_default = 3       # consecutive found-misses in one directory that start a pass
 trigger_max_default = 192        # a trigger doubled past this: stat-ahead off for that directory
 dirs_max_default = 256           # (caller, directory) pairs tracked
-window_default = 8192            # entries one pass fetches at most (the mount option statahead=N)
+window_default = 16384          # entries one pass fetches at most (the mount option statahead=N)
 yield_min_default = 0.25         # fraction of a pass's entries that must be asked for
 yield_judged_min_entries = 16    # passes smaller than this are never judged poor
+
+
+_DIGITS = re.compile(rb"(\d+)")
+
+
+def ahead_of(entries: list, start: bytes) -> list:
+    """``entries`` (``(name bytes, ...)``) in ``natural_key`` order, rotated
+    to begin at the first that sorts at or after ``start``: the caller's
+    next names first, the ones it has passed last."""
+    entries = sorted(entries, key=natural_key)
+    at = bisect.bisect_left([natural_key(e) for e in entries], natural_key((start,)))
+    return entries[at:] + entries[:at]
+
+
+def natural_key(entry) -> tuple:
+    """Sort key of a directory entry ``(name bytes, ...)``: runs of digits
+    compare as numbers (``f2`` before ``f10``), the rest as bytes."""
+    parts = _DIGITS.split(entry[0])
+    return tuple((0, int(part), b"") if i % 2 else (1, 0, part) for i, part in enumerate(parts))
 
 
 @dataclass
 class Pass:
     """One pass to run: fetch the attributes of ``directory``'s entries
-    after ``cursor`` (None: from the start), as ``who``."""
+    after ``cursor`` (None: from the start), as ``who``, beginning with
+    those that sort (``natural_key``) from ``start``, the name whose miss
+    started it: the caller is there."""
 
     who: object
     directory: str
     cursor: bytes | None
+    start: bytes = b""
 
 
 @dataclass
@@ -93,7 +123,7 @@ class Detector:
         """Whether any directory has a pass on record (hits are worth counting)."""
         return bool(self._states)
 
-    def miss(self, who, directory: str) -> Pass | None:
+    def miss(self, who, directory: str, name: bytes = b"") -> Pass | None:
         with self._lock:
             last = self._last.get(who)
             if last is not None and last[0] == directory:
@@ -124,7 +154,7 @@ class Detector:
             state.running = True
             state.passes += 1
             self.passes_started += 1
-            return Pass(who, directory, state.cursor)
+            return Pass(who, directory, state.cursor, name)
 
     def _judge(self, state: _State) -> bool:
         """Whether another pass may run now (lock held); adjusts the trigger."""
@@ -154,12 +184,14 @@ class Detector:
         if state is not None:
             state.hits += 1     # a lost increment under a race only makes the judgement stricter
 
-    def finished(self, p: Pass, fetched: int, cursor: bytes | None) -> None:
+    def finished(self, p: Pass, fetched: int, cursor: bytes | None, failed: bool = False) -> None:
         with self._lock:
             state = self._states.get((p.who, p.directory))
             if state is None:
                 return
             state.running = False
+            if failed:      # the caller may not list it, or it is gone: no more passes there
+                state.trigger = self.trigger_max + 1
             state.cursor = cursor
             state.fetched += int(fetched)
             state.ended_at = self.clock()

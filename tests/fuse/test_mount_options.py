@@ -27,7 +27,7 @@ def test_defaults_and_overrides():
     fuse_options, own = parse_options([])
     assert fuse_options == DEFAULT_FUSE_OPTIONS
     assert own == {"timeout": 30.0, "attr_cache": 1.0, "block_size": None, "read_ahead_kb": 4096,
-                   "statahead": 8192, "linearizable_attrs": False}
+                   "statahead": 16384, "linearizable_attrs": False}
     fuse_options, own = parse_options(["allow_other,ro", "attr_timeout=2.5,entry_timeout=0",
                                        "timeout=5,block_size=1048576", "no_default_permissions"])
     assert fuse_options["allow_other"] is True and fuse_options["ro"] is True

@@ -3,7 +3,7 @@ a pass starts, where it resumes, and how a random access pattern stops it."""
 
 from __future__ import annotations
 
-from cistern.fuse.statahead import Detector
+from cistern.fuse.statahead import Detector, ahead_of
 
 ME, OTHER = (1000, 1000, ()), (0, 0, ())
 
@@ -120,3 +120,22 @@ def test_small_passes_are_never_judged_poor_and_state_is_bounded():
     assert d.tracked() <= 8
     d.forget()
     assert d.tracked() == 0 and not d.active()
+
+
+def test_a_pass_fetches_from_the_callers_name_on_in_number_order():
+    listing = sorted((f"f{i}".encode(), i, 0) for i in range(12))       # the service's byte order
+    assert [e[0] for e in listing[:4]] == [b"f0", b"f1", b"f10", b"f11"]
+    order = [e[0].decode() for e in ahead_of(listing, b"f7")]
+    assert order == ["f7", "f8", "f9", "f10", "f11", "f0", "f1", "f2", "f3", "f4", "f5", "f6"]
+    assert [e[0] for e in ahead_of(listing, b"")][:3] == [b"f0", b"f1", b"f2"]
+    mixed = [(n, 0, 0) for n in (b"b12", b"a", b"b3c", b"f1.10", b"f1.9", b"9x", b"")]
+    assert [e[0] for e in ahead_of(mixed, b"")] == [b"", b"9x", b"a", b"b3c", b"b12", b"f1.9", b"f1.10"]
+    p = Detector(trigger_misses=1).miss(ME, "/d", b"f7")
+    assert p.start == b"f7"
+
+
+def test_a_failed_pass_ends_stat_ahead_in_that_directory():
+    d = Detector(trigger_misses=3)
+    d.finished(misses(d, 3)[-1], fetched=0, cursor=None, failed=True)    # EACCES listing it
+    assert misses(d, 500) == [None] * 500
+    assert misses(d, 3, directory="/other")[-1] is not None
