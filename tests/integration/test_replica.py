@@ -14,8 +14,10 @@ import logging
 import os
 import socket
 import struct
+import sys
 import threading
 import time
+import zlib
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -637,4 +639,19 @@ def test_a_leader_cut_off_from_its_peers_answers_no_linearizable_read(group):
             p._node.doTick = tick
         gate.set()
     assert get(g.leader(timeout_s=15), b"k") == 1
+    g.converge()
+
+
+def test_raft_messages_travel_as_uncompressed_zlib_streams(group):
+    # pysyncobj compresses every message at zlib level 3 on the tick thread;
+    # the replica makes that level 0 (message_compress_level), still a zlib
+    # stream any pysyncobj peer reads.
+    g = group().start_all()
+    leader = g.leader()
+    assert incr(leader, os.urandom(16), 1, b"z").result(5) == 1
+    shim = sys.modules["pysyncobj.tcp_connection"].zlib
+    payload = os.urandom(64) * 64
+    packed = shim.compress(payload, 3)
+    assert len(packed) > len(payload) and zlib.decompress(packed) == payload
+    assert shim.decompress(zlib.compress(payload, 3)) == payload
     g.converge()
