@@ -288,6 +288,9 @@ class ReplicaConf:
       what follows the last snapshot; tests set them small.
     * ``commandsWaitLeader=False``: with no leader a command fails at once
       (we already refuse on a non-leader before submitting).
+    * Not a pysyncobj setting: ``TcpConnection.send`` zlib-compresses every
+      message at level 3; ``message_compress_level`` (0) replaces the
+      ``zlib`` its module uses (``_MessageZlib``), same stream format.
     """
 
     tick_period_s: float = 0.02              # poll timeout; I/O and submissions wake it earlier
