@@ -539,11 +539,11 @@ class Operations(fusepy.Operations):
                 cursor = None if done or not entries else entries[-1][0]
                 if cursor is None:
                     break
-            # From the caller's name on, numbered names in number order (f2
+            # From the callers' names on, numbered names in number order (f2
             # before f10): the order they were made in, which sweeps of them
             # (mdtest, frames, logs) follow, where the listing's byte order
-            # scatters them; the names it has passed come last.
-            window = statahead.ahead_of(window, found.start)
+            # scatters them; the names they have passed come last.
+            window = statahead.ahead_of(window, found.starts)
             fetched = self._fetch_attrs(view, found.who, found.directory, window, epoch)
         except OSError as e:     # the directory went away, or the caller may not list it
             log.debug("stat-ahead of %s stopped: %s", found.directory, e)

@@ -29,10 +29,10 @@ Contract of ``Detector`` (thread-safe; no I/O; ``clock`` is injectable):
   window while the previous one is still fresh runs only if the previous
   one has paid off so far: a caller missing outside the window is followed,
   one fetching random names of a huge directory is not.
-* Order: a pass fetches ``ahead_of`` the name whose miss started it:
+* Order: a pass fetches ``ahead_of`` the callers' last missed names:
   numbered names in number order (the order sweeps of made-in-order files
-  follow; the listing's byte order scatters them), the names the caller
-  has passed last.
+  follow; the listing's byte order scatters them), each series from where
+  its caller is, parallel series interleaved, passed names last.
 * Bounds: at most ``dirs_max`` (who, directory) states (least recently
   missed forgotten first), one pass per state at a time; the entries of one
   pass are bounded by its runner (``window``).
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import re
 import threading
 import time
@@ -55,18 +56,48 @@ dirs_max_default = 256           # (caller, directory) pairs tracked
 window_default = 16384          # entries one pass fetches at most (the mount option statahead=N)
 yield_min_default = 0.25         # fraction of a pass's entries that must be asked for
 yield_judged_min_entries = 16    # passes smaller than this are never judged poor
+recent_names_max = 16            # names of a caller's last misses a pass starts from
 
 
 _DIGITS = re.compile(rb"(\d+)")
 
 
-def ahead_of(entries: list, start: bytes) -> list:
-    """``entries`` (``(name bytes, ...)``) in ``natural_key`` order, rotated
-    to begin at the first that sorts at or after ``start``: the caller's
-    next names first, the ones it has passed last."""
-    entries = sorted(entries, key=natural_key)
-    at = bisect.bisect_left([natural_key(e) for e in entries], natural_key((start,)))
-    return entries[at:] + entries[:at]
+def ahead_of(entries: list, starts=()) -> list:
+    """``entries`` (``(name bytes, ...)``) in the order a pass fetches them.
+    Names are grouped in series (the same name but for its last run of
+    digits: ``f3.7`` and ``f3.12`` are one series, ``f2.7`` another), each
+    series in ``natural_key`` order and rotated to begin at the furthest of
+    ``starts`` (names the callers just missed) in it: its caller's next
+    names first, those it has passed last. The series are interleaved,
+    those with a caller in them first in each round, so parallel sweeps
+    (one series per process, as mdtest names its files) are all served
+    early."""
+    series: dict = {}
+    for entry in sorted(entries, key=natural_key):
+        series.setdefault(_series(entry[0]), []).append(entry)
+    at_caller: dict = {}
+    keys: dict = {}
+    for name in starts:
+        k = _series(name)
+        if k not in series:
+            continue
+        if k not in keys:
+            keys[k] = [natural_key(e) for e in series[k]]
+        at = bisect.bisect_left(keys[k], natural_key((name,)))
+        at_caller[k] = max(at, at_caller.get(k, 0))
+    groups = [series[k][at:] + series[k][:at] for k, at in at_caller.items()]
+    groups += [group for k, group in series.items() if k not in at_caller]
+    out = []
+    for row in itertools.zip_longest(*groups):
+        out.extend(e for e in row if e is not None)
+    return out
+
+
+_LAST_DIGITS = re.compile(rb"\d+(?=\D*$)")
+
+
+def _series(name: bytes) -> bytes:
+    return _LAST_DIGITS.sub(b"#", name, count=1)
 
 
 def natural_key(entry) -> tuple:
@@ -79,14 +110,14 @@ def natural_key(entry) -> tuple:
 @dataclass
 class Pass:
     """One pass to run: fetch the attributes of ``directory``'s entries
-    after ``cursor`` (None: from the start), as ``who``, beginning with
-    those that sort (``natural_key``) from ``start``, the name whose miss
-    started it: the caller is there."""
+    after ``cursor`` (None: from the start), as ``who``, in the order
+    ``ahead_of(entries, starts)`` gives: ``starts`` are the names the
+    callers missed last, where they are."""
 
     who: object
     directory: str
     cursor: bytes | None
-    start: bytes = b""
+    starts: tuple = ()
 
 
 @dataclass
@@ -111,7 +142,7 @@ class Detector:
         self.expiry_s = float(expiry_s)
         self.clock = clock
         self._states: collections.OrderedDict = collections.OrderedDict()   # (who, dir) -> _State
-        self._last: dict = {}       # who -> [directory, consecutive misses]
+        self._last: dict = {}       # who -> [directory, consecutive misses, the last names missed]
         self._lock = threading.Lock()
         self.passes_started = 0
         self.passes_refused = 0     # triggers turned down for a poor yield
@@ -128,12 +159,12 @@ class Detector:
             last = self._last.get(who)
             if last is not None and last[0] == directory:
                 last[1] += 1
-                count = last[1]
             else:
                 if len(self._last) >= self.dirs_max:
                     self._last.clear()
-                self._last[who] = [directory, 1]
-                count = 1
+                last = self._last[who] = [directory, 1, collections.deque(maxlen=recent_names_max)]
+            count = last[1]
+            last[2].append(name)
             key = (who, directory)
             state = self._states.get(key)
             if state is None:
@@ -154,7 +185,7 @@ class Detector:
             state.running = True
             state.passes += 1
             self.passes_started += 1
-            return Pass(who, directory, state.cursor, name)
+            return Pass(who, directory, state.cursor, tuple(last[2]))
 
     def _judge(self, state: _State) -> bool:
         """Whether another pass may run now (lock held); adjusts the trigger."""

@@ -125,13 +125,17 @@ def test_small_passes_are_never_judged_poor_and_state_is_bounded():
 def test_a_pass_fetches_from_the_callers_name_on_in_number_order():
     listing = sorted((f"f{i}".encode(), i, 0) for i in range(12))       # the service's byte order
     assert [e[0] for e in listing[:4]] == [b"f0", b"f1", b"f10", b"f11"]
-    order = [e[0].decode() for e in ahead_of(listing, b"f7")]
+    order = [e[0].decode() for e in ahead_of(listing, [b"f5", b"f7", b"f6"])]
     assert order == ["f7", "f8", "f9", "f10", "f11", "f0", "f1", "f2", "f3", "f4", "f5", "f6"]
-    assert [e[0] for e in ahead_of(listing, b"")][:3] == [b"f0", b"f1", b"f2"]
+    assert [e[0] for e in ahead_of(listing)][:3] == [b"f0", b"f1", b"f2"]
     mixed = [(n, 0, 0) for n in (b"b12", b"a", b"b3c", b"f1.10", b"f1.9", b"9x", b"")]
-    assert [e[0] for e in ahead_of(mixed, b"")] == [b"", b"9x", b"a", b"b3c", b"b12", b"f1.9", b"f1.10"]
-    p = Detector(trigger_misses=1).miss(ME, "/d", b"f7")
-    assert p.start == b"f7"
+    assert sorted(e[0] for e in ahead_of(mixed)) == sorted(e[0] for e in mixed)
+    # Parallel sweeps, one series each (f<process>.<i>), are interleaved, each from where it is.
+    sweeps = sorted((f"f{k}.{i}".encode(), 0, 0) for k in range(3) for i in range(4))
+    order = [e[0].decode() for e in ahead_of(sweeps, [b"f2.1", b"f0.2", b"f2.2"])]
+    assert order == ["f2.2", "f0.2", "f1.0", "f2.3", "f0.3", "f1.1", "f2.0", "f0.0", "f1.2", "f2.1", "f0.1", "f1.3"]
+    d = Detector(trigger_misses=3)
+    assert [d.miss(ME, "/d", n) for n in (b"f0", b"f1", b"f2")][-1].starts == (b"f0", b"f1", b"f2")
 
 
 def test_a_failed_pass_ends_stat_ahead_in_that_directory():
