@@ -22,13 +22,17 @@ one terminal update (FINISHED, FAILED, KILLED) with exit code, output
 tails and input byte counts -> the sandbox and cgroup are removed.
 
 Delivery: every update carries a fresh uuid and stays in the task's
-checkpoint until the master acks that uuid; unacknowledged updates are
+checkpoint at least until the master acks that uuid (an acknowledged
+non-terminal update may stay on disk until the task's next change: a
+restart then sends it again, which the master acks as a no-op); unacknowledged updates are
 sent again, in order: all of them on every (re)registration, and each one
 that went unacknowledged for ``update_retry_interval_s``. A task's record is forgotten once its terminal
 update is acknowledged.
 
 Checkpoints: ``<data_dir>/agent/checkpoints/<hex of task_id>.json`` (written to a
-temporary file, fsynced, renamed) after every change of a task. On start,
+temporary file, fdatasynced, renamed) when a task arrives, starts or
+changes state, and when a kill is asked (not when an update is acked,
+nor after a terminal task's cleanup). On start,
 each checkpointed task is: re-attached when still running (the shim kept
 it alive without us), finished now when it ended meanwhile, reported FAILED
 ("agent restarted") when the agent died before starting it; leftovers of

@@ -45,7 +45,9 @@ with reason "bad command".
 
 Shims: a warm launcher process per agent process forks them (``shim.py``;
 ``shutdown()`` stops it); when it cannot, an interpreter per shim.
-Threads: a ``TaskHandle`` may be used from several threads.
+Threads: a ``TaskHandle`` may be used from several threads; the first
+``wait_started`` starts one reader thread of the process's inotify
+instance (``_DirEvents``), which wakes the waiters.
 Durability: the task dir's files are written atomically but not fsynced;
 they survive an agent crash, not a machine crash (nor does the task).
 """
