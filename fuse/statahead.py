@@ -72,25 +72,25 @@ def ahead_of(entries: list, starts=()) -> list:
     those with a caller in them first in each round, so parallel sweeps
     (one series per process, as mdtest names its files) are all served
     early."""
-    series: dict = {}
-    for entry in sorted(entries, key=natural_key):
-        series.setdefault(_series(entry[0]), []).append(entry)
+    series: dict = {}       # series -> [(key, entry), ...] in key order
+    for keyed in sorted(((natural_key(e), e) for e in entries), key=_first):
+        series.setdefault(_series(keyed[1][0]), []).append(keyed)
     at_caller: dict = {}
-    keys: dict = {}
     for name in starts:
         k = _series(name)
-        if k not in series:
-            continue
-        if k not in keys:
-            keys[k] = [natural_key(e) for e in series[k]]
-        at = bisect.bisect_left(keys[k], natural_key((name,)))
-        at_caller[k] = max(at, at_caller.get(k, 0))
+        if k in series:
+            at = bisect.bisect_left(series[k], natural_key((name,)), key=_first)
+            at_caller[k] = max(at, at_caller.get(k, 0))
     groups = [series[k][at:] + series[k][:at] for k, at in at_caller.items()]
     groups += [group for k, group in series.items() if k not in at_caller]
     out = []
     for row in itertools.zip_longest(*groups):
-        out.extend(e for e in row if e is not None)
+        out.extend(keyed[1] for keyed in row if keyed is not None)
     return out
+
+
+def _first(pair):
+    return pair[0]
 
 
 _LAST_DIGITS = re.compile(rb"\d+(?=\D*$)")
@@ -103,8 +103,10 @@ def _series(name: bytes) -> bytes:
 def natural_key(entry) -> tuple:
     """Sort key of a directory entry ``(name bytes, ...)``: runs of digits
     compare as numbers (``f2`` before ``f10``), the rest as bytes."""
+    # split() alternates text and digits, text first: like positions compare alike.
     parts = _DIGITS.split(entry[0])
-    return tuple((0, int(part), b"") if i % 2 else (1, 0, part) for i, part in enumerate(parts))
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 @dataclass
