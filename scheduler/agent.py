@@ -243,16 +243,21 @@ class Checkpoints:
 class Agent:
     def __init__(self, node_id: str, address: str, data_dir: str, meta_addresses, *, store=None,
                  registry=None, cpus: float | None = None, mem_bytes: int | None = None,
-                 disk_bytes: int | None = None, agent_id: str | None = None):
+                 disk_bytes: int | None = None, agent_id: str | None = None,
+                 runtime_parent: str | None = isolation.runtime_parent_default):
         """``store``: a callable returning the node's open ``BlockStore`` (or
         None); ``registry``: the node's Prometheus registry;
         ``cpus``/``mem_bytes``/``disk_bytes``: what to offer (default: every
-        cpu, ``mem_fraction_default`` of RAM, the free space of ``data_dir``)."""
+        cpu, ``mem_fraction_default`` of RAM, the free space of ``data_dir``);
+        ``runtime_parent``: the tmpfs holding task dirs and sandboxes
+        (``isolation.runtime_dir``; None keeps them under ``data_dir``)."""
         self.node_id = node_id
         self.agent_id = agent_id or node_id
         self.address = address
         self.data_dir = os.path.abspath(data_dir)
         self.work_dir = os.path.join(self.data_dir, "agent")
+        self.runtime_parent = runtime_parent
+        self.run_dir = self.work_dir         # task dirs and sandboxes; chosen at start
         self.meta_addresses = meta_addresses
         self._store = store or (lambda: None)
         self.total = pb.Resources(cpus=float(cpus or os.cpu_count() or 1),
@@ -282,6 +287,7 @@ class Agent:
         CisternError(ENOTSUP) when this machine cannot isolate tasks."""
         isolation.check_available()
         os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
+        self.run_dir = isolation.runtime_dir(self.work_dir, self.runtime_parent)
         self._checkpoints = Checkpoints(os.path.join(self.work_dir, "checkpoints"))
         self._recover()
         self._conn = self._connect()
@@ -318,7 +324,9 @@ class Agent:
         if kill_tasks:
             with self._lock:
                 keep = [r.task_id for r in self._book.active()]
-            isolation.sweep(self.agent_id, self.work_dir, keep)
+            isolation.sweep(self.agent_id, self.run_dir, keep)
+            if not keep:
+                isolation.remove_runtime_dir(self.work_dir)
         self._metrics.close()
         isolation.shutdown()
         log.info("agent %s: stopped", self.agent_id)
@@ -525,7 +533,7 @@ class Agent:
             if record.kill_reason:
                 raise _KilledBeforeStart()
             inputs = self._stage_inputs(record, fetch_dir)
-            handle = isolation.launch(record.spec, agent_id=self.agent_id, work_dir=self.work_dir,
+            handle = isolation.launch(record.spec, agent_id=self.agent_id, work_dir=self.run_dir,
                                       inputs=inputs, extra_env=self._task_env(record.spec))
         except _KilledBeforeStart:
             shutil.rmtree(fetch_dir, ignore_errors=True)
@@ -717,7 +725,7 @@ class Agent:
             log.info("task %s: re-attached after an agent restart (%s)", record.task_id,
                      "still running" if handle.poll() is None else "ended meanwhile")
             self._spawn(record, lambda r, h=handle: self._watch(r, h, fresh=False))
-        removed = isolation.sweep(self.agent_id, self.work_dir, keep)
+        removed = isolation.sweep(self.agent_id, self.run_dir, keep)
         fetched = os.path.join(self.work_dir, "fetched")
         for task_id in (os.listdir(fetched) if os.path.isdir(fetched) else []):
             if task_id not in keep:

@@ -18,6 +18,7 @@ a dict.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 
@@ -76,6 +77,19 @@ class SchedCluster(StorageCluster):
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def stop(self) -> None:
+        """Every process, then what an agent killed without a successor left
+        in its runtime dir on tmpfs (tasks, sandboxes, the dir itself)."""
+        from cistern.scheduler import isolation
+
+        super().stop()
+        for node_id, node in self.nodes.items():
+            work_dir = os.path.join(node["data"], "agent")
+            run_dir = isolation.runtime_dir(work_dir, None)
+            if run_dir != work_dir:
+                isolation.sweep(node_id, run_dir)
+                isolation.remove_runtime_dir(work_dir)
 
     def start(self, timeout_s: float = start_timeout_s) -> "SchedCluster":
         for node_id in self.node_ids:

@@ -80,11 +80,14 @@ class LocalNode:
         return 0.0
 
     def stop(self):
+        run_dir = self.agent.run_dir if self.agent is not None else None
         if self.agent is not None:
             self.agent.stop()
         self.server.stop()
         # An agent stopped without killing its tasks (a failed test) leaves them to its successor: none comes.
-        isolation.sweep(self.node_id, os.path.join(self.server.data_dir, "agent"))
+        if run_dir is not None:
+            isolation.sweep(self.node_id, run_dir)
+        isolation.remove_runtime_dir(os.path.join(self.server.data_dir, "agent"))
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +178,8 @@ def test_a_task_reads_its_local_block_in_isolation_and_its_output_is_stored(clus
     assert node.metric("cistern_agent_tasks", state="TASK_RUNNING") == 0
     assert node.metric("cistern_agent_cpus_total") == 2
     wait_for(lambda: node.agent.tasks() == {}, "every update acknowledged and forgotten", 20)
-    assert os.listdir(os.path.join(node.server.data_dir, "agent", "sandboxes")) == []
+    assert node.agent.run_dir.startswith("/dev/shm/cistern-agent-")       # task files on tmpfs
+    assert os.listdir(os.path.join(node.agent.run_dir, "sandboxes")) == []
 
 
 def test_an_input_held_by_another_node_is_read_through_the_client(cluster, nodes):
@@ -249,11 +253,14 @@ def _restart_scenario(cluster, nodes) -> None:
         slow = fw.submit("slow", ["sh", "-c", 'sleep 10; echo slow > "$CISTERN_OUTPUT/r"'], cpus=0.25,
                          mem_bytes=32 << 20, output_dir="/d/out")
         wait_for(lambda: quick.state == slow.state == "TASK_RUNNING", "both running", 60)
+        run_dir = node.agent.run_dir
+        assert os.path.isdir(os.path.join(run_dir, "sandboxes", slow.task_id))
         node.agent.stop(kill_tasks=False)
         wait_for(lambda: not task_processes(quick.task_id), "quick ended while no agent watched", 20)
         assert task_processes(slow.task_id), "slow kept running without its agent"
         assert quick.state == "TASK_RUNNING"                      # nobody could tell yet
         agent = node.start_agent()
+        assert agent.run_dir == run_dir                           # found again through its record
         assert fw.wait(60), [(t.state, t.message) for t in (quick, slow)]
         for t, word in ((quick, b"quick\n"), (slow, b"slow\n")):
             assert t.state == "TASK_FINISHED" and len(t.attempts) == 1, (t.state, t.message, list(fw.update_log))
