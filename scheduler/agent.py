@@ -257,7 +257,9 @@ class Agent:
         self.data_dir = os.path.abspath(data_dir)
         self.work_dir = os.path.join(self.data_dir, "agent")
         self.runtime_parent = runtime_parent
-        self.run_dir = self.work_dir         # task dirs and sandboxes; chosen at start
+        self.run_dir = self.work_dir         # task dirs and sandboxes: found at start, made at the first launch
+        self._run_dir_chosen = False
+        self._run_dir_lock = threading.Lock()
         self.meta_addresses = meta_addresses
         self._store = store or (lambda: None)
         self.total = pb.Resources(cpus=float(cpus or os.cpu_count() or 1),
@@ -287,7 +289,7 @@ class Agent:
         CisternError(ENOTSUP) when this machine cannot isolate tasks."""
         isolation.check_available()
         os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
-        self.run_dir = isolation.runtime_dir(self.work_dir, self.runtime_parent)
+        self.run_dir = isolation.runtime_dir(self.work_dir, None)     # an earlier agent's, if any
         self._checkpoints = Checkpoints(os.path.join(self.work_dir, "checkpoints"))
         self._recover()
         self._conn = self._connect()
@@ -330,6 +332,16 @@ class Agent:
         self._metrics.close()
         isolation.shutdown()
         log.info("agent %s: stopped", self.agent_id)
+
+    def _launch_dir(self) -> str:
+        """The runtime dir, made at the first launch (a node that never runs
+        a task leaves nothing on tmpfs, even when it is killed)."""
+        with self._run_dir_lock:
+            if not self._run_dir_chosen:
+                if self.run_dir == self.work_dir:
+                    self.run_dir = isolation.runtime_dir(self.work_dir, self.runtime_parent)
+                self._run_dir_chosen = True
+            return self.run_dir
 
     def _kill_all(self, reason: str) -> None:
         with self._lock:
@@ -533,7 +545,7 @@ class Agent:
             if record.kill_reason:
                 raise _KilledBeforeStart()
             inputs = self._stage_inputs(record, fetch_dir)
-            handle = isolation.launch(record.spec, agent_id=self.agent_id, work_dir=self.run_dir,
+            handle = isolation.launch(record.spec, agent_id=self.agent_id, work_dir=self._launch_dir(),
                                       inputs=inputs, extra_env=self._task_env(record.spec))
         except _KilledBeforeStart:
             shutil.rmtree(fetch_dir, ignore_errors=True)

@@ -186,6 +186,9 @@ def test_an_input_held_by_another_node_is_read_through_the_client(cluster, nodes
     (holder,) = nodes(1)
     with cluster.client() as client:
         data = write_file(client, "/b/remote.txt", 1, BLOCK, replication=1, seed=7)
+        # An agent that never launched a task made no runtime dir (a killed one leaves nothing on tmpfs).
+        assert holder.agent.run_dir == os.path.join(holder.server.data_dir, "agent")
+        assert not os.path.exists(os.path.join(holder.server.data_dir, "agent", "runtime_dir"))
         holder.agent.stop()              # only `runner` offers: the task must run away from its data
         wait_agent_gone(cluster, holder.node_id)
         (runner,) = nodes(1)
