@@ -359,7 +359,12 @@ def test_a_file_unlinked_while_open_stays_usable_until_its_last_close(mc, mnt):
         assert f.read() == b"before\nafter\n"
     assert ".cistern-unlinked" not in os.listdir(mc.mount.mountpoint)
     with mc.client() as c:
-        assert c.listdir("/.cistern-unlinked") == []  # removed at the last close
+        # Removed at the last close: the kernel sends RELEASE after close()
+        # returns (FUSE releases are asynchronous), so it may take a moment.
+        deadline = time.monotonic() + 10
+        while c.listdir("/.cistern-unlinked") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.listdir("/.cistern-unlinked") == []
     import tempfile
     with tempfile.TemporaryFile(dir=mnt) as t:        # create, unlink, then use
         t.write(b"x" * 300_000)
