@@ -56,9 +56,9 @@ def detect(mounts_path: str = "/proc/self/mounts") -> dict:
             if fstype == "cgroup":
                 for option in options.split(","):
                     if option in required_controllers + optional_controllers_v1:
-                        v1.setdefault(option, _unescape(mountpoint))
+                        v1.setdefault(option, unescape_mountpoint(mountpoint))
             elif fstype == "cgroup2" and v2 is None:
-                v2 = _unescape(mountpoint)
+                v2 = unescape_mountpoint(mountpoint)
     if all(c in v1 for c in required_controllers):
         return {"version": 1, "mounts": v1}
     if v2 is not None:
@@ -347,6 +347,6 @@ def _fields(path: str) -> dict:
     return out
 
 
-def _unescape(mountpoint: str) -> str:
+def unescape_mountpoint(mountpoint: str) -> str:
     """/proc/mounts escapes space, tab, newline and backslash as octal."""
     return mountpoint.encode().decode("unicode_escape")

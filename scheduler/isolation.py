@@ -196,11 +196,7 @@ def runtime_dir(work_dir: str, parent: str | None = runtime_parent_default) -> s
     sandbox writes count against its memory limit (tmpfs pages are charged
     to the writer's cgroup), so sandbox use is bounded by it."""
     record = os.path.join(work_dir, "runtime_dir")
-    try:
-        with open(record) as f:
-            known = f.read().strip()
-    except FileNotFoundError:
-        known = ""
+    known = _recorded(record)
     if known and _private_tmpfs_dir(known):
         return known
     if parent is None or not _on_tmpfs(parent):
@@ -222,12 +218,8 @@ def remove_runtime_dir(work_dir: str) -> None:
     """Remove the agent's runtime dir and its record when no task is left
     in it (a clean agent stop); a no-op otherwise."""
     record = os.path.join(work_dir, "runtime_dir")
-    try:
-        with open(record) as f:
-            path = f.read().strip()
-    except FileNotFoundError:
-        return
-    if path == work_dir or not _private_tmpfs_dir(path):
+    path = _recorded(record)
+    if not path or path == work_dir or not _private_tmpfs_dir(path):
         return
     if any(os.listdir(os.path.join(path, sub)) for sub in ("tasks", "sandboxes")
            if os.path.isdir(os.path.join(path, sub))):
@@ -246,21 +238,29 @@ def _private_tmpfs_dir(path: str) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077 and _on_tmpfs(path)
 
 
+def _recorded(record: str) -> str:
+    """The runtime dir path a record names ("" when there is none)."""
+    try:
+        with open(record) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def _on_tmpfs(path: str) -> bool:
     """Whether ``path``'s file system is a tmpfs (the longest mount point in
-    /proc/self/mountinfo that holds it)."""
+    /proc/self/mounts that holds it)."""
     path = os.path.realpath(path)
     best, fstype = "", ""
     try:
-        with open("/proc/self/mountinfo") as f:
+        with open("/proc/self/mounts") as f:
             for line in f:
-                fields = line.split()
-                mount_point = fields[4].encode().decode("unicode_escape")
-                rest = fields[fields.index("-") + 1:]
+                _, mount_point, kind = line.split()[:3]
+                mount_point = cgroups.unescape_mountpoint(mount_point)
                 inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
                 if inside and len(mount_point) >= len(best):
-                    best, fstype = mount_point, rest[0]
-    except (OSError, ValueError, IndexError):
+                    best, fstype = mount_point, kind
+    except (OSError, ValueError):
         return False
     return fstype == "tmpfs"
 
