@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 from cistern.core import procs
 from cistern.core.errors import CisternError
+from cistern.core.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,6 @@ class Child:
     addresses: dict        # rpc, raft (meta), metrics
     data: str
     process: subprocess.Popen | None = None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free now (bind to 0). Another process could
-    take it before we use it; the daemons fail loudly if so."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def cistern_command() -> str:

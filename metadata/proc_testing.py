@@ -13,7 +13,6 @@ import atexit
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import weakref
 import grpc
 
 from cistern.core import procs
+from cistern.core.ports import free_port  # noqa: F401  (re-exported for the test helpers)
 from cistern.core.errors import CisternError, Unavailable
 from cistern.metadata.proto import metadata_pb2 as pb
 from cistern.metadata.proto import metadata_pb2_grpc as pb_grpc
@@ -31,13 +31,6 @@ start_timeout_s = 30.0
 stop_grace_s = 5.0
 
 _live_clusters: "weakref.WeakSet[MetaCluster]" = weakref.WeakSet()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the usual small race applies)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def cistern_command() -> list[str]:

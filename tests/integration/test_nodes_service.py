@@ -6,7 +6,6 @@ block ids (no bytes move). Timings are shortened through NodesConf."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +13,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from cistern.core.ports import free_port
 from cistern.metadata import model
 from cistern.metadata.model import ROOT_CRED, TIME_NOW, Op
 from cistern.metadata.nodes_service import NodesConf, add_to_server
@@ -28,12 +28,6 @@ pytestmark = [pytest.mark.timeout(60)]
 GiB = 1 << 30
 B = 4 << 20
 CONF = dict(heartbeat_interval_s=0.1, node_dead_after_s=1.5, monitor_interval_s=0.1, orphan_grace_s=1.5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Meta:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 import struct
 import sys
 import threading
@@ -23,6 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cistern.core.errors import CisternError, NotLeader
+from cistern.core.ports import free_port
 from cistern.metadata import model
 from cistern.metadata.model import Op
 from cistern.metadata.replica import Replica, ReplicaConf, read_snapshot_header
@@ -73,12 +73,6 @@ class Counters:
             raw = txn.get(args[1], db=self._db)
             return 0, "", _U64.unpack(raw)[0] if raw else None
         return errno.ENOSYS, "unknown", None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Group:
