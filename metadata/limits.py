@@ -68,3 +68,17 @@ assert heartbeat_interval_s * 3 < node_dead_after_s
 assert 1 <= replication_default <= block_replicas_max
 assert monitor_interval_s < node_dead_after_s
 assert allocate_blocks_max <= block_owners_max
+
+# Directory create delegations (state ops DELEG_*; client/delegation.py).
+delegation_term_s = 0.3              # a delegation lapses when its holder has not renewed it for this long
+delegation_renew_interval_s = 0.075  # its holder renews this often while it creates, and so hears of a recall
+delegation_idle_release_s = 0.3      # a holder releases a delegation it has not created under for this long
+delegation_inodes_max = 4096         # inode numbers one grant reserves at most
+delegation_listing_entries_max = 16384   # a larger directory is not delegated (its listing rides the grant)
+delegation_listing_bytes_max = 1 << 20   # nor one whose names take more than this
+delegation_creates_max = 1024        # creates one DELEG_CREATE commits at most
+
+assert delegation_renew_interval_s * 3 < delegation_term_s
+assert delegation_idle_release_s <= delegation_term_s
+assert delegation_creates_max <= batch_ops_max
+assert delegation_listing_bytes_max < batch_bytes_max   # a grant's reply fits one reply message

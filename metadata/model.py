@@ -33,6 +33,7 @@ Raft entry (built by the replica, applied by every replica)
 from __future__ import annotations
 
 import enum
+import errno
 import stat
 from typing import NamedTuple
 
@@ -89,9 +90,25 @@ class Op(enum.IntEnum):
     UPDATE_REPLICAS = 116  # (cred, [[block_id, [add node ids], [drop node ids]], ...]) -> blocks changed; ids in no layout are skipped
     NODE_LOST = 117    # (cred, node_id, after_ino, limit) -> [last ino scanned, done, blocks changed]: node_id leaves every replica list
     CLEAR_FREED = 118  # (cred, [block_id, ...]) -> how many left freed_blocks (the nodes confirmed deletion)
+    # Directory create delegations (asynchronous creates; see state.py's docstring).
+    DELEG_GRANT = 119    # (cred, dir ino, holder, inodes) -> [dir attr, first ino, end ino, [name, ...]]
+    DELEG_RENEW = 120    # (cred, dir ino, holder) -> recalled: bool; ESTALE when not held
+    DELEG_RELEASE = 121  # (cred, dir ino, holder) -> None; ESTALE when not held
+    DELEG_CREATE = 122   # (cred, dir ino, holder, [cred, ...], [[name, ino, mode, cred index, time_ns], ...]) -> [[errno, attr|None], ...]
+    DELEG_RECALL = 123   # (cred, code, args without cred) -> dir ino recalled or removed, or 0
 
 
 READ_OPS = frozenset(op for op in Op if op < 100)
+# The per-operation errno of an operation refused because a live (or lapsed,
+# not yet recalled) create delegation on a directory could change its answer:
+# retry after DELEG_RECALL (the client library does both). Never a user's
+# errno: a client that gives up reports ETIMEDOUT.
+DELEGATED_ERRNO = errno.EINPROGRESS
+# Operations a delegation can never refuse (the client need not watch them).
+NEVER_DELEGATED = frozenset((Op.DIGEST, Op.STATFS, Op.FSCK_SCAN, Op.BLOCK_OWNERS, Op.FREED_SCAN,
+                             Op.RENEW_LEASES, Op.RELEASE_LEASE, Op.COMMIT_WRITE, Op.NOOP,
+                             Op.UPDATE_REPLICAS, Op.NODE_LOST, Op.CLEAR_FREED, Op.DELEG_GRANT,
+                             Op.DELEG_RENEW, Op.DELEG_RELEASE, Op.DELEG_CREATE, Op.DELEG_RECALL))
 TIME_NOW = -1
 
 # RENAME flags, as renameat2(2).

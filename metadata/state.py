@@ -60,6 +60,28 @@ Contract:
   over by the next OPEN_LEASE from another holder; until then a renewal by
   its holder revives it (HDFS's soft limit), but a COMMIT_WRITE while it is
   lapsed is ESTALE. RELEASE_LEASE of a lease not held is ESTALE.
+* Create delegations (CephFS's async dirops with delegated inode numbers):
+  DELEG_GRANT gives one holder a delegation on a directory D (refused with
+  EBUSY while another holder's lives, E2BIG for a directory whose listing
+  exceeds ``delegation_listing_*_max``): it reserves a range of inode
+  numbers and returns D's attributes and its complete listing. The record
+  lives until ``time_ns >= expiry`` (grant or DELEG_RENEW +
+  ``delegation_term_s``); DELEG_CREATE commits the holder's creates with
+  the numbers it chose (each item checked as CREATE would check it: name,
+  W|X on D for the item's caller, name absent, the inode limit; a failed
+  item fails alone), under a live or a lapsed record. While the record
+  exists (live or lapsed), every operation by anyone that could observe a
+  name D lacks, or change what the holder checks, is refused with
+  ``model.DELEGATED_ERRNO``: a dentry lookup in D that finds nothing
+  (LOOKUP, path walks, creating any entry, COND_ABSENT), READDIR of D,
+  SETATTR, RMDIR or RENAME of D, and a RENAME of any directory above D.
+  Lookups of names D has are unaffected, so removals and renames of its
+  entries are allowed. The refused client sends DELEG_RECALL with the
+  refused operation: the state machine re-runs it on a scratch copy to
+  find the record in the way and marks it recalled (DELEG_RENEW then
+  answers ``recalled`` and no longer extends it: the holder commits and
+  releases), or removes it once lapsed (a dead holder's creates die with
+  it; a live but partitioned holder's later DELEG_CREATE answers ESTALE).
 * TXN: COND_EXISTS and COND_VERSION look at the entry itself (a final
   symlink is not followed); COND_ABSENT holds when resolution finds nothing
   (ENOENT or ENOTDIR); other resolution errors are returned as they are.
@@ -97,6 +119,12 @@ _COUNTERS = struct.Struct(">QQQQQ")
 _COUNTERS_KEY = b"counters"
 NEXT_INO, NEXT_LEASE, FILES, DIRS, BYTES = range(5)
 
+# Create delegations live in ``meta`` under this prefix + the directory's
+# ino: msgpack [holder, expiry_ns, first ino, end ino, last ino used, recalled].
+_DELEG_PREFIX = b"dlg"
+D_HOLDER, D_EXPIRY, D_FIRST, D_END, D_LAST, D_RECALLED = range(6)
+_DELEG_OPS = frozenset((Op.DELEG_GRANT, Op.DELEG_RENEW, Op.DELEG_RELEASE, Op.DELEG_CREATE, Op.DELEG_RECALL))
+
 KIND_DIR = S.S_IFDIR >> 12
 KIND_REG = S.S_IFREG >> 12
 KIND_LNK = S.S_IFLNK >> 12
@@ -117,6 +145,14 @@ _XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.")
 
 
 _Fail = store.Refused   # an expected failure found while validating: nothing was changed yet
+
+
+class _Delegated(store.Refused):
+    """Refused because of the create delegation on directory ``dir_ino``."""
+
+    def __init__(self, dir_ino: int):
+        super().__init__(model.DELEGATED_ERRNO, f"directory {dir_ino} is delegated to another client: retry")
+        self.dir_ino = dir_ino
 
 
 def _run_write(child, handler, time_ns: int, args):
@@ -215,19 +251,28 @@ def _in_group(cred, gid: int) -> bool:
     return gid == cred[1] or gid in cred[2]
 
 
-def _may(node, cred, mask: int) -> bool:
+def permits(mode: int, uid: int, gid: int, cred, mask: int) -> bool:
     """inode_permission(): rwx by owner class, then group, then others; uid 0
-    passes except execute on a non-directory with no x bit at all."""
-    mode = node[M]
+    passes except execute on a non-directory with no x bit at all. Public:
+    a delegation holder checks its creates locally with it."""
     if cred[0] == 0:
         return not (mask & X_OK) or S.S_ISDIR(mode) or bool(mode & 0o111)
-    if cred[0] == node[UID]:
+    if cred[0] == uid:
         bits = mode >> 6
-    elif _in_group(cred, node[GID]):
+    elif _in_group(cred, gid):
         bits = mode >> 3
     else:
         bits = mode
     return bits & mask == mask
+
+
+def _may(node, cred, mask: int) -> bool:
+    return permits(node[M], node[UID], node[GID], cred, mask)
+
+
+def new_file_gid(dir_mode: int, dir_gid: int, cred) -> int:
+    """A new inode's group: a setgid directory's, else the caller's."""
+    return dir_gid if dir_mode & S.S_ISGID else cred[1]
 
 
 def _owner_or_root(node, cred) -> bool:
@@ -405,7 +450,9 @@ class Namespace:
             Op.RENEW_LEASES: self._renew_leases, Op.RELEASE_LEASE: self._release_lease,
             Op.COMMIT_WRITE: self._commit_write, Op.TXN: self._txn, Op.NOOP: self._noop,
             Op.UPDATE_REPLICAS: self._update_replicas, Op.NODE_LOST: self._node_lost,
-            Op.CLEAR_FREED: self._clear_freed,
+            Op.CLEAR_FREED: self._clear_freed, Op.DELEG_GRANT: self._deleg_grant,
+            Op.DELEG_RENEW: self._deleg_renew, Op.DELEG_RELEASE: self._deleg_release,
+            Op.DELEG_CREATE: self._deleg_create, Op.DELEG_RECALL: self._deleg_recall,
         }
         self._reads = {
             Op.GETATTR: self._getattr, Op.READDIR: self._readdir, Op.READLINK: self._readlink,
@@ -448,8 +495,44 @@ class Namespace:
               db=self._inodes)
 
     def _dentry(self, t, pino: int, name: bytes):
+        """The entry (child ino, kind) or None; an absence is refused while
+        ``pino`` is delegated (only its holder may see it, or fill it)."""
         v = t.get(_INO.pack(pino) + name, db=self._dentries)
-        return None if v is None else _DENT.unpack(v)
+        if v is None:
+            self._undelegated(t, pino)
+            return None
+        return _DENT.unpack(v)
+
+    # -- create delegations ------------------------------------------------
+
+    def _delegation(self, t, dino: int):
+        v = t.get(_DELEG_PREFIX + _INO.pack(dino), db=self._meta)
+        return None if v is None else model.unpack(v)
+
+    def _put_delegation(self, t, dino: int, record) -> None:
+        t.put(_DELEG_PREFIX + _INO.pack(dino), model.pack(record), db=self._meta)
+
+    def _undelegated(self, t, dino: int) -> None:
+        """Refuse (``_Delegated``) while a delegation record on ``dino`` exists."""
+        if t.get(_DELEG_PREFIX + _INO.pack(dino), db=self._meta) is not None:
+            raise _Delegated(dino)
+
+    def _delegated_dirs(self, t) -> list[int]:
+        out = []
+        with t.cursor(db=self._meta) as cur:
+            if cur.set_range(_DELEG_PREFIX):
+                for key in cur.iternext(values=False):
+                    if not key.startswith(_DELEG_PREFIX):
+                        break
+                    out.append(_INO.unpack(key[len(_DELEG_PREFIX):])[0])
+        return out
+
+    def _no_delegation_below(self, t, ino: int) -> None:
+        """Renaming directory ``ino`` would move a delegated directory (or
+        itself is one): refused, as the holder's paths would change."""
+        for dino in self._delegated_dirs(t):
+            if dino == ino or (self._inode(t, dino) is not None and ino in self._ancestors(t, dino)):
+                raise _Delegated(dino)
 
     def _counters(self, t) -> list:
         return list(_COUNTERS.unpack(t.get(_COUNTERS_KEY, db=self._meta)))
@@ -496,6 +579,7 @@ class Namespace:
                 raise _fail(E.ENAMETOOLONG, name[:32])
             v = t.get(_INO.pack(ino) + name, db=self._dentries)
             if v is None:
+                self._undelegated(t, ino)
                 raise _fail(E.ENOENT, name)
             cino, ckind = _DENT.unpack(v)
             if ckind == KIND_LNK and (stack or follow_last):
@@ -568,7 +652,7 @@ class Namespace:
             raise _fail(E.ENOSPC, "no free inodes")
         ino = counters[NEXT_INO]
         counters[NEXT_INO] = ino + 1
-        gid = pnode[GID] if pnode[M] & S.S_ISGID else cred[1]
+        gid = new_file_gid(pnode[M], pnode[GID], cred)
         return ino, [mode, 1, cred[0], gid, 0, 0, 0, 0, 1, 0, b""]
 
     def _link_new(self, t, now: int, pino: int, pnode, name: bytes, ino: int, node, counters) -> Attr:
@@ -801,6 +885,7 @@ class Namespace:
         ino, node = self._victim(t, cred, path, pino, pnode, name)
         if not S.S_ISDIR(node[M]):
             raise _fail(E.ENOTDIR, path)
+        self._undelegated(t, ino)
         if not self._dir_is_empty(t, ino):
             raise _fail(E.ENOTEMPTY, path)
         counters = self._counters(t)
@@ -838,6 +923,9 @@ class Namespace:
             return None  # both names already refer to one inode: POSIX says do nothing
         onode = self._inode(t, oino)
         nnode = self._inode(t, nino) if target else None
+        for ino, node in ((oino, onode), (nino, nnode)):
+            if node is not None and S.S_ISDIR(node[M]):
+                self._no_delegation_below(t, ino)
         self._rename_permission_checks(t, cred, src, dst, exchange, op, opn, onode, np, npn, nino, nnode)
         if exchange:
             self._rename_exchange(t, now, op, opn, oname, oino, onode, np, npn, nname, nino, nnode)
@@ -964,6 +1052,8 @@ class Namespace:
         ref, attrs = _args(args, 2)
         changes = self._setattr_args(attrs)
         ino, node = self._resolve(t, cred, ref, True)
+        if S.S_ISDIR(node[M]):
+            self._undelegated(t, ino)
         self._setattr_checks(cred, node, changes)
         if not changes:
             return _attr(ino, node)
@@ -1222,6 +1312,163 @@ class Namespace:
         self._put_inode(t, ino, node)
         return _attr(ino, node)
 
+    # -- writes: create delegations -------------------------------------------
+
+    def _deleg_args(self, t, dino, holder):
+        _int(dino, 1, _UINT64_MAX, "directory")
+        _bytes(holder, "holder")
+        if not 0 < len(holder) <= limits.lease_holder_length_max_bytes:
+            raise _fail(E.EINVAL, "bad holder")
+        node = self._inode(t, dino)
+        if node is None:
+            raise _fail(E.ENOENT, f"inode {dino}")
+        if not S.S_ISDIR(node[M]):
+            raise _fail(E.ENOTDIR, f"inode {dino}")
+        return node
+
+    def _held_delegation(self, t, dino: int, holder: bytes) -> list:
+        record = self._delegation(t, dino)
+        if record is None or record[D_HOLDER] != holder:
+            raise _fail(E.ESTALE, "delegation not held")
+        return record
+
+    def _deleg_grant(self, t, now, cred, args):
+        dino, holder, inodes = _args(args, 3)
+        node = self._deleg_args(t, dino, holder)
+        _int(inodes, 1, limits.delegation_inodes_max, "inode count")
+        if not _may(node, cred, R_OK | W_OK | X_OK):
+            raise _fail(E.EACCES, "delegation")
+        record = self._delegation(t, dino)
+        if record is not None and now < record[D_EXPIRY] and (record[D_HOLDER] != holder or record[D_RECALLED]):
+            raise _fail(E.EBUSY, "directory is delegated to another client" if record[D_HOLDER] != holder
+                        else "delegation recalled: release it first")
+        names = self._listing(t, dino)
+        counters = self._counters(t)
+        first = counters[NEXT_INO]
+        counters[NEXT_INO] = first + inodes
+        self._put_counters(t, counters)
+        expiry = now + int(limits.delegation_term_s * 1_000_000_000)
+        self._put_delegation(t, dino, [holder, expiry, first, first + inodes, first - 1, False])
+        return [_attr(dino, node), first, first + inodes, names]
+
+    def _listing(self, t, dino: int) -> list[bytes]:
+        """Every name in ``dino``; E2BIG past the delegation listing limits."""
+        prefix = _INO.pack(dino)
+        names, size = [], 0
+        with t.cursor(db=self._dentries) as cur:
+            if cur.set_range(prefix):
+                for key in cur.iternext(values=False):
+                    if not key.startswith(prefix):
+                        break
+                    size += len(key) - 8
+                    if len(names) >= limits.delegation_listing_entries_max or size > limits.delegation_listing_bytes_max:
+                        raise _fail(E.E2BIG, "directory too large to delegate")
+                    names.append(key[8:])
+        return names
+
+    def _deleg_renew(self, t, now, cred, args):
+        dino, holder = _args(args, 2)
+        self._deleg_args(t, dino, holder)
+        record = self._held_delegation(t, dino, holder)
+        if record[D_RECALLED]:
+            return True    # not extended: the holder commits what it has and releases
+        record[D_EXPIRY] = now + int(limits.delegation_term_s * 1_000_000_000)
+        self._put_delegation(t, dino, record)
+        return False
+
+    def _deleg_release(self, t, now, cred, args):
+        dino, holder = _args(args, 2)
+        _int(dino, 1, _UINT64_MAX, "directory")
+        _bytes(holder, "holder")
+        self._held_delegation(t, dino, holder)
+        t.delete(_DELEG_PREFIX + _INO.pack(dino), db=self._meta)
+        return None
+
+    def _deleg_create(self, t, now, cred, args):
+        dino, holder, creds, items = _args(args, 4)
+        pnode = self._deleg_args(t, dino, holder)
+        record = self._held_delegation(t, dino, holder)
+        if type(creds) not in (list, tuple) or type(items) not in (list, tuple):
+            raise _fail(E.EINVAL, "bad creates")
+        if len(items) > limits.delegation_creates_max or len(creds) > len(items):
+            raise _fail(E.EINVAL, "too many creates")
+        creds = [_cred(c) for c in creds]
+        counters = self._counters(t)
+        results = []
+        for item in items:
+            try:
+                results.append([0, self._deleg_create_one(t, now, dino, pnode, record, creds, item, counters)])
+            except _Fail as failure:
+                results.append([failure.err, None])
+        self._put_delegation(t, dino, record)
+        _dir_changed(pnode, now)
+        self._put_inode(t, dino, pnode)
+        self._put_counters(t, counters)
+        return results
+
+    def _deleg_create_one(self, t, now, dino, pnode, record, creds, item, counters) -> Attr:
+        """One delegated create, checked as CREATE checks it, with the
+        holder's inode number (above the last it used, in its range) and
+        the times it answered its caller with."""
+        if type(item) not in (list, tuple) or len(item) != 5:
+            raise _fail(E.EINVAL, "bad create")
+        name, ino, mode, index, time_ns = item
+        _entry_name(name)
+        if name in (b".", b".."):
+            raise _fail(E.EEXIST, name)
+        _int(ino, record[D_LAST] + 1, record[D_END] - 1, "delegated inode number")
+        _int(mode, 0, 0o7777, "mode")
+        _int(index, 0, len(creds) - 1, "cred index")
+        _int(time_ns, 0, _INT64_MAX, "time")
+        cred = creds[index]
+        if t.get(_INO.pack(dino) + name, db=self._dentries) is not None:
+            raise _fail(E.EEXIST, name)
+        if not _may(pnode, cred, W_OK | X_OK):
+            raise _fail(E.EACCES, name)
+        if counters[FILES] + counters[DIRS] >= limits.inodes_max:
+            raise _fail(E.ENOSPC, "no free inodes")
+        record[D_LAST] = ino
+        gid = new_file_gid(pnode[M], pnode[GID], cred)
+        node = [S.S_IFREG | mode, 1, cred[0], gid, 0, time_ns, time_ns, time_ns, 1, 0, b""]
+        counters[FILES] += 1
+        self._put_inode(t, ino, node)
+        t.put(_INO.pack(dino) + name, _DENT.pack(ino, KIND_REG), db=self._dentries)
+        return _attr(ino, node)
+
+    def _deleg_recall(self, t, now, cred, args):
+        code, op_args = _args(args, 2)
+        if not _is_int(code) or code in _DELEG_OPS or (code not in self._writes and code not in self._reads):
+            raise _fail(E.EINVAL, "nothing to recall for that operation")
+        if type(op_args) not in (list, tuple):
+            raise _fail(E.EINVAL, "bad operation arguments")
+        dino = self._delegation_in_the_way(t, now, cred, code, op_args)
+        if dino == 0:
+            return 0
+        record = self._delegation(t, dino)
+        if now >= record[D_EXPIRY]:
+            t.delete(_DELEG_PREFIX + _INO.pack(dino), db=self._meta)   # lapsed: its holder is gone or cut off
+        elif not record[D_RECALLED]:
+            record[D_RECALLED] = True
+            self._put_delegation(t, dino, record)
+        return dino
+
+    def _delegation_in_the_way(self, t, now, cred, code, op_args) -> int:
+        """Run the operation on a scratch transaction (always undone) and
+        return the directory whose delegation refused it, or 0."""
+        scratch = self._env.begin(write=True, parent=t)
+        try:
+            if code in self._reads:
+                self._reads[code](scratch, cred, op_args)
+            else:
+                self._writes[code](scratch, now, cred, op_args)
+        except _Delegated as refused:
+            return refused.dir_ino
+        except _Fail:
+            pass
+        finally:
+            scratch.abort()
+        return 0
+
     # -- writes: transactions -------------------------------------------------
 
     def _noop(self, t, now, cred, args):
@@ -1234,6 +1481,8 @@ class Namespace:
         for index, (kind, ref, value) in enumerate(conditions):
             try:
                 holds = self._condition_holds(t, cred, kind, ref, value)
+            except _Delegated:
+                raise    # as it is: DELEG_RECALL needs to know which directory
             except _Fail as failure:
                 raise _Fail(failure.err, f"txn condition {index}: {failure.msg}") from None
             if not holds:
@@ -1245,6 +1494,8 @@ class Namespace:
                     results.append(self._reads[code](t, cred, op_args))
                 else:
                     results.append(self._writes[code](t, now, cred, op_args))
+            except _Delegated:
+                raise
             except _Fail as failure:
                 raise _Fail(failure.err, f"txn op {index}: {failure.msg}") from None
         return results
@@ -1265,7 +1516,7 @@ class Namespace:
             if type(op) not in (list, tuple) or len(op) != 2 or type(op[1]) not in (list, tuple):
                 raise _fail(E.EINVAL, "bad txn operation")
             code = op[0]
-            if not _is_int(code) or code == Op.TXN or (code not in self._writes and code not in self._reads):
+            if not _is_int(code) or code == Op.TXN or code in _DELEG_OPS or (code not in self._writes and code not in self._reads):
                 raise _fail(E.EINVAL, f"operation {code!r} not allowed in a txn"[:80])
 
     def _condition_holds(self, t, cred, kind: str, ref, value) -> bool:
@@ -1321,6 +1572,7 @@ class Namespace:
             raise _fail(E.ENOTDIR, "readdir")
         if not _may(node, cred, R_OK):
             raise _fail(E.EACCES, "readdir")
+        self._undelegated(t, ino)
         return self._scan_entries(t, ino, after, limit)
 
     def _scan_entries(self, t, ino: int, after, limit: int):
@@ -1602,6 +1854,14 @@ class Namespace:
         for key, _ in txn.cursor(db=self._xattrs):
             assert _INO.unpack(key[:8])[0] in inodes, "xattr of a missing inode"
         self._check_leases(txn, inodes)
+        self._check_delegations(txn, inodes)
+
+    def _check_delegations(self, txn, inodes) -> None:
+        next_ino = self._counters(txn)[NEXT_INO]
+        for dino in self._delegated_dirs(txn):
+            assert dino in inodes and S.S_ISDIR(inodes[dino][M]), f"delegation on non-directory {dino}"
+            record = self._delegation(txn, dino)
+            assert record[D_FIRST] - 1 <= record[D_LAST] < record[D_END] <= next_ino, f"bad delegation {record}"
 
     def _check_leases(self, txn, inodes) -> None:
         counts = {}
