@@ -300,9 +300,12 @@ class Reporter:
         capacity_bytes, used_bytes = capacity_for_heartbeat(capacity)
         with self._cond:
             failed, self._failed = self._failed, []
+            # Counted after the store was read: an event this misses was
+            # recorded after this heartbeat's snapshot (see nodes.proto).
+            pending = len(self._pending) + int(self._need_full or not self._registered)
         try:
             reply = self._nodes.heartbeat(self.node_id, self.rpc_address, capacity_bytes, used_bytes,
-                                          capacity["block_count"], failed)
+                                          capacity["block_count"], failed, reports_pending=pending)
         except CisternError:
             with self._cond:
                 self._failed = failed + self._failed

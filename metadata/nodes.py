@@ -38,7 +38,9 @@ Rules:
   reported it yet (the write was acknowledged just before the commit and
   the node's incremental report is on its way). ``note_unconfirmed`` keeps
   the time the planner first saw that, so it can wait ``report_grace_s``
-  before treating the replica as absent.
+  before treating the replica as absent, and ``proven_absent`` tells when
+  the node's heartbeats prove its report is not merely late (a slow report
+  once cost a fresh block two of its three recorded replicas).
 * A full report may span messages: the first has ``full=True``, every one
   but the last ``more=True``; the node is fully reported after the last.
 * ``queue_delete`` removes the replica from the holdings at once (so the
@@ -97,6 +99,8 @@ class NodeInfo:
     heard: bool = False              # False: only expected (named by a layout)
     full_report: bool = False        # a complete full report arrived
     reporting: bool = False          # a multi-message full report is under way
+    beats: int = 0                   # heartbeats received
+    clean_beat: int = 0              # the latest of them sent with no report pending
     blocks: dict = dataclasses.field(default_factory=dict)     # block id -> length
     queue: collections.deque = dataclasses.field(default_factory=collections.deque)
 
@@ -127,14 +131,16 @@ class NodeRegistry:
         self._lost: set[str] = set()                   # declared lost, not heard from since
         self._quiet_until = quiet_until
         self._now = float("-inf")                      # the latest time any event carried
-        self._unconfirmed: dict[tuple[bytes, str], float] = {}   # (block, recorded node) -> first noticed
+        # (block, recorded node) -> (first noticed, the node's heartbeats received by then)
+        self._unconfirmed: dict[tuple[bytes, str], tuple[float, int]] = {}
 
     # -- events in ------------------------------------------------------------
 
     def heartbeat(self, node_id: str, rpc_address: str, capacity_bytes: int, used_bytes: int,
-                  block_count: int, now: float, failed: Iterable[bytes] = ()) -> list:
+                  block_count: int, now: float, failed: Iterable[bytes] = (), reports_pending: int = 0) -> list:
         """Record a heartbeat; return the node's queued instructions.
-        A node beyond ``nodes_max`` is not registered (returns [])."""
+        A node beyond ``nodes_max`` is not registered (returns []).
+        ``reports_pending``: report events the node had not delivered yet."""
         node = self._nodes.get(node_id)
         if node is None:
             if len(self._nodes) >= self._nodes_max:
@@ -151,6 +157,9 @@ class NodeRegistry:
         node.last_seen = now
         self._now = max(self._now, now)
         node.reserved_bytes = 0
+        node.beats += 1
+        if reports_pending == 0:
+            node.clean_beat = node.beats
         for block_id in failed:
             self._in_flight.pop((block_id, node_id), None)
         return self._take_instructions(node)
@@ -204,7 +213,7 @@ class NodeRegistry:
         the events since the last tick (NodeReturned, NodeLost)."""
         events, self._events = self._events, []
         self._now = max(self._now, now)
-        for key, since in list(self._unconfirmed.items()):
+        for key, (since, _) in list(self._unconfirmed.items()):
             if now - since > self.dead_after_s:
                 del self._unconfirmed[key]
         for node in sorted(self._nodes.values(), key=lambda n: n.node_id):
@@ -259,10 +268,24 @@ class NodeRegistry:
         return self._now >= self._quiet_until and all(n.heard and n.full_report for n in self._nodes.values())
 
     def note_unconfirmed(self, block_id: bytes, node_id: str, now: float) -> None:
-        self._unconfirmed.setdefault((block_id, node_id), now)
+        node = self._nodes.get(node_id)
+        self._unconfirmed.setdefault((block_id, node_id), (now, node.beats if node is not None else 0))
 
     def unconfirmed_since(self, block_id: bytes, node_id: str) -> float | None:
-        return self._unconfirmed.get((block_id, node_id))
+        noted = self._unconfirmed.get((block_id, node_id))
+        return None if noted is None else noted[0]
+
+    def proven_absent(self, block_id: bytes, node_id: str) -> bool:
+        """Whether the node has shown that it does not hold an unconfirmed
+        replica: a heartbeat sent with no report pending, and sent after the
+        replica was noticed. The first heartbeat received after the notice
+        may have left the node before the block was stored; the one after it
+        left once the node had the leader's reply to that one. The reporter
+        sends heartbeats and reports from one thread, so nothing pending then
+        means the block's report, had there been one, was taken already."""
+        noted = self._unconfirmed.get((block_id, node_id))
+        node = self._nodes.get(node_id)
+        return noted is not None and node is not None and node.clean_beat >= noted[1] + 2
 
     def address(self, node_id: str) -> str:
         node = self._nodes.get(node_id)

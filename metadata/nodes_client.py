@@ -66,12 +66,14 @@ class NodesClient:
     # -- public API ------------------------------------------------------------
 
     def heartbeat(self, node_id: str, rpc_address: str, capacity_bytes: int, used_bytes: int,
-                  block_count: int, failed_block_ids=()) -> pb.HeartbeatReply:
+                  block_count: int, failed_block_ids=(), reports_pending: int = 0) -> pb.HeartbeatReply:
         """One heartbeat; the reply carries instructions, ``send_full_report``
-        and ``heartbeat_interval_s``."""
+        and ``heartbeat_interval_s``. ``reports_pending``: report events not
+        yet delivered (see nodes.proto)."""
         return self._call("Heartbeat", pb.HeartbeatRequest(
             node_id=node_id, rpc_address=rpc_address, capacity_bytes=int(capacity_bytes),
-            used_bytes=int(used_bytes), block_count=int(block_count), failed_block_ids=list(failed_block_ids)))
+            used_bytes=int(used_bytes), block_count=int(block_count), failed_block_ids=list(failed_block_ids),
+            reports_pending=int(reports_pending)))
 
     def block_report(self, node_id: str, full: bool, added=(), removed=(), more: bool = False
                      ) -> pb.BlockReportReply:

@@ -218,7 +218,8 @@ class NodesService(pb_grpc.NodesServicer):
             if not self._lead():
                 return self._not_leader(pb.HeartbeatReply)
             instructions = self._registry.heartbeat(node_id, address, request.capacity_bytes, request.used_bytes,
-                                                    request.block_count, self._clock(), failed)
+                                                    request.block_count, self._clock(), failed,
+                                                    reports_pending=request.reports_pending)
             full = self._registry.needs_full_report(node_id)
             self._m.live.set(len(self._registry.live_nodes()))
         return pb.HeartbeatReply(instructions=[_instruction_pb(i) for i in instructions], send_full_report=full,

@@ -28,10 +28,11 @@ holders minus corrupt ones, ``pending`` replications in flight to it:
 * when settled, the recorded list is brought to the good holders
   (UPDATE_REPLICAS add/drop).
 * a recorded replica on a ready node that has not reported it is
-  *unconfirmed* for ``report_grace_s`` after the planner first noticed it
-  (its incremental report may be on the way after a fresh commit): counted
-  like a pending replication and kept in the record meanwhile. Without
-  ``now`` there is no grace.
+  *unconfirmed* (its incremental report may be on the way after a fresh
+  commit) for ``report_grace_s`` after the planner first noticed it, and
+  beyond until the node's heartbeats prove the report is not just late
+  (``NodeRegistry.proven_absent``): counted like a pending replication and
+  kept in the record meanwhile. Without ``now`` there is no grace.
 
 Freed blocks (settled only): delete every reported copy; once no node holds
 one and no delete awaits confirmation, forget it (CLEAR_FREED). Orphans:
@@ -136,7 +137,7 @@ def _unconfirmed(plan: Plan, block: BlockRecord, holders, deleting, registry: No
             if since is None:
                 since = now
                 plan.unconfirmed.append((block.block_id, node_id))
-            if now - since < grace_s:
+            if now - since < grace_s or not registry.proven_absent(block.block_id, node_id):
                 out.add(node_id)
     return frozenset(out)
 

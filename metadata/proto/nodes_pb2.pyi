@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "rpc_address", "capacity_bytes", "used_bytes", "block_count", "failed_block_ids")
+    __slots__ = ("node_id", "rpc_address", "capacity_bytes", "used_bytes", "block_count", "failed_block_ids", "reports_pending")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_COUNT_FIELD_NUMBER: _ClassVar[int]
     FAILED_BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_PENDING_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     rpc_address: str
     capacity_bytes: int
     used_bytes: int
     block_count: int
     failed_block_ids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, node_id: _Optional[str] = ..., rpc_address: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., block_count: _Optional[int] = ..., failed_block_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    reports_pending: int
+    def __init__(self, node_id: _Optional[str] = ..., rpc_address: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., block_count: _Optional[int] = ..., failed_block_ids: _Optional[_Iterable[bytes]] = ..., reports_pending: _Optional[int] = ...) -> None: ...
 
 class Instruction(_message.Message):
     __slots__ = ("kind", "block_ids", "source_node", "source_address")

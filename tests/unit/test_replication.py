@@ -231,12 +231,46 @@ def test_a_recorded_replica_not_yet_reported_is_waited_for_then_treated_as_absen
     assert reg.unconfirmed_since(bid(1), "n3") is None
     quiet = plan_files([f], reg, now=1.9, report_grace_s=2.0)
     assert (quiet.replicate, quiet.updates, quiet.under_replicated) == ([], [], 0)
-    # ... or it never does: after the grace the replica counts as absent
+    # ... or it never does: after the grace, and two heartbeats with nothing
+    # left to report, the replica counts as absent
     reg.block_report("n3", False, [], [bid(1)], 2.0)
     apply_plan(plan_files([f], reg, now=2.0, report_grace_s=2.0), reg, 2.0)
+    beat(reg, "n3", 3.0, reports_pending=0)
+    beat(reg, "n3", 3.5, reports_pending=0)
     late = plan_files([f], reg, now=4.0, report_grace_s=2.0)
     assert late.replicate == [("n4", Replicate(bid(1), "n1", "n1:7000"))]
     assert late.updates == [[bid(1), [], ["n3"]]]
+
+
+def beat(reg, node_id, now, *, reports_pending):
+    node = reg.node(node_id)
+    reg.heartbeat(node_id, node.rpc_address, node.capacity_bytes, node.used_bytes, 0, now,
+                  reports_pending=reports_pending)
+
+
+def test_a_report_later_than_the_grace_costs_no_replica():
+    # A CI run lost two of a fresh block's three recorded replicas this way:
+    # their nodes' reports came after the grace, and the layout dropped them.
+    reg = cluster({"n1": [1], "n2": [], "n3": [], "n4": []})
+    f = file(5, [(1, ["n1", "n2", "n3"])])
+    apply_plan(plan_files([f], reg, now=0.0, report_grace_s=0.6), reg, 0.0)
+    # The first beat after the notice may have left before the block was
+    # stored: nothing pending in it proves nothing, however late.
+    beat(reg, "n2", 0.1, reports_pending=0)
+    beat(reg, "n3", 0.1, reports_pending=0)
+    assert plan_files([f], reg, now=1.0, report_grace_s=0.6).updates == []
+    # Long after the grace the nodes still had reports queued at every beat.
+    for t in (1.0, 2.0, 3.0):
+        for node_id in ("n2", "n3"):
+            beat(reg, node_id, t, reports_pending=1)
+    plan = plan_files([f], reg, now=3.0, report_grace_s=0.6)
+    assert (plan.replicate, plan.updates, plan.delete) == ([], [], [])
+    # n2's report arrives; n3's next beat has nothing pending: it has no copy.
+    reg.block_report("n2", False, [(bid(1), B)], [], 3.05)
+    beat(reg, "n3", 3.1, reports_pending=0)
+    plan = plan_files([f], reg, now=3.2, report_grace_s=0.6)
+    assert plan.updates == [[bid(1), [], ["n3"]]]
+    assert plan.replicate == [("n3", Replicate(bid(1), "n1", "n1:7000"))]   # a fresh copy
 
 
 def test_a_new_registry_is_not_settled_during_its_quiet_period():

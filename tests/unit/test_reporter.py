@@ -90,10 +90,13 @@ class FakeLeader:
         self.instructions = []        # handed out with the next heartbeat
         self.full_next = False        # next heartbeat asks for a full report
         self.fail_reports = 0         # block reports that raise before answering
+        self.pending_seen = []        # reports_pending of each heartbeat
 
-    def heartbeat(self, node_id, rpc_address, capacity_bytes, used_bytes, block_count, failed_block_ids=()):
+    def heartbeat(self, node_id, rpc_address, capacity_bytes, used_bytes, block_count, failed_block_ids=(),
+                  reports_pending=0):
         with self.lock:
             first = not any(c[0] == "heartbeat" for c in self.calls)
+            self.pending_seen.append(reports_pending)
             self.calls.append(("heartbeat", list(failed_block_ids)))
             instructions, self.instructions = self.instructions, []
             full, self.full_next = self.full_next or first, False
@@ -224,6 +227,24 @@ def test_a_reply_asking_for_a_full_report_gets_one_and_pending_events_survive_a_
     wait_for(lambda: leader.reports()[-1][2] is False)
     full = [r for r in leader.reports() if r[0] == "report"][-2:]
     assert sum((r[3] for r in full), []) == sorted(store.blocks.items())
+
+
+def test_a_heartbeat_says_whether_report_events_are_still_pending(node):
+    """The leader drops a recorded replica only on a heartbeat sent with
+    nothing pending (metadata/nodes.py, proven_absent)."""
+    leader, _, reporter = node
+    wait_for(lambda: len(leader.reports()) >= 2 and leader.pending_seen[-1:] == [0])
+    assert leader.pending_seen[0] >= 1                  # not registered yet: a full report is owed
+    leader.fail_reports = 1_000_000                      # the leader takes no report for now
+    reporter.block_stored(bid(9), 900)
+    mark = len(leader.pending_seen)
+    wait_for(lambda: len(leader.pending_seen) >= mark + 2)
+    assert set(leader.pending_seen[mark + 1:]) == {1}    # the failed report is still owed
+    leader.fail_reports = 0
+    wait_for(lambda: ("report", False, False, [(bid(9), 900)], []) in leader.reports())
+    mark = len(leader.pending_seen)
+    wait_for(lambda: len(leader.pending_seen) >= mark + 1)
+    assert leader.pending_seen[mark:] == [0] * (len(leader.pending_seen) - mark)
 
 
 def test_stop_is_idempotent_and_quick(node):
