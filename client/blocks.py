@@ -92,6 +92,16 @@ def order_replicas(node_ids, local_node: str | None, turn: int) -> list:
     return first + rest
 
 
+def best_attempt(attempts: list, broken) -> list:
+    """The layout entry to commit among a block's upload attempts (oldest
+    first, each ``[block_id, length, checksum, acked node ids]``): the one
+    with the most acks from nodes not since found broken, the latest on a
+    tie. A node that acked one attempt and failed a later one is likely
+    dead: an earlier attempt acked by it alone must not win over a later
+    one on a live node. Pure."""
+    return max(reversed(attempts), key=lambda a: sum(n not in broken for n in a[3]))
+
+
 class DataPath:
     def __init__(self, meta_addresses, *, renew=None, block_size_bytes: int | None = None,
                  node_id: str | None = None, timeout_s: float = 30.0, nodes=None, blocks=None,
@@ -230,7 +240,7 @@ class DataPath:
         checksum = block_checksum(data)
         exclude: set = set()
         reasons: list = []
-        best = None
+        attempts: list = []     # layout entries of attempts some node acked, oldest first
         for _ in range(upload_attempts_max):
             try:
                 block_id, targets = self._allocate(replication, exclude)
@@ -244,18 +254,18 @@ class DataPath:
             failed = [node_id for (node_id, _), r in zip(targets, results) if not r.ok]
             broken = [node_id for (node_id, _), r in zip(targets, results)
                       if not r.ok and r.errno != errno.ECANCELED]
-            if acked and (best is None or len(acked) > len(best[3])):
-                best = [block_id, len(data), checksum, acked]
+            if acked:
+                attempts.append([block_id, len(data), checksum, acked])
             if not failed:
-                return best
+                break
             log.info("block %s: %s failed (%s); allocating again without them", block_id.hex(), broken,
                      "; ".join(r.message for r in results if not r.ok)[:300])
             exclude.update(broken)
             reasons.extend(f"{t[0]}: {r.message}" for t, r in zip(targets, results) if not r.ok
                            and r.errno != errno.ECANCELED)
-        if best is None:
+        if not attempts:
             raise to_oserror(errno.EIO, "no storage node took a block: " + "; ".join(reasons)[:400])
-        return best
+        return best_attempt(attempts, exclude)
 
     def _allocate(self, replication, exclude):
         try:

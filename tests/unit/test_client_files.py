@@ -498,6 +498,17 @@ def test_an_upload_that_keeps_losing_targets_keeps_the_nodes_that_acked():
     path.close()
 
 
+def test_the_attempt_committed_is_the_one_most_live_nodes_acked():
+    from cistern.client.blocks import best_attempt
+
+    a1 = [b"1", 7, b"c", ["n2"]]          # n2 acked, its downstream failed
+    a2 = [b"3", 7, b"c", ["n3"]]          # n2 failed in the next attempt (killed): n3 alone acked
+    assert best_attempt([a1, a2], broken={"n1", "n2"}) is a2
+    assert best_attempt([a1, a2], broken={"n1"}) is a2          # a tie: the latest
+    a0 = [b"0", 7, b"c", ["n1", "n3"]]
+    assert best_attempt([a0, a1, a2], broken={"n2"}) is a0      # most live acks
+
+
 def test_a_whole_block_on_the_local_node_is_read_from_its_file_and_a_bad_file_falls_back(tmp_path):
     from cistern.blockstore.store import block_checksum
 
