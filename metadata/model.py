@@ -91,7 +91,7 @@ class Op(enum.IntEnum):
     NODE_LOST = 117    # (cred, node_id, after_ino, limit) -> [last ino scanned, done, blocks changed]: node_id leaves every replica list
     CLEAR_FREED = 118  # (cred, [block_id, ...]) -> how many left freed_blocks (the nodes confirmed deletion)
     # Directory create delegations (asynchronous creates; see state.py's docstring).
-    DELEG_GRANT = 119    # (cred, dir ino, holder, inodes) -> [dir attr, first ino, end ino, [name, ...]]
+    DELEG_GRANT = 119    # (cred, dir ref, holder, inodes) -> [dir attr, first ino, end ino, [name, ...]]
     DELEG_RENEW = 120    # (cred, dir ino, holder) -> recalled: bool; ESTALE when not held
     DELEG_RELEASE = 121  # (cred, dir ino, holder) -> None; ESTALE when not held
     DELEG_CREATE = 122   # (cred, dir ino, holder, [cred, ...], [[name, ino, mode, cred index, time_ns], ...]) -> [[errno, attr|None], ...]

@@ -1333,7 +1333,8 @@ class Namespace:
         return record
 
     def _deleg_grant(self, t, now, cred, args):
-        dino, holder, inodes = _args(args, 3)
+        ref, holder, inodes = _args(args, 3)
+        dino, node = self._resolve(t, cred, ref, True)
         node = self._deleg_args(t, dino, holder)
         _int(inodes, 1, limits.delegation_inodes_max, "inode count")
         if not _may(node, cred, R_OK | W_OK | X_OK):

@@ -192,6 +192,8 @@ def test_grant_checks(h):
     assert h.err(Op.DELEG_GRANT, dino, A, 4, cred=ALICE) == E.EACCES
     assert h.err(Op.DELEG_GRANT, fino, A, 4) == E.ENOTDIR
     assert h.err(Op.DELEG_GRANT, 9999, A, 4) == E.ENOENT
+    assert h.err(Op.DELEG_GRANT, b"/nope", A, 4) == E.ENOENT
+    assert h.ok(Op.DELEG_GRANT, b"/d", A, 4)[0].ino == dino
     assert h.err(Op.DELEG_GRANT, dino, b"", 4) == E.EINVAL
     assert h.err(Op.DELEG_GRANT, dino, A, limits.delegation_inodes_max + 1) == E.EINVAL
     assert h.err(Op.TXN, [], [[Op.DELEG_GRANT, [dino, A, 4]]]) == E.EINVAL
