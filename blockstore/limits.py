@@ -22,6 +22,15 @@ message_data_max_bytes = 1 * MiB
 # INVALID_ARGUMENT and a message, instead of gRPC's bare RESOURCE_EXHAUSTED.
 wire_message_bytes_max = 4 * MiB
 
+# Reads also stream over a plain TCP port beside gRPC (transfer.py): a
+# third of gRPC's CPU per byte. Each connection is one thread on the node
+# holding at most one message of data.
+transfer_connections_max = 64              # open transfer connections a node serves at once
+transfer_idle_timeout_s = 60.0             # a node closes a connection silent (or stalled) this long
+transfer_client_idle_s = 20.0              # a client reuses an idle connection at most this long after use
+transfer_idle_connections_max = 8          # idle connections a client keeps per node
+transfer_connect_timeout_s = 5.0
+
 pipeline_depth_max = 8                     # replicas one pipelined write may name
 pipeline_queue_messages_max = 8            # messages buffered for a slow downstream node
 write_idle_timeout_s = 30.0                # a write stream silent this long is abandoned
@@ -61,6 +70,7 @@ assert message_data_max_bytes + chunk_checksums_max * 8 + 64 * KiB < wire_messag
 assert 1 <= pipeline_depth_max <= 16
 assert scrub_rate_bytes_per_s >= block_size_max_bytes / 60     # a max block scrubs within a minute
 assert downstream_ack_timeout_s < write_call_timeout_s
+assert transfer_client_idle_s < transfer_idle_timeout_s            # a client drops a connection before the node does
 assert malloc_mmap_threshold_bytes <= malloc_trim_threshold_bytes
 assert direct_io_stage_bytes % direct_io_align_bytes == 0 and direct_io_align_bytes % 512 == 0
 delete_ids_max = 4096                      # block ids in one Delete call

@@ -70,6 +70,7 @@ class NodeServer:
         self.service: BlockService | None = None
         self.scrubber: Scrubber | None = None
         self._grpc = None
+        self._transfer = None
         self._metrics = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -87,6 +88,7 @@ class NodeServer:
             self.service = BlockService(self.store, self.node_id, block_size_bytes=self.block_size_bytes,
                                         registry=self.registry, reporter=self.reporter)
             self._serve_rpc()
+            self._serve_transfer()
             if self.metrics_address:
                 self._serve_metrics()
             if self.scrub:
@@ -113,6 +115,18 @@ class NodeServer:
             raise CisternError(errno.EADDRINUSE, f"cannot listen on {self.rpc_address} (in use?)")
         self._grpc.start()
 
+    def _serve_transfer(self) -> None:
+        """The read stream's plain TCP port (transfer.py), on the RPC
+        address's host and a free port; Stat tells clients which."""
+        from cistern.blockstore.transfer import TransferServer
+
+        try:
+            self._transfer = TransferServer(self.service.read_range, self.rpc_address.rpartition(":")[0]).start()
+        except OSError as e:
+            raise CisternError(e.errno or errno.EADDRINUSE,
+                               f"cannot serve block transfers on {self.rpc_address}'s host: {e.strerror}") from None
+        self.service.transfer_port = self._transfer.port
+
     def _serve_metrics(self) -> None:
         try:
             self._metrics = metrics.start_metrics_server(self.metrics_address, self.registry)
@@ -125,6 +139,9 @@ class NodeServer:
         with self._stop_lock:
             if self.service is not None:
                 self.reporter.stop()
+            if self._transfer is not None:
+                self._transfer.stop()
+                self._transfer = None
             if self._grpc is not None:
                 self._grpc.stop(grpc_stop_grace_s).wait(grpc_stop_grace_s + 1)
                 self._grpc = None

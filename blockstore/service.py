@@ -140,6 +140,7 @@ class BlockService(pb_grpc.BlockServicer):
         self.reporter = reporter or NullReporter()
         self._clock = clock
         self.peers = peers or BlockClient()
+        self.transfer_port = 0     # the node's transfer port (transfer.py) once it serves one
 
     # -- Write ---------------------------------------------------------------------
 
@@ -217,7 +218,7 @@ class BlockService(pb_grpc.BlockServicer):
     def Read(self, request, context):
         length = request.length if request.HasField("length") else None
         try:
-            info, chunks = self.store.read_chunks(request.block_id, request.offset, length)
+            info, chunks = self.read_range(request.block_id, request.offset, length)
         except CisternError as e:
             context.abort(grpc_status_for(e.errno), e.message)
         first = True
@@ -226,19 +227,35 @@ class BlockService(pb_grpc.BlockServicer):
                 msg = pb.ReadChunk(offset=start, chunk_checksums=sums)
                 if first:
                     msg.block_length, msg.block_checksum, first = info.length, info.checksum, False
-                self.stats.read(len(data))
                 yield encode_with_data(data, msg.SerializeToString())
         except CisternError as e:
             failure = e
         else:
             failure = None
         if failure is not None:
-            if failure.errno in _CORRUPTION_ERRNOS:
-                self._corrupt(info.block_id, failure.message)
             context.abort(grpc_status_for(failure.errno), failure.message)
         if first:   # an empty range still tells the block's length and checksum
             yield pb.ReadChunk(offset=request.offset, block_length=info.length,
                                block_checksum=info.checksum).SerializeToString()
+
+    def read_range(self, block_id, offset: int, length: int | None):
+        """What both read streams (gRPC ``Read`` and the transfer port) send:
+        (info, iterator of verified (start, data, sums)) as
+        ``BlockStore.read_chunks``, counted in the stats; a block the
+        iterator finds corrupt (EBADMSG, EIO) is quarantined and reported
+        before the error is raised."""
+        info, chunks = self.store.read_chunks(block_id, offset, length)
+        return info, self._counted(info, chunks)
+
+    def _counted(self, info, chunks):
+        try:
+            for start, data, sums in chunks:
+                self.stats.read(len(data))
+                yield start, data, sums
+        except CisternError as e:
+            if e.errno in _CORRUPTION_ERRNOS:
+                self._corrupt(info.block_id, e.message)
+            raise
 
     def _report(self, hook: str, *args) -> None:
         # A failing reporter must never fail the call that already succeeded.
@@ -304,6 +321,8 @@ class BlockService(pb_grpc.BlockServicer):
     def stat(self) -> dict:
         stats = dict(self.store.capacity(), node_id=self.node_id, block_size_bytes=self.block_size_bytes,
                      checksum_failures=self.store.checksum_failures)
+        if self.transfer_port:
+            stats["transfer_port"] = self.transfer_port
         stats.update(self.stats.as_dict())
         return stats
 
