@@ -235,7 +235,8 @@ class BlockService(pb_grpc.BlockServicer):
         if failure is not None:
             context.abort(grpc_status_for(failure.errno), failure.message)
         if first:   # an empty range still tells the block's length and checksum
-            yield pb.ReadChunk(offset=request.offset, block_length=info.length,
+            at = request.offset - request.offset % limits.chunk_size_bytes   # replies start sub-chunk aligned
+            yield pb.ReadChunk(offset=at, block_length=info.length,
                                block_checksum=info.checksum).SerializeToString()
 
     def read_range(self, block_id, offset: int, length: int | None):
