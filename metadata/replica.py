@@ -112,8 +112,9 @@ Durability (pysyncobj does not fsync)
       transport subclass ``_DurableTransport`` syncs the journal before any
       message but ``append_entries`` leaves, so a follower's ``next_node_idx``
       acknowledgment always follows its fsync. The leader's ``append_entries``
-      leave at once while its own fsync runs on a syncer thread; the tick
-      loop waits for that fsync before the next tick, and pysyncobj counts
+      leave at once; the tick thread then fsyncs the leader's journal itself
+      (``_before_poll``, after the tick's sends, while the followers sync
+      theirs, and before it polls for their answers), and pysyncobj counts
       the leader in the majority only when computing the commit index at the
       start of a tick. Measured cost (bench/raft_bench.py, 3 processes, one
       shared virtual disk with ~0.47 ms fdatasync): one-at-a-time p50
@@ -121,7 +122,7 @@ Durability (pysyncobj does not fsync)
       ops/s.
     * Wake-ups, not ticks (``_RaftNode._before_poll``, pysyncobj's on-tick
       hook, which runs just before the tick's poll): a leader with entries
-      past its commit index starts its own sync there too (a lone member
+      past its commit index syncs there (a lone member
       sends no append_entries, so nothing else would: it used to acknowledge
       without any fsync), and when a majority counting itself already holds
       the next entry -- always so for a lone member -- it wakes its own poll
@@ -204,7 +205,7 @@ Divergence: "truncating already-applied log entries ... may have diverged"
 Threads: pysyncobj's tick loop (ours, ``autoTick=False``: it also applies
 entries, runs callbacks, resolves small batches' futures, runs ReadIndex
 rounds and answers small groups of reads), one completer
-for bigger batches, the journal syncer, a snapshot writer while one runs,
+for bigger batches, a snapshot writer while one runs,
 and a small reader pool. pysyncobj state is only mutated on the tick
 thread; other threads read plain attributes for status.
 """
@@ -217,6 +218,7 @@ import dataclasses
 import errno
 import logging
 import os
+import pickle
 import queue
 import struct
 import threading
@@ -227,6 +229,7 @@ import msgpack
 import xxhash
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import pickle as _pysyncobj_pickle
 from pysyncobj import tcp_connection as _pysyncobj_tcp
 from pysyncobj.syncobj import SyncObjException
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
@@ -290,7 +293,9 @@ class ReplicaConf:
       (we already refuse on a non-leader before submitting).
     * Not a pysyncobj setting: ``TcpConnection.send`` zlib-compresses every
       message at level 3; ``message_compress_level`` (0) replaces the
-      ``zlib`` its module uses (``_MessageZlib``), same stream format.
+      ``zlib`` its module uses (``_MessageZlib``), same stream format. And
+      its messages and commands are pickled at protocol 4, not 2
+      (``_pickle_dumps``).
     """
 
     tick_period_s: float = 0.02              # poll timeout; I/O and submissions wake it earlier
@@ -388,6 +393,18 @@ class _MessageZlib:
         return zlib.compress(data, self.level)
 
 
+def _pickle_dumps(obj, protocol=None):
+    """Stands in for ``pysyncobj.pickle.dumps`` (installed by
+    ``Replica.start``, like ``_MessageZlib``): pickle protocol 4 instead of
+    pysyncobj's hard-coded 2, which has no bytes opcode and pickles every
+    bytes object (our entries, inside every command and append) through
+    ``_codecs.encode(str, 'latin1')`` -- measured 10 us vs 1 us per small
+    append, on the tick thread of every replica, each way. Any Python 3
+    ``pickle.loads`` (pysyncobj's ``loads`` included) reads either, so
+    journals and peers of either kind stay readable."""
+    return pickle.dumps(obj, 4)
+
+
 class _DurableMetaStorer(MetaStorer):
     """``.meta`` (currentTerm, votedFor, commit index) written durably: same
     bytes as pysyncobj, but fsync file, rename, fsync directory."""
@@ -406,13 +423,18 @@ class _DurableMetaStorer(MetaStorer):
 class _DurableJournal(FileJournal):
     """pysyncobj's FileJournal, made durable on demand.
 
-    Every add/delete/clear bumps a write generation. ``sync()`` makes all
-    writes so far durable before returning; ``sync_async()`` starts that on a
-    syncer thread and ``wait_synced()`` waits for it. Durability is
-    fdatasync of the journal's file: on Linux pages written through a shared
-    mapping are dirty page-cache pages, which fdatasync writes (msync(MS_SYNC)
-    is the same vfs_fsync_range); a dup of the descriptor stays valid even if
-    ResizableFile reopens the file.
+    Every add/delete/clear bumps a write generation; ``sync()`` makes all
+    writes so far durable before returning (a no-op when nothing was written
+    since the last one). Durability is fdatasync of the journal's file: on
+    Linux pages written through a shared mapping are dirty page-cache pages,
+    which fdatasync writes (msync(MS_SYNC) is the same vfs_fsync_range); a
+    dup of the descriptor stays valid even if ResizableFile reopens the file.
+
+    Only the tick thread syncs (and ``stop`` after it ended): there is no
+    syncer thread. One used to run the leader's sync in parallel with the
+    tick's poll; handing each sync to it and back cost more (two wake-ups
+    and GIL hand-offs per entry on every replica, ~50 us fdatasync here)
+    than the overlap saved, and the tick waited for it anyway.
     """
 
     def __init__(self, journal_file: str, durable: bool):
@@ -421,14 +443,9 @@ class _DurableJournal(FileJournal):
         self._fd = os.open(journal_file, os.O_RDWR)
         self._gen = 0
         self._synced_gen = 0
-        self._wanted_gen = 0
-        self._cond = threading.Condition()
-        self._closed = False
         self.syncs = 0
         if durable:
             self._FileJournal__metaStorer = _DurableMetaStorer(journal_file + ".meta")
-            self._syncer = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
-            self._syncer.start()
 
     def add(self, command, idx, term):
         super().add(command, idx, term)
@@ -447,54 +464,19 @@ class _DurableJournal(FileJournal):
         self._gen += 1
         self.sync()
 
-    def _sync_to(self, gen: int) -> None:
-        os.fdatasync(self._fd)
-        with self._cond:
-            self.syncs += 1
-            if gen > self._synced_gen:
-                self._synced_gen = gen
-            self._cond.notify_all()
+    def unsynced(self) -> bool:
+        return self._durable and self._gen > self._synced_gen
 
     def sync(self) -> None:
         """Every write so far is on disk when this returns."""
         gen = self._gen
         if self._durable and gen > self._synced_gen:
-            self._sync_to(gen)
-
-    def sync_async(self) -> None:
-        """Start making every write so far durable (tick thread only)."""
-        gen = self._gen
-        if self._durable and gen > self._synced_gen and gen > self._wanted_gen:
-            with self._cond:
-                self._wanted_gen = gen
-                self._cond.notify_all()
-
-    def wait_synced(self) -> None:
-        """Wait for the durability requested by ``sync_async``."""
-        if self._durable and self._wanted_gen > self._synced_gen:
-            with self._cond:
-                while self._wanted_gen > self._synced_gen and not self._closed:
-                    self._cond.wait(1.0)
-
-    def _sync_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and self._wanted_gen <= self._synced_gen:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                gen = self._wanted_gen
-            try:
-                self._sync_to(gen)
-            except OSError:
-                log.critical("journal fdatasync failed", exc_info=True)
-                time.sleep(0.1)
+            os.fdatasync(self._fd)
+            self.syncs += 1
+            self._synced_gen = gen
 
     def _destroy(self):
         self.sync()
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
         super()._destroy()
         os.close(self._fd)
 
@@ -504,10 +486,12 @@ class _DurableTransport(TCPTransport):
 
     Any message but ``append_entries`` (a follower's ``next_node_idx``
     acknowledgment, votes) leaves only after the journal is synced. The
-    leader's ``append_entries`` may leave first, with the leader's own sync
-    running in parallel (Raft allows it, thesis 10.2.1): the tick loop waits
-    for that sync before the next tick, and pysyncobj computes the commit
-    index, counting the leader itself, only at the start of a tick.
+    leader's ``append_entries`` may leave first (Raft allows it, thesis
+    10.2.1): the tick thread syncs the leader's journal right after the
+    tick's sends (``_RaftNode._before_poll``), while the followers sync
+    theirs, and again (a no-op by then) before each tick; pysyncobj
+    computes the commit index, counting the leader itself, only at the
+    start of a tick.
     """
 
     def send(self, node, message):
@@ -516,7 +500,6 @@ class _DurableTransport(TCPTransport):
         if journal is not None:
             kind = message.get("type") if isinstance(message, dict) else None
             if kind == "append_entries":
-                journal.sync_async()
                 # ReadIndex: every append carries the current read round.
                 stamp = raft._cistern_replica._read_stamp
                 if stamp:
@@ -554,9 +537,10 @@ class _RaftNode(SyncObj):
         """pysyncobj on-tick hook: runs on the tick thread after the tick's
         work, just before it polls (up to the tick period).
 
-        The leader's own entries must be synced before it counts itself:
-        sending append_entries starts that sync, but a lone member sends
-        nothing, so start it here too. And pysyncobj advances the commit
+        The leader's own entries must be synced before it counts itself: it
+        syncs them here, after this tick sent its appends (so the followers'
+        syncs run meanwhile) and before it polls for their answers; a lone
+        member, which sends nothing, syncs here too. And pysyncobj advances the commit
         index only at the start of a tick: when a majority (counting this
         leader) already holds the next entry -- always so for a lone member
         -- nothing would wake the poll, and the entry would wait out the
@@ -572,13 +556,26 @@ class _RaftNode(SyncObj):
             if replica._read_stamp_sent != replica._read_stamp:
                 self._SyncObj__sendAppendEntries()   # one heartbeat round for the reads
             replica._check_read_rounds()
+        self._cistern_journal.sync()
         commit = self._SyncObj__raftCommitIndex
         if self.last_log_index() <= commit:
             return
-        self._cistern_journal.sync_async()
         if commit != self._cistern_woken_at and self.commit_ready():
             self._cistern_woken_at = commit
             self._SyncObj__pipeNotifier.notify()
+
+    def _SyncObj__applyLogEntries(self):
+        # pysyncobj (appendEntriesUseBatch=False) sends an extra append round
+        # after every apply, only to tell the followers the new commit index.
+        # Every append carries it anyway: the next write's, a ReadIndex
+        # round's, or the heartbeat within append_entries_period_s. One write
+        # at a time, that round doubled the Raft messages per write (two
+        # sends and two answers on the leader, one of each on a follower) and
+        # competed for the CPU with the reply. Followers' applied state may
+        # trail by up to a heartbeat; nothing reads it for linearizable
+        # answers, and acknowledgments never depend on a follower applying.
+        SyncObj._SyncObj__applyLogEntries(self)
+        return False
 
     @replicated
     def apply_entry(self, entry: bytes):
@@ -896,6 +893,7 @@ class Replica:
                      "journal is durable and snapshots sync LMDB) and saves ~1 ms per entry", self.node_id)
         self._bootstrap()
         _pysyncobj_tcp.zlib = _MessageZlib(self.conf.message_compress_level)
+        _pysyncobj_pickle.dumps = _pickle_dumps
         self._startup_dump = os.path.exists(self._dump_path)
         try:
             self._node = _RaftNode(self, self.raft_address, list(self._peers), self._syncobj_conf(),
@@ -1130,7 +1128,7 @@ class Replica:
         journal = node._cistern_journal
         while not self._stopping.is_set():
             try:
-                journal.wait_synced()   # the leader's own sync, before it counts itself
+                journal.sync()   # the leader's own sync, before it counts itself (no-op: done before the poll)
                 if self._pending_reads and len(self._read_rounds) < read_rounds_in_flight_max:
                     self._start_read_round()
                 node.doTick(period)

@@ -650,3 +650,77 @@ def test_raft_messages_travel_as_uncompressed_zlib_streams(group):
     assert len(packed) > len(payload) and zlib.decompress(packed) == payload
     assert shim.decompress(zlib.compress(payload, 3)) == payload
     g.converge()
+
+
+def test_the_leader_syncs_its_own_journal_on_its_tick_thread_before_each_ack(group, monkeypatch):
+    # The journal is synced only by the tick thread that wrote it (a syncer
+    # thread it handed each sync to cost two wake-ups per entry), and a
+    # write is acknowledged only after the leader's own copy is on disk.
+    g = group().start_all()
+    leader = g.leader()
+    journal = os.path.join(leader.data_dir, "raft", "journal")
+    syncs: list[tuple[str, str]] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd):
+        syncs.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
+        return real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    cid = os.urandom(16)
+    for seq in range(1, 21):
+        before = sum(1 for path, _ in syncs if path == journal)
+        assert incr(leader, cid, seq, b"s").result(5) == seq
+        assert sum(1 for path, _ in syncs if path == journal) > before, "acknowledged before the leader synced"
+    assert {name for _, name in syncs} <= {f"replica-{r.node_id}-tick" for r in g.running()}, syncs
+    assert not [t.name for t in threading.enumerate() if t.name == "journal-sync"]
+    g.converge()
+
+
+def test_one_write_at_a_time_sends_no_extra_append_round_after_it_commits(group, monkeypatch):
+    # pysyncobj follows every apply with an append round that only carries
+    # the new commit index; the next append or heartbeat carries it anyway.
+    # Empty appends from the leader are now heartbeats only.
+    from cistern.metadata import replica as replica_mod
+
+    period = 0.15
+    g = group(append_entries_period_s=period).start_all()
+    leader = g.leader()
+    empty_appends = [0]
+    real_send = replica_mod._DurableTransport.send
+
+    def send(self, node, message):
+        if (self._syncObj is leader._node and isinstance(message, dict)
+                and message.get("type") == "append_entries" and not message.get("entries")):
+            empty_appends[0] += 1
+        return real_send(self, node, message)
+
+    monkeypatch.setattr(replica_mod._DurableTransport, "send", send)
+    cid = os.urandom(16)
+    writes = 40
+    started = time.monotonic()
+    for seq in range(1, writes + 1):
+        incr(leader, cid, seq, b"a").result(5)
+    elapsed = time.monotonic() - started
+    heartbeats = 2 * (elapsed / period + 2)     # two followers
+    # Before: at least one empty round (2 messages) per write.
+    assert empty_appends[0] <= heartbeats, (empty_appends[0], elapsed)
+    assert empty_appends[0] < 2 * writes
+    # The followers still learn the commit index and apply everything.
+    statuses = g.converge()
+    assert len({s["applied_index"] for s in statuses}) == 1
+
+
+def test_raft_messages_pickle_bytes_natively(group):
+    # pysyncobj pickles at protocol 2, where every bytes object (each entry,
+    # in every append) goes through _codecs.encode(str, 'latin1'); the
+    # replica makes it protocol 4. pysyncobj's loads reads both.
+    g = group().start_all()
+    leader = g.leader()
+    assert incr(leader, os.urandom(16), 1, b"p").result(5) == 1
+    shim = sys.modules["pysyncobj.pickle"]
+    message = {"type": "append_entries", "entries": [(b"\x00" + os.urandom(300), 7, 2)]}
+    data = shim.dumps(message)
+    assert b"_codecs" not in data and b"latin1" not in data
+    assert shim.loads(data) == message
+    g.converge()
