@@ -23,6 +23,8 @@ def register(commands) -> None:
                         "negative_timeout=S (0), timeout=S (30: a cluster call's limit), attr_cache=S "
                         "(attr_timeout), block_size=BYTES, read_ahead_kb=KB (4096), "
                         "no_default_permissions, linearizable_attrs (attribute misses pass a read barrier), "
+                        "async_create=0|1 (1: creates in a directory this mount is filling are answered at "
+                        "once and committed in batches; durable at fsync of the file or directory), "
                         "and libfuse 2's others")
     p.add_argument("--metrics", default=None, metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--log-file", default=None, metavar="PATH",

@@ -21,9 +21,8 @@ creates many files in one directory. Contract:
   ``release_dir(path)`` also gives the delegation back (for operations the
   delegation would refuse: listing it, adding a name to it without this
   class, changing it); ``flush_ino(ino)`` flushes the directory of a file
-  created here. ``absent(path)`` says whether a name is known missing (a
-  lookup that need not ask). The caller must call these; nothing orders
-  them for it.
+  created here. The caller must call these; nothing orders
+  them for it. ``lookup(path, cred)`` answers what it knows locally.
 * Durability: a create is durable once its batch is committed
   (``flush_dir``/``flush_ino`` return). Until then it lives in this
   process only: if the process dies the create is lost (as are the
@@ -55,6 +54,7 @@ from concurrent.futures import Future
 from cistern.core.errors import CisternError, Unavailable
 from cistern.metadata import limits, model
 from cistern.metadata.model import ROOT_CRED, Op
+from cistern.metadata.state import X_OK, permits
 
 from .delegation import GRANTING, HELD, LOST, RECALLED, DirDelegation, check_name
 
@@ -68,6 +68,11 @@ regrant_backoff_s = 2.0          # a directory whose delegation was recalled or 
 delegations_max = 64             # delegations one client holds at once
 recall_retry_initial_s = 0.005   # a refused operation's first retry; doubling up to the next
 recall_retry_max_s = 0.05
+# Answered creates wait this long at most for others to share their commit
+# (one Raft entry each): a flush sends at once. Every batch costs the mount,
+# and each metadata replica, a message's CPU, so fewer, larger ones let the
+# creates run faster on a busy host.
+batch_delay_s = 0.02
 
 
 def retry_refused(meta, code: int, args: bytes, stale: bool, first: Future) -> Future:
@@ -150,22 +155,30 @@ class AsyncCreates:
             self._cond.notify_all()
             return attr
 
-    def absent(self, path: str) -> int:
-        """ENOENT (or the name's own errno) when this holder knows ``path``
-        is missing, else 0 (ask the service; a name created here and not
-        yet committed is flushed first, so the service knows it)."""
+    def lookup(self, path: str, cred) -> tuple[int, object]:
+        """What this holder knows of ``path`` looked up by ``cred``:
+        ``(errno, None)`` when it is known missing (ENOENT) or the lookup
+        would fail (EACCES without search permission on the directory,
+        ENAMETOOLONG); ``(0, attr)`` for a file created here and not yet
+        committed (its attributes cannot have changed: every change is
+        ordered after the commit); ``(0, None)``: ask the service."""
         parent, name = _split(path)
         with self._cond:
             d = self._usable(parent)
             if d is None:
-                return 0
+                return 0, None
+            if not permits(d.mode, d.uid, d.gid, cred, X_OK):
+                return errno.EACCES, None
             if d.absent(name):
                 err = check_name(name)
-                return err if err and err != errno.EEXIST else errno.ENOENT
-            if name not in d.pending:
-                return 0
-        self.flush_dir(parent)
-        return 0
+                return (err if err and err != errno.EEXIST else errno.ENOENT), None
+            ino = d.pending.get(name)
+            if ino is None:
+                return 0, None
+            for c in (*d.sending, *d.queue):
+                if c.name == name:
+                    return 0, c.attr
+            return 0, None
 
     def delegated(self, path: str) -> bool:
         """Whether this client holds or is asking for a delegation on ``path``."""
@@ -180,6 +193,7 @@ class AsyncCreates:
                 return
             if release:
                 d.release_soon()
+            d.urgent = bool(d.queue)
             self._cond.notify_all()
             self._cond.wait_for(lambda: self._dirs.get(path) is not d or (d.settled() and not release),
                                 timeout=self._meta.timeout_s)
@@ -207,15 +221,21 @@ class AsyncCreates:
     # -- decisions (under the lock) ------------------------------------------
 
     def _usable(self, parent: str):
-        d = self._dirs.get(parent)
-        if d is None:
-            return None
-        if d.state == GRANTING:
-            self._cond.wait_for(lambda: self._dirs.get(parent) is not d or d.state != GRANTING,
-                                timeout=grant_wait_s)
-            if self._dirs.get(parent) is not d:
+        """The usable delegation on ``parent``, or None when there is none.
+        One being granted, renewed late, or given back is waited for (its
+        replies notify), so a create never races this holder's own
+        delegation to the service (which would refuse it)."""
+        deadline = self._clock() + grant_wait_s
+        while True:
+            d = self._dirs.get(parent)
+            if d is None:
                 return None
-        return d if d.usable(self._clock()) else None
+            now = self._clock()
+            if d.usable(now):
+                return d
+            if now >= deadline:
+                return None
+            self._cond.wait(timeout=min(deadline - now, limits.delegation_renew_interval_s))
 
     def _note_sync_create(self, parent: str) -> None:
         now = self._clock()
@@ -254,11 +274,11 @@ class AsyncCreates:
             if d.state == LOST:
                 for c, err in [(c, errno.ESTALE) for c in d.unsent()]:
                     self._failed(d, c, err)
-            if "batch" not in out:
+            if "batch" not in out and d.batch_due(now, batch_delay_s):
                 creds, items = d.take_batch()
-                if items:
-                    out.add("batch")
-                    todo.append(("batch", d, (creds, items)))
+                out.add("batch")
+                d.renew_sent_at = now     # a batch renews the delegation too
+                todo.append(("batch", d, (creds, items, now)))
             if d.state == HELD and "renew" not in out and now - d.renew_sent_at >= limits.delegation_renew_interval_s:
                 out.add("renew")
                 d.renew_sent_at = now
@@ -287,7 +307,8 @@ class AsyncCreates:
                     return
                 todo = self._work(self._clock())
                 if not todo:
-                    self._cond.wait(timeout=limits.delegation_renew_interval_s / 3)
+                    queued = any(d.queue and not d.sending for d in self._dirs.values())
+                    self._cond.wait(timeout=batch_delay_s / 2 if queued else limits.delegation_renew_interval_s / 3)
                     continue
             for kind, d, payload in todo:
                 self._send(kind, d, payload)
@@ -298,8 +319,9 @@ class AsyncCreates:
             sent_at = self._clock()
             self._submit(Op.DELEG_GRANT, args, lambda f: self._granted(d, f, sent_at))
         elif kind == "batch":
-            creds, items = payload
-            self._submit(Op.DELEG_CREATE, (d.dino, self.holder, creds, items), lambda f: self._committed(d, f))
+            creds, items, sent_at = payload
+            self._submit(Op.DELEG_CREATE, (d.dino, self.holder, creds, items),
+                         lambda f: self._committed(d, f, sent_at))
         elif kind == "renew":
             self._submit(Op.DELEG_RENEW, (d.dino, self.holder), lambda f: self._renewed(d, f, payload))
         else:
@@ -329,8 +351,9 @@ class AsyncCreates:
             attr, first, end, names = f.result()
             d.granted(model.Attr(*attr), first, end, names, sent_at)
             self.statistics["grants"] += 1
+            log.debug("delegation of %s granted: %d names, inodes %d-%d", d.path, len(names), first, end - 1)
 
-    def _committed(self, d: DirDelegation, f: Future) -> None:
+    def _committed(self, d: DirDelegation, f: Future, sent_at: float) -> None:
         with self._cond:
             self._done(d, "batch")
             error = f.exception()
@@ -340,7 +363,9 @@ class AsyncCreates:
                 if err == errno.ESTALE:
                     d.lost()
             else:
-                results = f.result()
+                recalled, results = f.result()
+                d.renewed(bool(recalled), sent_at)
+                self.statistics["recalled"] += bool(recalled)
             self.statistics["batches"] += 1
             sent = list(d.sending)
             for c, err in d.committed(results):
@@ -363,4 +388,5 @@ class AsyncCreates:
     def _released(self, d: DirDelegation, f: Future) -> None:
         with self._cond:
             self._done(d, "release")
+            log.debug("delegation of %s released (%s%s)", d.path, d.state, ", given back" if d.give_back else "")
             self._forget(d, d.state in (RECALLED, LOST) or d.give_back)

@@ -75,6 +75,8 @@ class DirDelegation:
         self.sending: list[Create] = []     # in the batch being committed
         self.pending: dict[bytes, int] = {} # name -> ino, answered and not yet committed
         self.give_back = False              # this holder wants it released (after committing)
+        self.urgent = False                 # someone waits for the queue to be committed
+        self.queued_at = 0.0                # when the oldest create in the queue was answered
         self.out: set[str] = set()          # the shell's requests out for it ("grant", "batch", ...)
         self.renew_sent_at = asked_at       # the shell's last renewal sent
 
@@ -123,18 +125,31 @@ class DirDelegation:
         return 0
 
     def create(self, name: bytes, mode: int, cred, time_ns: int, now: float) -> Attr:
-        """Answer a create (``check_create`` said 0, and ``usable``): its
+        """Answer a create (``check_create`` said 0, and ``usable`` was true): its
         attributes, as DELEG_CREATE will store them."""
-        assert self.usable(now) and self.check_create(name, cred) == 0, name
+        # usable(now) was checked by the caller, perhaps a moment earlier:
+        # the margin of the term covers that moment.
+        assert self.state == HELD and self.next_ino < self.end_ino and self.check_create(name, cred) == 0, name
         ino = self.next_ino
         self.next_ino += 1
         gid = new_file_gid(self.mode, self.gid, cred)
         attr = Attr(ino, S.S_IFREG | (mode & 0o7777), 1, cred[0], gid, 0, time_ns, time_ns, time_ns, 0, 1)
         self.names.add(name)
         self.pending[name] = ino
+        if not self.queue:
+            self.queued_at = now
         self.queue.append(Create(name, attr, tuple(cred)))
         self.last_create_at = now
         return attr
+
+    def batch_due(self, now: float, delay_s: float) -> bool:
+        """Whether the queue should leave now: it is full, its oldest
+        create has waited ``delay_s`` (creates arriving meanwhile share one
+        commit), someone waits for it, or the delegation is ending."""
+        if self.sending or not self.queue:
+            return False
+        return (self.urgent or self.give_back or self.state != HELD or now - self.queued_at >= delay_s
+                or len(self.queue) >= limits.delegation_creates_max)
 
     def take_batch(self) -> tuple[list, list]:
         """The next DELEG_CREATE's (creds, items), and the creates are now
@@ -144,6 +159,8 @@ class DirDelegation:
             return [], []
         self.sending = self.queue[:limits.delegation_creates_max]
         self.queue = self.queue[len(self.sending):]
+        if not self.queue:
+            self.urgent = False
         creds: list = []
         index: dict = {}
         items = []
@@ -157,7 +174,9 @@ class DirDelegation:
 
     def committed(self, results) -> list[tuple[Create, int]]:
         """The sent batch's outcome: per-create ``[errno, attr]`` results, or
-        an errno for the whole batch. The creates that failed, with errnos."""
+        an errno for the whole batch (a batch that was answered renewed the
+        delegation: call ``renewed`` too). The creates that failed, with
+        errnos."""
         sent, self.sending = self.sending, []
         if isinstance(results, int):
             results = [[results, None]] * len(sent)

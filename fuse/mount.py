@@ -8,7 +8,8 @@ Contract:
   strings into the kernel's FUSE options (``DEFAULT_FUSE_OPTIONS``
   overridden by the caller's) and the mount's own (``OWN_OPTIONS``:
   ``timeout`` seconds for a cluster call, ``attr_cache`` seconds,
-  ``block_size`` bytes, ``read_ahead_kb``, ``statahead`` entries). Bad values are
+  ``block_size`` bytes, ``read_ahead_kb``, ``statahead`` entries,
+  ``async_create`` 0|1). Bad values are
   CisternError(EINVAL).
 * ``serve(mountpoint, cluster, options, metrics_address)`` mounts in this
   process and serves until unmounted, SIGINT or SIGTERM (libfuse's own
@@ -78,6 +79,9 @@ OWN_OPTIONS = {
     # Entries a stat-ahead pass fetches ahead of a caller traversing a
     # directory (operations.py, statahead.py); 0 turns stat-ahead off.
     "statahead": (int, statahead_window_default),
+    # Asynchronous creates under directory create delegations (operations.py,
+    # client/async_create.py): 1 on, 0 off.
+    "async_create": (int, 1),
 }
 start_timeout_s = 60.0
 stop_timeout_s = 30.0
@@ -101,8 +105,11 @@ def parse_options(strings) -> tuple[dict, dict]:
                     own[name] = parse(value)
                 except ValueError:
                     raise CisternError(errno.EINVAL, f"option {name} needs a number, not {value!r}") from None
-                if own[name] < 0 or (name not in ("attr_cache", "read_ahead_kb", "statahead") and own[name] == 0):
+                if own[name] < 0 or (name not in ("attr_cache", "read_ahead_kb", "statahead", "async_create")
+                                     and own[name] == 0):
                     raise CisternError(errno.EINVAL, f"option {name} must be positive")
+                if name == "async_create" and own[name] not in (0, 1):
+                    raise CisternError(errno.EINVAL, "option async_create is 0 or 1")
             elif name in ("attr_timeout", "entry_timeout", "negative_timeout"):
                 try:
                     fuse_options[name] = float(value)
@@ -207,7 +214,8 @@ def serve(mountpoint, cluster, options=(), metrics_address: str | None = None, *
             metrics_server = start_metrics_server(metrics_address, metrics.registry)
             log.info("metrics at http://%s/metrics", metrics_server.address)
         settings = Settings(read_only="ro" in fuse_options, attr_cache_s=own["attr_cache"],
-                            linearizable_attrs=own["linearizable_attrs"], statahead_entries=own["statahead"])
+                            linearizable_attrs=own["linearizable_attrs"], statahead_entries=own["statahead"],
+                            async_create=bool(own["async_create"]))
         operations = Operations(client, settings, metrics)
         if not settings.read_only and operations.remove_leftovers():
             log.info("removed files left unlinked-while-open by mounts that died")

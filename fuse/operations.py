@@ -102,6 +102,7 @@ from concurrent.futures import ThreadPoolExecutor
 import fuse as fusepy
 
 from cistern.client import TIME_NOW
+from cistern.client.async_create import AsyncCreates
 from cistern.client.plans import stat_block_size_bytes
 from cistern.core.metrics import new_registry
 
@@ -153,8 +154,12 @@ class Settings:
     """The mount's own knobs (the kernel's are FUSE options, see mount.py)."""
 
     def __init__(self, *, read_only: bool = False, attr_cache_s: float = 1.0, groups_cache_s: float = 1.0,
-                 linearizable_attrs: bool = False, statahead_entries: int = statahead.window_default):
+                 linearizable_attrs: bool = False, statahead_entries: int = statahead.window_default,
+                 async_create: bool = True):
         self.read_only = bool(read_only)
+        # Creates in a directory this mount holds a create delegation on are
+        # answered at once and committed in batches (async_create.py).
+        self.async_create = bool(async_create)
         # Entries one stat-ahead pass fetches at most (0: no stat-ahead).
         self.statahead_entries = max(0, int(statahead_entries))
         # Attribute lookups (getattr, the kernel's lookups) read the leader's
@@ -190,6 +195,11 @@ class Metrics:
         self.statahead_entries = Counter("cistern_fuse_statahead_entries",
                                          "attributes stat-ahead asked for ahead of the caller", **kw)
         # The metadata client's request batches: its round trips (set by Operations).
+        # Creates answered under a delegation, and their commits (set by Operations).
+        self.async_creates = Gauge("cistern_fuse_async_creates",
+                                   "creates answered at once under a directory delegation", **kw)
+        self.async_create_batches = Gauge("cistern_fuse_async_create_batches",
+                                          "batches of asynchronous creates committed", **kw)
         self.metadata_batches = Gauge("cistern_fuse_metadata_batches_sent",
                                       "request batches (round trips) the mount's metadata client has sent", **kw)
         self.hit = self.cache.labels("hit")
@@ -422,6 +432,12 @@ class Operations(fusepy.Operations):
         self._nodes_lock = threading.Lock()
         self._numbers = itertools.count(1)
         self._mount_id = f"{os.uname().nodename}~{os.getpid()}~{time.time_ns() % 10**9}"
+        self._async = None
+        if self.settings.async_create and not self.settings.read_only:
+            self._async = AsyncCreates(self.root)
+            stats = self._async.statistics
+            self.metrics.async_creates.set_function(lambda: stats["async"])
+            self.metrics.async_create_batches.set_function(lambda: stats["batches"])
 
     # -- who is asking --------------------------------------------------------
 
@@ -478,6 +494,15 @@ class Operations(fusepy.Operations):
                 self._ahead.hit(cred, _parent(path))
             return attr
         self.metrics.miss.inc()
+        if self._async is not None:
+            # A name missing from a directory this mount holds a delegation
+            # on is known missing, and a file created here and not yet
+            # committed has the attributes it was created with.
+            err, attr = self._async.lookup(path, cred)
+            if err:
+                raise OSError(err, os.strerror(err), path)
+            if attr is not None:
+                return attr
         epoch = self._cache.epoch
         asked = time.monotonic()
         attr = self._reader(view).attr(path, follow_symlinks=False)
@@ -560,6 +585,31 @@ class Operations(fusepy.Operations):
         self._cache.forget_ino(attr.ino)
         self._cache.put(self._cred(view), path, attr)
 
+    def _settle(self, path, adds_name: bool = False) -> None:
+        """Order an operation on ``path`` after this mount's asynchronous
+        creates: a directory delegated here is given back first (the
+        service would refuse the operation on it), and the creates answered
+        in its parent are committed first (given back too when the
+        operation adds a name there)."""
+        if self._async is None or path is None:
+            return
+        if self._async.delegated(path):
+            self._async.release_dir(path)
+        parent = _parent(path)
+        if self._async.delegated(parent):
+            if adds_name:
+                self._async.release_dir(parent)
+            else:
+                self._async.flush_dir(parent)
+
+    def _not_failed(self, ino: int) -> None:
+        """Order a use of inode ``ino`` after its asynchronous create; EIO
+        when that create failed at commit."""
+        if self._async is not None:
+            self._async.flush_ino(ino)
+            if ino in self._async.failed:
+                raise OSError(errno.EIO, "its asynchronous create failed")
+
     def _changed(self, *paths: str) -> None:
         """This mount changed these names (and so their parents' times)."""
         self._cache.forget(*paths, *{_parent(p) for p in paths})
@@ -595,6 +645,7 @@ class Operations(fusepy.Operations):
 
     @_operation
     def access(self, path, amode):
+        self._settle(path)
         view = self._caller()
         if amode == os.F_OK:
             self._lstat(view, path)
@@ -604,6 +655,7 @@ class Operations(fusepy.Operations):
 
     @_operation
     def readlink(self, path):
+        self._settle(path)
         return self._caller().readlink(path)
 
     @_operation
@@ -617,6 +669,7 @@ class Operations(fusepy.Operations):
     @_operation
     def opendir(self, path):
         # Listing here checks read permission at opendir, as a local disk does.
+        self._settle(path)
         view = self._caller()
         entries = view.readdir(path)
         self._prefetch(view, path, entries)
@@ -631,6 +684,7 @@ class Operations(fusepy.Operations):
             raise OSError(errno.EBADF, "bad directory handle")
         entries = state[1]
         if entries is None:    # a rewinddir: list afresh
+            self._settle(state[0] if path is None else path)
             entries = self._caller().readdir(state[0] if path is None else path)
         state[1] = None
         out = [".", ".."]
@@ -649,6 +703,7 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def mkdir(self, path, mode):
+        self._settle(path, adds_name=True)
         view = self._caller()
         attr = view.mkdir_attr(path, mode & 0o7777)
         self._made(view, path, attr, 1)
@@ -657,6 +712,7 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def rmdir(self, path):
+        self._settle(path)
         self._caller().rmdir(path)
         self._changed(path)
         return 0
@@ -666,6 +722,7 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def unlink(self, path):
+        self._settle(path)
         view = self._caller()
         attr = self._lstat(view, path)
         node = self._nodes.get(attr.ino)
@@ -701,6 +758,8 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def rename(self, old, new):
+        if self._async is not None:
+            self._async.release_all()    # a renamed directory takes its delegated paths with it
         self._caller().rename(old, new)
         self._cache.clear()     # a directory's whole subtree changed names
         if self._ahead is not None:
@@ -711,6 +770,8 @@ class Operations(fusepy.Operations):
     @_changes
     def link(self, target, source):
         # fusepy's order: ``ln source target`` makes the new name target.
+        self._settle(source)
+        self._settle(target, adds_name=True)
         view = self._caller()
         view.link(source, target)
         self._cache.forget(source)
@@ -721,6 +782,7 @@ class Operations(fusepy.Operations):
     @_changes
     def symlink(self, target, source):
         # fusepy's order: ``ln -s source target`` makes target point at source.
+        self._settle(target, adds_name=True)
         view = self._caller()
         self._made(view, target, view.symlink_attr(source, target))
         return 0
@@ -735,6 +797,7 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def chmod(self, path, mode):
+        self._settle(path)
         view = self._caller()
         self._remember(view, path, view.setattr(path, mode=mode & 0o7777))
         if stat_module.S_ISDIR(mode):
@@ -744,6 +807,7 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def chown(self, path, uid, gid):
+        self._settle(path)
         view = self._caller()
         fields = {k: v for k, v in (("uid", uid), ("gid", gid)) if v != -1}
         follow = not self._is_symlink(view, path)
@@ -756,6 +820,7 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def utimens(self, path, times=None):
+        self._settle(path)
         view = self._caller()
         atime, mtime = times if times is not None else (_UTIME_NOW, _UTIME_NOW)
         fields = {}
@@ -786,6 +851,7 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def truncate(self, path, length, fi=None):
+        self._settle(path)
         view = self._caller()
         handle = self._handles.get(fi.fh) if fi else None
         if handle is not None:
@@ -811,11 +877,13 @@ class Operations(fusepy.Operations):
     def getxattr(self, path, name, position=0):
         if name in _UNSTORED_XATTRS:
             raise OSError(errno.ENODATA, "not stored on this mount")
+        self._settle(path)
         view = self._caller()
         return view.getxattr(path, name, follow_symlinks=not self._is_symlink(view, path))
 
     @_operation
     def listxattr(self, path):
+        self._settle(path)
         view = self._caller()
         return view.listxattr(path, follow_symlinks=not self._is_symlink(view, path))
 
@@ -824,6 +892,7 @@ class Operations(fusepy.Operations):
     def setxattr(self, path, name, value, options, position=0):
         if name in _UNSTORED_XATTRS:
             raise OSError(errno.ENOTSUP, "not stored on this mount")
+        self._settle(path)
         view = self._caller()
         view.setxattr(path, name, value, options, follow_symlinks=not self._is_symlink(view, path))
         self._cache.forget(path)
@@ -832,6 +901,7 @@ class Operations(fusepy.Operations):
     @_operation
     @_changes
     def removexattr(self, path, name):
+        self._settle(path)
         view = self._caller()
         view.removexattr(path, name, follow_symlinks=not self._is_symlink(view, path))
         self._cache.forget(path)
@@ -880,6 +950,7 @@ class Operations(fusepy.Operations):
             view = node.pending_writer
             if view is None:
                 raise OSError(errno.EBADF, "not open for writing")
+            self._not_failed(node.ino)
             node.writer = view.reopen(node.ino, "r+b", name=path)
             node.pending_writer = None
         return node.writer
@@ -898,6 +969,7 @@ class Operations(fusepy.Operations):
         readable, writable = self._modes(fi.flags)
         if writable and self.settings.read_only:
             raise OSError(errno.EROFS, "read-only mount")
+        self._settle(path)     # a file created here is committed before it is opened by name
         view = self._caller()
         if not writable:
             reader = view.open(path, "rb")
@@ -948,7 +1020,9 @@ class Operations(fusepy.Operations):
             raise OSError(errno.EROFS, "read-only mount")
         view = self._caller()
         try:
-            attr = view.create(path, mode & 0o7777, exclusive=True)
+            attr = self._async.create(path, mode & 0o7777, self._cred(view)) if self._async else None
+            if attr is None:
+                attr = view.create(path, mode & 0o7777, exclusive=True)
         except FileExistsError:
             if fi.flags & os.O_EXCL:
                 raise
@@ -976,6 +1050,7 @@ class Operations(fusepy.Operations):
                     if handle.reader is not None:
                         handle.reader.close()
                     opener = node.pending_writer or handle.view
+                    self._not_failed(node.ino)
                     handle.reader = opener.reopen(node.ino, "rb", name=path)
                     handle.reader_version = node.version
                 f = handle.reader
@@ -1012,7 +1087,16 @@ class Operations(fusepy.Operations):
 
     @_operation
     def fsync(self, path, datasync, fi):
-        self._publish(self._handle(fi))
+        handle = self._handle(fi)
+        self._not_failed(handle.node.ino)    # a create answered here is durable once committed
+        self._publish(handle)
+        return 0
+
+    @_operation
+    def fsyncdir(self, path, datasync, fh):
+        # The directory's entries made here are durable once committed.
+        if self._async is not None and path is not None:
+            self._async.flush_dir(path)
         return 0
 
     @_operation
@@ -1075,6 +1159,8 @@ class Operations(fusepy.Operations):
         closes the client after)."""
         if self._ahead_runner is not None:
             self._ahead_runner.shutdown(wait=False, cancel_futures=True)
+        if self._async is not None:
+            self._async.close()      # commit and give back every delegation
         for number in list(self._handles):
             handle = self._handles.pop(number, None)
             if handle is None:

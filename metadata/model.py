@@ -94,7 +94,7 @@ class Op(enum.IntEnum):
     DELEG_GRANT = 119    # (cred, dir ref, holder, inodes) -> [dir attr, first ino, end ino, [name, ...]]
     DELEG_RENEW = 120    # (cred, dir ino, holder) -> recalled: bool; ESTALE when not held
     DELEG_RELEASE = 121  # (cred, dir ino, holder) -> None; ESTALE when not held
-    DELEG_CREATE = 122   # (cred, dir ino, holder, [cred, ...], [[name, ino, mode, cred index, time_ns], ...]) -> [[errno, attr|None], ...]
+    DELEG_CREATE = 122   # (cred, dir ino, holder, [cred, ...], [[name, ino, mode, cred index, time_ns], ...]) -> [recalled, [[errno, attr|None], ...]]; renews
     DELEG_RECALL = 123   # (cred, code, args without cred) -> dir ino recalled or removed, or 0
 
 

@@ -69,7 +69,8 @@ Contract:
   ``delegation_term_s``); DELEG_CREATE commits the holder's creates with
   the numbers it chose (each item checked as CREATE would check it: name,
   W|X on D for the item's caller, name absent, the inode limit; a failed
-  item fails alone), under a live or a lapsed record. While the record
+  item fails alone), under a live or a lapsed record, and renews it as
+  DELEG_RENEW does (answering whether it was recalled). While the record
   exists (live or lapsed), every operation by anyone that could observe a
   name D lacks, or change what the holder checks, is refused with
   ``model.DELEGATED_ERRNO``: a dentry lookup in D that finds nothing
@@ -1401,11 +1402,14 @@ class Namespace:
                 results.append([0, self._deleg_create_one(t, now, dino, pnode, record, creds, item, counters)])
             except _Fail as failure:
                 results.append([failure.err, None])
+        recalled = record[D_RECALLED]
+        if not recalled:    # a batch renews the delegation, as DELEG_RENEW would
+            record[D_EXPIRY] = now + int(limits.delegation_term_s * 1_000_000_000)
         self._put_delegation(t, dino, record)
         _dir_changed(pnode, now)
         self._put_inode(t, dino, pnode)
         self._put_counters(t, counters)
-        return results
+        return [recalled, results]
 
     def _deleg_create_one(self, t, now, dino, pnode, record, creds, item, counters) -> Attr:
         """One delegated create, checked as CREATE checks it, with the

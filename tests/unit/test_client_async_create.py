@@ -128,7 +128,11 @@ def test_holder_answers_locally_and_another_client_sees_every_answered_file(back
         start_delegation(holder, a)
         attrs = [holder.create(f"/d/f{i}", 0o644, ALICE) for i in range(50)]
         assert all(attr is not None for attr in attrs)
-        assert holder.absent("/d/nope") == E.ENOENT and holder.absent("/d/f3") == 0
+        assert holder.lookup("/d/nope", ALICE) == (E.ENOENT, None)
+        assert holder.lookup("/d/" + "x" * 256, ALICE) == (E.ENAMETOOLONG, None)
+        assert holder.lookup("/d/sync0", ALICE) == (0, None)          # ask the service
+        err, attr = holder.lookup("/d/f3", ALICE)
+        assert err == 0 and attr in (None, attrs[3])                  # answered here until committed
         with pytest.raises(FileExistsError):
             holder.create("/d/f3", 0o644, ALICE)
         # Another client: refused while the delegation lives, recalled, then served.

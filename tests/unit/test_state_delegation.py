@@ -59,8 +59,9 @@ def test_holder_creates_commit_with_its_numbers_and_times(h):
     dino = delegated_dir(h)
     _, first, _, _ = grant(h, dino)
     h.now += 1000
-    results = h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE)],
-                   [item(b"x", first, 0o640, 0, 3 * SEC), item(b"y", first + 2, 0o600, 0, 4 * SEC)])
+    recalled, results = h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE)],
+                             [item(b"x", first, 0o640, 0, 3 * SEC), item(b"y", first + 2, 0o600, 0, 4 * SEC)])
+    assert recalled is False
     assert [r[0] for r in results] == [0, 0]
     x = results[0][1]
     assert (x.ino, x.mode, x.uid, x.gid, x.nlink, x.size) == (first, stat.S_IFREG | 0o640, 1000, 1000, 1, 0)
@@ -73,7 +74,7 @@ def test_holder_creates_commit_with_its_numbers_and_times(h):
 def test_a_failed_create_fails_alone(h):
     dino = delegated_dir(h, 0o755)    # only root may create in it
     _, first, end, _ = grant(h, dino)
-    results = h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE), [0, 0, []]], [
+    _, results = h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE), [0, 0, []]], [
         item(b"old", first, index=1),           # exists
         item(b"a", first + 1, index=0),          # Alice lacks write permission
         item(b"b/c", first + 2, index=1),        # not a name
@@ -89,7 +90,7 @@ def test_setgid_dir_hands_its_group_down(h):
     dino = h.ok(Op.MKDIR, b"/d", 0o777).ino
     h.ok(Op.SETATTR, b"/d", {"gid": 55, "mode": 0o2777})
     _, first, _, _ = grant(h, dino)
-    [[err, attr]] = h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE)], [item(b"x", first)])
+    [[err, attr]] = h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE)], [item(b"x", first)])[1]
     assert err == 0 and attr.gid == 55
 
 
@@ -145,6 +146,20 @@ def test_recall_stops_renewal_then_release_lets_others_in(h):
     assert h.ok(Op.DELEG_RECALL, Op.CREATE, args) == 0
 
 
+def test_a_batch_renews_and_reports_a_recall(h):
+    dino = delegated_dir(h)
+    h.now = 10 * SEC
+    _, first, _, _ = grant(h, dino)
+    h.now += TERM_NS - 1
+    assert h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE)], [item(b"a", first)])[0] is False
+    h.now += TERM_NS - 1       # alive only because the batch renewed it
+    assert h.err(Op.DELEG_GRANT, dino, B, 4) == E.EBUSY
+    h.ok(Op.DELEG_RECALL, Op.READDIR, [b"/d", None, 10])
+    assert h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE)], [item(b"b", first + 1)])[0] is True
+    h.now += TERM_NS           # a recalled delegation is not extended by a batch
+    assert h.ok(Op.DELEG_GRANT, dino, B, 4)[0].ino == dino
+
+
 def test_a_read_can_be_recalled_too(h):
     dino = delegated_dir(h)
     grant(h, dino)
@@ -168,8 +183,9 @@ def test_expiry_is_by_the_entry_time(h):
     # ...but the holder may still commit under it (a late batch) or revive it.
     _, first, _, _ = h.ok(Op.DELEG_GRANT, dino, A, 4)
     h.now += 2 * TERM_NS
-    [[err, _]] = h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE)], [item(b"late", first)])
+    [[err, _]] = h.ok(Op.DELEG_CREATE, dino, A, [list(ALICE)], [item(b"late", first)])[1]
     assert err == 0
+    h.now += 2 * TERM_NS       # (the late batch revived it: let it lapse again)
     assert h.ok(Op.DELEG_RECALL, Op.CREATE, [b"/d/new", 0o644, True]) == dino
     assert h.err(Op.DELEG_CREATE, dino, A, [list(ALICE)], [item(b"later", first + 1)]) == E.ESTALE
     assert h.ok(Op.CREATE, b"/d/new", 0o644, True).ino > 0
