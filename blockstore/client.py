@@ -306,7 +306,9 @@ class BlockClient:
 class BlockPieces:
     """A block's verified bytes as the pieces (memoryviews of the messages)
     they arrived in: nothing is joined until asked. ``len()``, ``bytes()``
-    and slicing (``p[a:b]``, step 1) return bytes, copied once."""
+    and slicing (``p[a:b]``, step 1) return bytes, copied once, or not at
+    all when the slice is exactly one piece that views a whole bytes
+    object (a transfer frame)."""
 
     __slots__ = ("_views", "_ends", "length")
 
@@ -336,7 +338,10 @@ class BlockPieces:
             start = min(stop, end)
             i += 1
         if len(out) == 1:
-            return out[0].tobytes()
+            piece = out[0]
+            if type(piece.obj) is bytes and len(piece) == len(piece.obj):
+                return piece.obj      # a whole message that is all data (transfer frames): no copy
+            return piece.tobytes()
         return b"".join(out)
 
 

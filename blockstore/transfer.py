@@ -268,6 +268,9 @@ class TransferClient:
                 conn.close()
         conn = socket.create_connection(target, timeout=limits.transfer_connect_timeout_s)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Blocking, with the kernel's timeouts (_set_deadline) instead of
+        # Python's: recv(MSG_WAITALL) then fills a whole frame in one call.
+        conn.settimeout(None)
         return conn, False
 
     def _give(self, target: tuple, conn: socket.socket) -> None:
@@ -295,14 +298,15 @@ class TransferClient:
         try:
             _, err, block_length, block_checksum = HEAD.unpack(head)
             if err:
-                raise self._node_error(conn, name, err, deadline, self._recv_message)
-            frame = bytearray(FRAME.size)
+                raise self._node_error(conn, name, err, self._recv_message)
             first = True
             while True:
-                _recv_exact(conn, memoryview(frame), deadline)
-                err, at, n_sums, n_data = FRAME.unpack(frame)
+                if deadline <= time.monotonic():
+                    raise socket.timeout("deadline")
+                _set_deadline(conn, deadline)   # the whole call's deadline, not just one recv's
+                err, at, n_sums, n_data = FRAME.unpack(_recv_bytes(conn, FRAME.size))
                 if err:
-                    raise self._node_error(conn, name, err, deadline, lambda c, d: _recv_text(c, n_data, d))
+                    raise self._node_error(conn, name, err, lambda c: _recv_text(c, n_data))
                 if n_data == 0 and n_sums == 0:
                     clean = True
                     if first:   # an empty range still tells the block's length and checksum
@@ -312,17 +316,14 @@ class TransferClient:
                 if n_data > limits.message_data_max_bytes or n_sums > limits.chunk_checksums_max:
                     raise CisternError(errno.EBADMSG, f"{name}: malformed transfer frame ({n_data} bytes, "
                                                       f"{n_sums} checksums)")
-                sums = bytearray(8 * n_sums)
-                _recv_exact(conn, memoryview(sums), deadline)
-                data = bytearray(n_data)
-                _recv_exact(conn, memoryview(data), deadline)
-                sums_t = struct.unpack(f">{n_sums}Q", sums)
+                sums_t = struct.unpack(f">{n_sums}Q", _recv_bytes(conn, 8 * n_sums))
+                data = _recv_bytes(conn, n_data)
                 if first:
                     yield memoryview(data), Frame(at, sums_t, block_length, block_checksum)
                     first = False
                 else:
                     yield memoryview(data), Frame(at, sums_t)
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError):   # SO_RCVTIMEO ran out: EAGAIN
             raise CisternError(errno.ETIMEDOUT, f"{name}: DEADLINE_EXCEEDED: transfer read timed out") from None
         except OSError as e:
             raise CisternError(errno.EAGAIN, f"{name}: UNAVAILABLE: transfer connection broke: {e}") from None
@@ -341,12 +342,14 @@ class TransferClient:
             except OSError as e:
                 raise TransferUnavailable(f"connect: {e}") from None
             try:
-                conn.settimeout(max(0.001, deadline - time.monotonic()))
+                _set_deadline(conn, deadline)
                 conn.sendall(request)
-                head = bytearray(HEAD.size)
-                if not _recv_into(conn, memoryview(head)):
+                head = conn.recv(HEAD.size, socket.MSG_WAITALL)
+                if not head:
                     raise ConnectionResetError(errno.ECONNRESET, "closed before replying")
-            except socket.timeout:
+                if len(head) < HEAD.size:
+                    head += _recv_bytes(conn, HEAD.size - len(head))
+            except (socket.timeout, BlockingIOError):
                 conn.close()
                 raise CisternError(errno.ETIMEDOUT, f"{target[0]}:{target[1]}: DEADLINE_EXCEEDED: "
                                                     f"no transfer reply") from None
@@ -358,41 +361,51 @@ class TransferClient:
             if head[:4] != REPLY_MAGIC:
                 conn.close()
                 raise TransferUnavailable("not a transfer server")
-            return conn, bytes(head)
+            return conn, head
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _recv_message(conn, deadline) -> str:
-        raw = bytearray(MESSAGE_LEN.size)
-        _recv_exact(conn, memoryview(raw), deadline)
-        return _recv_text(conn, MESSAGE_LEN.unpack(raw)[0], deadline)
+    def _recv_message(conn) -> str:
+        return _recv_text(conn, MESSAGE_LEN.unpack(_recv_bytes(conn, MESSAGE_LEN.size))[0])
 
     @staticmethod
-    def _node_error(conn, name: str, err: int, deadline: float, read_message) -> CisternError:
+    def _node_error(conn, name: str, err: int, read_message) -> CisternError:
         try:
-            text = read_message(conn, deadline)
+            text = read_message(conn)
         except OSError:
             text = "(message lost)"
         client_errno = errno_seen_by_client(err)
         return CisternError(client_errno, f"{name}: {grpc_status_for(err).name}: {text}")
 
 
-def _recv_text(conn, n: int, deadline: float) -> str:
+def _recv_text(conn, n: int) -> str:
     if n > message_max_bytes:
         raise CisternError(errno.EBADMSG, "malformed transfer error message")
-    raw = bytearray(n)
-    _recv_exact(conn, memoryview(raw), deadline)
-    return raw.decode("utf-8", errors="replace")
+    return _recv_bytes(conn, n).decode("utf-8", errors="replace")
 
 
-def _recv_exact(conn: socket.socket, view: memoryview, deadline: float) -> None:
-    got = 0
-    while got < len(view):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout("deadline")
-        conn.settimeout(remaining)
-        n = conn.recv_into(view[got:])
-        if n == 0:
+def _set_deadline(conn: socket.socket, deadline: float) -> None:
+    """The kernel's send and receive timeouts (SO_SNDTIMEO, SO_RCVTIMEO) to
+    what is left until ``deadline``: a blocking call then fails with EAGAIN."""
+    remaining = max(0.001, deadline - time.monotonic())
+    tv = struct.pack("ll", int(remaining), int(remaining % 1 * 1e6))
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+def _recv_bytes(conn: socket.socket, n: int) -> bytes:
+    """Exactly n bytes as one bytes object: one recv(MSG_WAITALL) straight
+    into it (no zero-fill, no copy), more only when the timeout or a signal
+    cut it short. ConnectionResetError on an EOF, BlockingIOError on a timeout."""
+    data = conn.recv(n, socket.MSG_WAITALL)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        if not data:
             raise ConnectionResetError(errno.ECONNRESET, "connection closed mid-reply")
-        got += n
+        data = conn.recv(n - got, socket.MSG_WAITALL)
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
