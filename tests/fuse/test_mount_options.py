@@ -27,7 +27,7 @@ def test_defaults_and_overrides():
     fuse_options, own = parse_options([])
     assert fuse_options == DEFAULT_FUSE_OPTIONS
     assert own == {"timeout": 30.0, "attr_cache": 1.0, "block_size": None, "read_ahead_kb": 4096,
-                   "statahead": 16384, "linearizable_attrs": False}
+                   "statahead": 16384, "async_create": 1, "linearizable_attrs": False}
     fuse_options, own = parse_options(["allow_other,ro", "attr_timeout=2.5,entry_timeout=0",
                                        "timeout=5,block_size=1048576", "no_default_permissions"])
     assert fuse_options["allow_other"] is True and fuse_options["ro"] is True
@@ -37,6 +37,10 @@ def test_defaults_and_overrides():
     assert own["attr_cache"] == 2.5     # follows attr_timeout unless given
     assert parse_options(["attr_cache=0"])[1]["attr_cache"] == 0.0
     assert parse_options(["linearizable_attrs"])[1]["linearizable_attrs"] is True
+    assert parse_options(["async_create=0"])[1]["async_create"] == 0
+    for bad in ("async_create=2", "async_create=yes", "async_create=-1"):
+        with pytest.raises(CisternError):
+            parse_options([bad])
 
 
 @pytest.mark.parametrize("bad", ["timeout=soon", "timeout=0", "block_size=-1", "attr_timeout=x",
