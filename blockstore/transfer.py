@@ -161,7 +161,10 @@ class TransferServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.settimeout(limits.transfer_idle_timeout_s)
+            # Blocking with the kernel's timeouts: a frame goes out in one
+            # sendmsg, and a silent or stalled reader still ends in EAGAIN.
+            conn.settimeout(None)
+            _set_deadline(conn, time.monotonic() + limits.transfer_idle_timeout_s)
             request = bytearray(REQUEST.size)
             while _recv_into(conn, memoryview(request)):
                 magic, flags, block_id, offset, length = REQUEST.unpack(request)
