@@ -99,6 +99,17 @@ def test_binary_write_reads_back_identical_in_256k_blocks_on_3_nodes(client):
     assert all(sorted(b["nodes"]) == ["n1", "n2", "n3"] and len(b["addresses"]) == 3 for b in locations)
 
 
+def test_reads_stream_over_the_nodes_transfer_ports(cluster):
+    data = os.urandom(6 * BLOCK + 5)
+    with connect(cluster.addresses, uid=0, gid=0, groups=[]) as client:
+        client.write_file("/transfer", data)
+        with client.open("/transfer", "rb") as f:
+            assert sha(b"".join(iter(lambda: f.read(1 << 20), b""))) == sha(data)   # whole blocks ahead
+            f.seek(BLOCK + 7)
+            assert f.read(100_000) == data[BLOCK + 7:BLOCK + 100_007]                 # a ranged read
+        assert client.data.blocks.transfer_reads >= 7
+
+
 def test_text_append_seek_overwrite_and_truncate_behave_like_a_local_file(client, tmp_path):
     local = tmp_path / "mirror"
     lines = [f"line {i} {'x' * (i % 50)}\n" for i in range(20_000)]    # ~900 KiB: several blocks
