@@ -6,9 +6,10 @@ and read back, in one run.
     .venv/bin/python -m cistern.bench.block_bench --mib 256 [--inflight 1] [--block-mib 4] [--rounds 3]
 
 Prints MB/s both ways and the ratio (issue 3 targets: writes >= 30% and reads
->= 60% of the direct-disk figure). Reads on both sides come from the page
-cache where the kernel kept the data (dropping caches needs root), so read
-ratios compare the software paths, not the disk.
+>= 60% of the direct-disk figure). Each side is read twice: first from the
+disk (its pages evicted with fadvise, no root needed), then from the page
+cache. Block reads stream over the nodes' transfer ports (gRPC is the
+fallback; see blockstore/transfer.py).
 """
 
 from __future__ import annotations
