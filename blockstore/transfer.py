@@ -306,7 +306,7 @@ class TransferClient:
             while True:
                 if deadline <= time.monotonic():
                     raise socket.timeout("deadline")
-                _set_deadline(conn, deadline)   # the whole call's deadline, not just one recv's
+                _set_deadline(conn, deadline, send=False)   # the whole call's deadline, not one recv's
                 err, at, n_sums, n_data = FRAME.unpack(_recv_bytes(conn, FRAME.size))
                 if err:
                     raise self._node_error(conn, name, err, lambda c: _recv_text(c, n_data))
@@ -387,13 +387,15 @@ def _recv_text(conn, n: int) -> str:
     return _recv_bytes(conn, n).decode("utf-8", errors="replace")
 
 
-def _set_deadline(conn: socket.socket, deadline: float) -> None:
-    """The kernel's send and receive timeouts (SO_SNDTIMEO, SO_RCVTIMEO) to
-    what is left until ``deadline``: a blocking call then fails with EAGAIN."""
+def _set_deadline(conn: socket.socket, deadline: float, *, send: bool = True) -> None:
+    """The kernel's receive (and unless not ``send``, send) timeout,
+    SO_RCVTIMEO and SO_SNDTIMEO, to what is left until ``deadline``: a
+    blocking call then fails with EAGAIN."""
     remaining = max(0.001, deadline - time.monotonic())
     tv = struct.pack("ll", int(remaining), int(remaining % 1 * 1e6))
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    if send:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
 def _recv_bytes(conn: socket.socket, n: int) -> bytes:

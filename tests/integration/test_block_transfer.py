@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import struct
+import threading
+import time
 
 import pytest
 
@@ -131,6 +133,35 @@ def test_the_client_verifies_what_arrives_over_the_transfer_port(cluster):
             assert e.value.errno == errno.EBADMSG and "sub-chunk 0 arrived corrupt" in e.value.message
     finally:
         server.stop()
+
+
+def test_a_transfer_port_that_stalls_mid_reply_times_out(cluster):
+    """A node that answers the head and then sends nothing: the read ends
+    with ETIMEDOUT at the caller's deadline instead of hanging."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def stall():
+        conn, _ = listener.accept()
+        held.append(conn)
+        conn.recv(transfer.REQUEST.size)
+        conn.sendall(transfer.HEAD.pack(transfer.REPLY_MAGIC, 0, 4 * CHUNK, bytes(16)))
+
+    thread = threading.Thread(target=stall, daemon=True)
+    thread.start()
+    try:
+        n1 = cluster.addresses[0]
+        with BlockClient() as client:
+            client._transfer_ports[n1] = (listener.getsockname()[1], 0.0)
+            started = time.monotonic()
+            with pytest.raises(CisternError) as e:
+                client.read_block(n1, os.urandom(16), timeout_s=1.0)
+            assert e.value.errno == errno.ETIMEDOUT and 0.9 <= time.monotonic() - started < 10
+    finally:
+        thread.join(10)
+        for conn in held:
+            conn.close()
+        listener.close()
 
 
 def test_errno_mapping_matches_the_grpc_path():
