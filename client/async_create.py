@@ -202,9 +202,14 @@ class AsyncCreates:
         self.flush_dir(path, release=True)
 
     def flush_ino(self, ino: int) -> None:
+        """Wait until the create of ``ino`` answered here is committed (or
+        has failed: then ``ino in failed``)."""
         path = self._pending_inos.get(ino)
-        if path is not None:
-            self.flush_dir(path)
+        if path is None:
+            return
+        self.flush_dir(path)
+        with self._cond:
+            self._cond.wait_for(lambda: ino not in self._pending_inos, timeout=self._meta.timeout_s)
 
     def release_all(self) -> None:
         for path in list(self._dirs):
@@ -284,6 +289,7 @@ class AsyncCreates:
                 d.renew_sent_at = now
                 todo.append(("renew", d, now))
             if d.should_release(now) and d.settled() and "release" not in out and "batch" not in out:
+                d.releasing = True     # no create may be answered under it from now on
                 if d.state == LOST:
                     self._forget(d, True)
                 else:

@@ -75,6 +75,7 @@ class DirDelegation:
         self.sending: list[Create] = []     # in the batch being committed
         self.pending: dict[bytes, int] = {} # name -> ino, answered and not yet committed
         self.give_back = False              # this holder wants it released (after committing)
+        self.releasing = False              # its release is on its way: no more creates under it
         self.urgent = False                 # someone waits for the queue to be committed
         self.queued_at = 0.0                # when the oldest create in the queue was answered
         self.out: set[str] = set()          # the shell's requests out for it ("grant", "batch", ...)
@@ -104,7 +105,7 @@ class DirDelegation:
         self.give_back = True
 
     def usable(self, now: float) -> bool:
-        return (self.state == HELD and not self.give_back and self.next_ino < self.end_ino
+        return (self.state == HELD and not self.give_back and not self.releasing and self.next_ino < self.end_ino
                 and now < self.renewed_at + limits.delegation_term_s * usable_fraction)
 
     # -- creates ---------------------------------------------------------------

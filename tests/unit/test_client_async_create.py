@@ -9,7 +9,9 @@ for at most about one term."""
 import errno as E
 import stat
 import struct
+import threading
 import time
+from concurrent.futures import Future
 
 import pytest
 
@@ -225,3 +227,52 @@ def test_refused_operation_fails_etimedout_when_never_released(tmp_path):
         assert a.stat("/d").st_nlink == 2          # what the delegation does not hide is served
     finally:
         meta.close()
+
+
+class SlowReleaseReplies:
+    """The backend, but a DELEG_RELEASE's reply arrives 0.1 s after it applied."""
+
+    def __init__(self, meta):
+        self._meta = meta
+        self.timeout_s = meta.timeout_s
+
+    def submit(self, code, args, **kwargs):
+        future = self._meta.submit(code, args, **kwargs)
+        if code != model.Op.DELEG_RELEASE:
+            return future
+        late = Future()
+
+        def deliver(f):
+            threading.Timer(0.1, lambda: late.set_exception(f.exception()) if f.exception()
+                            else late.set_result(f.result())).start()
+        future.add_done_callback(deliver)
+        return late
+
+
+def test_creates_racing_idle_releases_are_never_lost(backend):
+    # Creates arriving as the delegation goes idle and is released: each is
+    # answered under the delegation (and committed) or made synchronously,
+    # never answered under a delegation whose release is on its way.
+    a = client_over(backend)
+    a.mkdir("/d", 0o777)
+    holder = AsyncCreates(a)
+    holder._meta = SlowReleaseReplies(backend)   # a wide window between a release and its reply
+    try:
+        made = []
+        for i in range(60):
+            path = f"/d/f{i}"
+            attr = holder.create(path, 0o644, ALICE)
+            if attr is None:
+                a.create(path, 0o644, exclusive=True)
+            else:
+                holder.flush_ino(attr.ino)
+                assert attr.ino not in holder.failed
+            made.append(f"f{i}")
+            if i % 7 == 6:
+                time.sleep(limits.delegation_idle_release_s * (0.9 + (i % 3) * 0.1))
+        holder.release_all()
+        assert not holder.failed
+        assert sorted(a.listdir("/d")) == sorted(made)
+        assert holder.statistics["async"] > 0
+    finally:
+        holder.close()
