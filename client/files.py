@@ -23,9 +23,13 @@ Contract:
   took an upload (a failed upload stays buffered and the next flush tries
   again), ESTALE when the lease was lost (the file was removed, or the
   writer was silent longer than the lease TTL and another writer took it).
-* Read-ahead: a read that continues where the previous one ended fetches
-  whole blocks and prefetches the next ``read_ahead_blocks`` in the
-  background; any other read fetches just the byte range it needs.
+* Read-ahead: a read that continues where the previous one ended, or
+  starts within ``read_ahead_slack_blocks`` blocks' length of it (a FUSE mount's
+  threads hand the kernel's read-ahead requests over slightly out of
+  order), fetches whole blocks and prefetches the next
+  ``read_ahead_blocks`` in the background; any other read fetches just the
+  byte range it needs (or slices a block already fetched). Memory: at most
+  ``read_ahead_blocks + 2`` blocks are held per open file.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from .extents import Extent, Extents
 __all__ = ["File", "Opened"]
 
 read_ahead_blocks = 4            # whole blocks fetched ahead of a sequential reader
+read_ahead_slack_blocks = 1      # a read starting this close to the last one's end still counts as sequential
 uploads_in_flight_max = 3        # per file: bounds buffered memory to about this many blocks more
 zero_fill_piece_bytes = 1 << 20  # a hole written over is filled this much at a time
 peek_bytes_max = 64 << 10        # peek (readline) returns at most this much unless asked for more
@@ -201,16 +206,31 @@ class File(io.BufferedIOBase):
             return self._read_at(self._pos, max(min(n, peek_bytes_max), size), track=False)
 
     def _read_at(self, pos: int, n: int, track: bool = True) -> bytes:
-        sequential = pos == self._read_end
+        sequential = self._near_read_end(pos)
         out = []
         for piece in self._x.pieces(pos, n):
             out.append(self._piece_bytes(piece, sequential))
         data = b"".join(out)
         if track:
-            self._read_end = pos + len(data)
+            # Reordered sequential reads keep the furthest end, so the one
+            # that comes late does not look like a jump backwards.
+            end = pos + len(data)
+            self._read_end = max(self._read_end, end) if sequential else end
             if sequential and data:
                 self._read_ahead(self._read_end)
         return data
+
+    def _near_read_end(self, pos: int) -> bool:
+        """Whether a read at pos continues the last one: it starts where
+        that ended, or within ``read_ahead_slack_blocks`` of the length of
+        the block at pos."""
+        gap = abs(pos - self._read_end)
+        if gap == 0:
+            return True
+        if pos >= self._x.end:
+            return False
+        e = self._x.items[self._x.index(pos)]
+        return gap <= read_ahead_slack_blocks * (e.block[1] if e.stored else e.length)
 
     def _piece_bytes(self, piece, sequential: bool) -> bytes:
         e, offset, length = piece

@@ -313,6 +313,24 @@ def test_sequential_reads_fetch_whole_blocks_and_random_ones_only_ranges(client,
         assert data.whole_reads <= max(whole, 7)
 
 
+def test_slightly_reordered_sequential_reads_still_read_ahead_whole_blocks(client, data):
+    """A FUSE mount's threads pass the kernel's read-ahead requests on out of
+    order: reads landing within a block of the last end count as sequential,
+    so read-ahead keeps going instead of each piece becoming a ranged read."""
+    payload = bytes(range(200))
+    client.write_file("/r", payload)
+    data.whole_reads = data.range_reads = 0
+    offsets = []
+    for i in range(0, 200, 8):      # pairs of 4-byte reads, each pair swapped: 0, 8, 4, 16, 12, ...
+        offsets += [i + 4, i] if i else [0, 4]
+    with client.open("/r", "rb") as f:
+        for at in offsets:
+            assert f.pread(4, at) == payload[at:at + 4]
+        assert data.range_reads == 0 and data.whole_reads == -(-200 // BS)   # each block fetched once
+        assert f.pread(4, 20) == payload[20:24]                              # far behind: a ranged read
+        assert data.range_reads == 1
+
+
 def test_text_mode_lines_and_iteration(client):
     with client.open("/t.txt", "w", encoding="utf-8") as f:
         f.write("héllo\nworld\n")
