@@ -124,6 +124,7 @@ class MetaClient:
         self._backoff = rpc.Backoff(initial_s=0.02, max_s=0.5)
         self.batches_sent = 0                 # statistics, for tests and benchmarks
         self.reconnects = 0
+        self.sender_wakeups = 0               # times the sender woke from waiting for work
         self._receiver = threading.Thread(target=self._run, name="metaclient-recv", daemon=True)
         self._reaper = threading.Thread(target=self._reap, name="metaclient-reaper", daemon=True)
         self._receiver.start()
@@ -326,7 +327,11 @@ class MetaClient:
                     ops.append(None)
                 else:
                     ops.append(self._ops.pop(r.seq, None))
-            if self._batches_out < freed and self._waiting:
+            # A freed slot matters only to the sender with operations
+            # waiting for one; one at a time there are none, and waking it
+            # (to find nothing to send) cost the client two more thread
+            # switches and GIL hand-offs per operation.
+            if self._batches_out < freed and self._unsent and self._waiting:
                 self._cond.notify_all()
         for reply, op in zip(replies, ops):
             if op is None:
@@ -359,6 +364,7 @@ class MetaClient:
                 while conn.alive and not self._closed and (
                         not self._unsent or self._batches_out >= stream_batches_in_flight_max):
                     self._wait()
+                    self.sender_wakeups += 1
                 if not conn.alive or self._closed:
                     return
                 batch = self._take_batch()

@@ -448,6 +448,27 @@ def test_client_resends_unanswered_writes_with_the_same_seq_after_the_stream_bre
         second.stop(0)
 
 
+def test_one_call_at_a_time_wakes_the_clients_sender_once_per_call():
+    # The reply that frees a batch slot must not wake the sender when
+    # nothing waits to be sent (it found nothing and slept again: two more
+    # thread switches per operation); operations waiting for a slot still
+    # go out as slots free (test_concurrent_threads_share_request_batches).
+    replica = _FakeReplica()
+    server, address = _serve(replica)
+    try:
+        with MetaClient([address]) as c:
+            c.call(Op.MKDIR, model.encode_args(CRED, b"/w", 0o755))
+            calls = 50
+            before = c.sender_wakeups
+            for i in range(calls):
+                assert c.call(Op.MKDIR, model.encode_args(CRED, b"/w%d" % i, 0o755)) == [i + 2]
+            assert c.sender_wakeups - before <= calls + 5, c.sender_wakeups - before
+            held = [c.submit(Op.MKDIR, model.encode_args(CRED, b"/h%d" % i, 0o755)) for i in range(200)]
+            assert [f.result(timeout=20)[0] for f in held] == list(range(calls + 2, calls + 202))
+    finally:
+        server.stop(0)
+
+
 def test_client_follows_a_not_leader_hint():
     leader, follower = _FakeReplica(), _FakeReplica()
     leader_server, leader_address = _serve(leader)
