@@ -22,7 +22,9 @@ Contract:
   leader deletes after its grace period.
 * Reads (``read``): replicas are tried in ``order_replicas`` order — this
   host's node first (``node_id``, default ``$CISTERN_NODE_ID``), then the
-  others rotated so concurrent readers spread out. Bytes are verified per
+  others with the fewest of this connection's reads in flight, rotated
+  among equals, so read-ahead keeps several nodes' disks and CPUs busy at
+  once and concurrent readers spread out. Bytes are verified per
   64 KiB sub-chunk by ``BlockClient`` (and whole blocks against the layout's
   xxh3-128). Any error moves on to the next replica; a replica that answered
   with bad or missing data (EBADMSG, EIO, ENOENT) is reported to the leader
@@ -79,16 +81,20 @@ def new_holder_id() -> bytes:
     return name.encode()[:meta_limits.lease_holder_length_max_bytes]
 
 
-def order_replicas(node_ids, local_node: str | None, turn: int) -> list:
+def order_replicas(node_ids, local_node: str | None, turn: int, busy: dict | None = None) -> list:
     """The order to try a block's replicas in: the local node first, then
-    the others starting at ``turn`` (mod their count), so successive reads
-    rotate over the replicas. Pure."""
+    the others with the fewest of this client's reads in flight (``busy``:
+    node id -> count) first, ties starting at ``turn`` (mod their count), so
+    concurrent reads (read-ahead) land on different nodes and successive
+    ones rotate over the replicas. Pure."""
     ids = list(node_ids)
     first = [n for n in ids if local_node is not None and n == local_node]
     rest = [n for n in ids if n not in first]
     if rest:
         k = turn % len(rest)
         rest = rest[k:] + rest[:k]
+        if busy:
+            rest.sort(key=lambda n: busy.get(n, 0))   # stable: the rotation orders the ties
     return first + rest
 
 
@@ -125,6 +131,7 @@ class DataPath:
         self._addresses: dict[str, str] = {}
         self._table_fetched = 0.0
         self._turn = itertools.count()
+        self._busy: dict[str, int] = {}     # node id -> this connection's reads from it in flight
         self._pool: ThreadPoolExecutor | None = None
         self._leases: set = set()
         self.lease_renew_interval_s = float(meta_limits.lease_renew_interval_s)
@@ -309,18 +316,24 @@ class DataPath:
                     if data is not None:
                         return data
         for attempt in range(2):
-            order = order_replicas(node_ids, self.node_id, next(self._turn))
+            with self._lock:
+                order = order_replicas(node_ids, self.node_id, next(self._turn), self._busy)
             for node_id in order:
                 address = self.address(node_id)
                 if address is None:
                     failures.append(f"{node_id}: not live")
                     continue
+                with self._lock:
+                    self._busy[node_id] = self._busy.get(node_id, 0) + 1
                 try:
                     return self._read_one(address, block_id, block_length, checksum, offset, length)
                 except CisternError as e:
                     failures.append(f"{node_id}: {e.message}")
                     if e.errno in report_errnos:
                         self._report_bad(block_id, node_id, e.message)
+                finally:
+                    with self._lock:
+                        self._busy[node_id] -= 1
             if attempt == 0:
                 try:
                     self.refresh_nodes(force=True)

@@ -401,6 +401,10 @@ def test_replica_order_puts_the_local_node_first_and_rotates_the_rest():
     assert order_replicas(["a", "b", "c"], "b", 1) == ["b", "c", "a"]
     assert order_replicas(["a", "b", "c"], None, 2) == ["c", "a", "b"]
     assert order_replicas([], "x", 5) == []
+    busy = {"a": 2, "c": 1}
+    assert order_replicas(["a", "b", "c"], None, 0, busy) == ["b", "c", "a"]   # least busy first
+    assert order_replicas(["a", "b", "c"], "a", 0, busy) == ["a", "b", "c"]    # the local node still first
+    assert order_replicas(["a", "b", "c"], None, 1, {"a": 1, "b": 1, "c": 1}) == ["b", "c", "a"]
 
 
 class FakeNodes:
@@ -470,6 +474,40 @@ def make_path(local=None):
     blocks = FakeBlocks()
     path = DataPath(["m:1"], nodes=nodes, blocks=blocks, node_id=local, block_size_bytes=BS)
     return path, nodes, blocks
+
+
+def test_concurrent_reads_go_to_different_replicas():
+    """Read-ahead keeps several blocks in flight: each goes to the replica
+    with the fewest of this client's reads in flight, so the nodes' disks
+    and CPUs overlap (rotation alone sent two of these three to n1)."""
+    import threading
+
+    path, nodes, blocks = make_path()
+    orders = [["n1", "n2", "n3"], ["n3", "n1", "n2"], ["n2", "n3", "n1"]]
+    ids = [bytes([i + 1]) * 16 for i in range(3)]
+    for bid in ids:
+        for h in ("h1", "h2", "h3"):
+            blocks.data[(h, bid)] = b"x" * 8
+    path.refresh_nodes(force=True)
+    gate, arrived = threading.Event(), []
+    plain = blocks.read_pieces
+
+    def slow(address, block_id, **kw):
+        arrived.append(address)
+        assert gate.wait(10)
+        return plain(address, block_id, **kw)
+
+    blocks.read_pieces = slow
+    futures = []
+    for bid, order in zip(ids, orders):
+        futures.append(path.submit_read([bid, 8, b"", order]))
+        deadline = time.monotonic() + 10
+        while len(arrived) < len(futures) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    gate.set()
+    assert [f.result(timeout=10) for f in futures] == [b"x" * 8] * 3
+    assert sorted(arrived) == ["h1", "h2", "h3"]
+    path.close()
 
 
 def test_a_read_fails_over_past_a_dead_node_and_a_corrupt_replica_and_reports_only_the_bad_one():
