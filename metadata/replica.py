@@ -45,6 +45,11 @@ Group commit
     carries what arrived while the previous ones were replicating.
 
 Apply (one replicated method, on every replica, in log order)
+    A follower learns the commit index from the leader's next append (the
+    next write's, a ReadIndex round's, or the heartbeat within
+    ``append_entries_period_s``): pysyncobj's extra append round after every
+    apply, which carried only that, is dropped (``_RaftNode``), so a
+    follower's applied state may trail the leader's by up to a heartbeat.
     One LMDB write transaction per entry: skip it when its Raft index is at or
     below the applied index stored in the ``replica`` database (a restart
     replays pysyncobj's journal from its last snapshot on top of LMDB state);
