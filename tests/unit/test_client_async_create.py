@@ -141,7 +141,7 @@ def test_holder_answers_locally_and_another_client_sees_every_answered_file(back
         started = time.monotonic()
         names = set(b.listdir("/d"))
         assert {f"f{i}" for i in range(50)} <= names
-        assert time.monotonic() - started < 5 * TERM
+        assert time.monotonic() - started < TERM + 2.0   # a recall, a commit and a release
         assert b.stat("/d/f7").st_ino == attrs[7].ino
         assert b.lstat("/d/f7").st_uid == 1000
         assert holder.statistics["recalled"] >= 1 or holder._dirs.get("/d") is None
@@ -183,7 +183,7 @@ def test_a_holder_that_stops_dead_holds_others_up_about_one_term(backend):
     started = time.monotonic()
     with pytest.raises(FileNotFoundError):
         b.stat("/d/lost")
-    assert time.monotonic() - started < TERM + 1.0
+    assert time.monotonic() - started < TERM + 2.0
     b.create("/d/after", 0o644, exclusive=True)
     assert set(b.listdir("/d")) == {"sync0", "sync1", "after"}
 
