@@ -32,6 +32,22 @@ Contract (what the mount promises, and how):
   just created takes its lease at its first write (``touch`` costs no lease
   round trips) and may be written whatever its mode (open(2) with O_CREAT
   and mode 0444 returns a writable descriptor).
+* Asynchronous creates (``Settings.async_create``, ``-o async_create=0``
+  turns them off): after two creates within a second in one directory the
+  mount asks for a create delegation on it (``client/async_create.py``);
+  while it holds one, a lookup of a name the directory lacks is answered
+  ENOENT here, and a create is checked here as the service would check it
+  and answered at once with a reserved inode number; the creates are
+  committed in batches. Every other operation on a pending file or in that
+  directory is ordered after them (``_settle``: committed first, and the
+  delegation given back first for a listing, a new name made otherwise, or
+  a change to the directory itself); fsync of the file or of the directory
+  (fsyncdir) makes them durable; unmounting commits them. Other mounts and
+  clients never see a name missing that a create answered here made: the
+  service refuses their look at the directory until this mount has
+  committed and given the delegation back. A create whose commit fails
+  (the delegation was lost while this mount was cut off) is logged, and its
+  file answers EIO here.
 * Close-to-open: a read-only handle reads the layout it opened with
   (``Client.reopen`` fetches it at open), refreshed when a writer of this
   mount has committed since. What another mount wrote and closed is read
