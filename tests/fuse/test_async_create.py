@@ -130,3 +130,7 @@ def test_fsync_of_the_directory_makes_creates_durable_across_a_leader_kill(tmp_p
         assert sorted(os.listdir(a.path("d"))) == sorted(names + more)
         with mc.client() as c:
             assert sorted(c.listdir("/d")) == sorted(names + more)
+        # Every replica applied the delegation operations to the same state.
+        meta.restart(second)
+        statuses = meta.wait_converged(timeout_s=60)
+        assert len({s.get("digest") for s in statuses}) == 1, statuses
