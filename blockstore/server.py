@@ -48,7 +48,10 @@ class NodeServer:
                  block_size_bytes: int = limits.block_size_default_bytes,
                  reporter=None, sync: bool = True, scrub: bool = True,
                  scrub_rate_bytes_per_s: float = limits.scrub_rate_bytes_per_s,
-                 scrub_interval_s: float = limits.scrub_interval_s):
+                 scrub_interval_s: float = limits.scrub_interval_s, transfer_port: int | None = 0):
+        """``transfer_port``: where block reads also stream over plain TCP
+        (transfer.py), on the RPC address's host: 0 a free port, None none
+        (clients then read through gRPC alone)."""
         if not limits.block_size_min_bytes <= block_size_bytes <= limits.block_size_max_bytes \
                 or block_size_bytes % limits.chunk_size_bytes:
             raise CisternError(errno.EINVAL, f"block size {block_size_bytes} must be a multiple of "
@@ -65,6 +68,7 @@ class NodeServer:
         self.scrub = scrub
         self.scrub_rate_bytes_per_s = scrub_rate_bytes_per_s
         self.scrub_interval_s = scrub_interval_s
+        self.transfer_port = transfer_port
         self.registry = metrics.new_registry()
         self.store: BlockStore | None = None
         self.service: BlockService | None = None
@@ -88,7 +92,8 @@ class NodeServer:
             self.service = BlockService(self.store, self.node_id, block_size_bytes=self.block_size_bytes,
                                         registry=self.registry, reporter=self.reporter)
             self._serve_rpc()
-            self._serve_transfer()
+            if self.transfer_port is not None:
+                self._serve_transfer()
             if self.metrics_address:
                 self._serve_metrics()
             if self.scrub:
@@ -117,11 +122,13 @@ class NodeServer:
 
     def _serve_transfer(self) -> None:
         """The read stream's plain TCP port (transfer.py), on the RPC
-        address's host and a free port; Stat tells clients which."""
+        address's host and ``transfer_port`` (0: a free one); Stat tells
+        clients which."""
         from cistern.blockstore.transfer import TransferServer
 
         try:
-            self._transfer = TransferServer(self.service.read_range, self.rpc_address.rpartition(":")[0]).start()
+            self._transfer = TransferServer(self.service.read_range, self.rpc_address.rpartition(":")[0],
+                                            self.transfer_port).start()
         except OSError as e:
             raise CisternError(e.errno or errno.EADDRINUSE,
                                f"cannot serve block transfers on {self.rpc_address}'s host: {e.strerror}") from None
@@ -190,6 +197,24 @@ def add_node_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-scrub", action="store_true", help="do not re-verify blocks in the background")
     p.add_argument("--unsafe-no-fsync", action="store_true",
                    help="acknowledge blocks without fsync (tests and benchmarks only: a crash loses them)")
+    add_transfer_port_argument(p)
+
+
+def add_transfer_port_argument(p: argparse.ArgumentParser) -> None:
+    from cistern.blockstore.transfer import PORT_OPTION_HELP, parse_port_option
+
+    p.add_argument("--transfer-port", default="0", type=_argparse_type(parse_port_option), metavar="PORT|off",
+                   help=PORT_OPTION_HELP)
+
+
+def _argparse_type(parse):
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def run_node(args) -> int:
@@ -201,7 +226,7 @@ def run_node(args) -> int:
     server = NodeServer(args.id, args.listen, args.data, meta_addresses=meta,
                         metrics_address=args.metrics, block_size_bytes=args.block_size,
                         scrub=not args.no_scrub, scrub_rate_bytes_per_s=args.scrub_rate,
-                        sync=not args.unsafe_no_fsync)
+                        sync=not args.unsafe_no_fsync, transfer_port=args.transfer_port)
     server.start()
     server.run_forever()
     return 0

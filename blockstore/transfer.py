@@ -61,6 +61,20 @@ _FLAG_LENGTH = 1
 message_max_bytes = 4096          # an error message is cut to this
 
 
+PORT_OPTION_HELP = ("port (on the block service's host) where block reads also stream over plain TCP, as "
+                    "HDFS's data-transfer port; 0 (default) picks a free one, off serves reads through gRPC alone")
+
+
+def parse_port_option(text: str) -> int | None:
+    """``--transfer-port``'s value: a port number, 0 for a free one, or None
+    for ``off``; ValueError (argparse's one-line usage error) otherwise."""
+    if text == "off":
+        return None
+    if text.isdigit() and 0 <= int(text) <= 65535:
+        return int(text)
+    raise ValueError(f"{text!r} is not a port number (0-65535) or off")
+
+
 class Frame(NamedTuple):
     """One data frame as the client sees it (the fields ``BlockClient``
     reads from a gRPC ReadChunk; the block's length and checksum ride on

@@ -35,6 +35,9 @@ def register(commands) -> None:
     p.add_argument("--mem", default=None, metavar="SIZE",
                    help="memory the agent offers to tasks, e.g. 4G (default: 80%% of RAM)")
     p.add_argument("--no-agent", action="store_true", help="serve blocks only; run no tasks")
+    from cistern.blockstore.server import add_transfer_port_argument
+
+    add_transfer_port_argument(p)
     p.set_defaults(run=run)
 
 
@@ -49,6 +52,7 @@ def run(args) -> int:
     options = {"meta_addresses": tuple(meta), "metrics_address": args.metrics}
     if args.block_size is not None:
         options["block_size_bytes"] = args.block_size
+    options["transfer_port"] = args.transfer_port
     server = NodeServer(args.id, args.listen, args.data, **options)
     server.start()
     agent = None

@@ -169,3 +169,33 @@ def test_errno_mapping_matches_the_grpc_path():
     assert transfer.errno_seen_by_client(errno.ENOENT) == errno.ENOENT
     assert transfer.errno_seen_by_client(errno.EINVAL) == errno.EINVAL
     assert struct.calcsize(">4sB16sQQ") == transfer.REQUEST.size
+
+
+def test_the_transfer_port_can_be_fixed_or_turned_off(tmp_path):
+    port = free_port()
+    with NodeCluster(tmp_path / "fixed", n=1, block_size_bytes=4 << 20,
+                     extra_args=["--transfer-port", str(port)]) as fixed, \
+            NodeCluster(tmp_path / "off", n=1, block_size_bytes=4 << 20,
+                        extra_args=["--transfer-port", "off"]) as off:
+        block_id, data = os.urandom(16), os.urandom(2 * (1 << 20) + 9)
+        with BlockClient() as client:
+            assert client.stat(fixed.addresses[0])["transfer_port"] == port
+            client.write_block([fixed.addresses[0]], block_id, data)
+            assert client.read_block(fixed.addresses[0], block_id) == data
+            assert client.transfer_reads == 1
+            assert "transfer_port" not in client.stat(off.addresses[0])
+            client.write_block([off.addresses[0]], block_id, data)
+            assert client.read_block(off.addresses[0], block_id) == data     # through gRPC
+            assert client.transfer_reads == 1
+
+
+def test_a_bad_transfer_port_is_a_one_line_error(tmp_path):
+    from cistern.metadata.proc_testing import cistern_command
+    import subprocess
+
+    done = subprocess.run(cistern_command() + ["node", "--id", "n1", "--data", str(tmp_path), "--listen",
+                                               f"127.0.0.1:{free_port()}", "--transfer-port", "70000"],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    assert "'70000' is not a port number (0-65535) or off" in err and "Traceback" not in err
