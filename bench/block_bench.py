@@ -27,9 +27,14 @@ MiB = 1024 * 1024
 
 def evict(paths) -> None:
     """Drop the files' pages from the page cache (they are clean after
-    fsync), so the next read comes from the disk; no root needed."""
+    fsync), so the next read comes from the disk; no root needed. A file
+    gone meanwhile is skipped: the nodes delete an earlier round's blocks
+    while the next round runs (a run died on one)."""
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
