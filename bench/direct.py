@@ -31,11 +31,11 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from concurrent.futures import Future
 
+from cistern.core.ports import free_port
 from cistern.metadata import limits, model
 from cistern.metadata.model import Op
 
@@ -310,12 +310,6 @@ def _drive_group(replica, spec, results, stop, prog) -> None:
     results.put({"done": True})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _member(i, addrs, workdir, spec, claimed, results, stop, prog, finished):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from cistern.metadata.replica import Replica
@@ -354,7 +348,7 @@ def run_replica_group(shape: Shape, inflight: int, plan, *, progress=None, label
     progress = progress or runner.Progress(False)
     ctx = multiprocessing.get_context("spawn")
     workdir = tempfile.mkdtemp(prefix="cistern-bench-raft-")
-    addrs = [f"127.0.0.1:{_free_port()}" for _ in range(group_members_n)]
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(group_members_n)]
     claimed, stop, prog = ctx.Value("i", 0), ctx.RawValue("b", 0), ctx.RawArray("q", 1)
     results, finished = ctx.Queue(), ctx.Event()
     spec = {"shape": {f: getattr(shape, f) for f in shape.__dataclass_fields__},

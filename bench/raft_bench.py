@@ -24,20 +24,15 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import statistics
 import tempfile
 import threading
 import time
 
+from cistern.core.ports import free_port
+
 members_n = 3
 leader_wait_s = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _claim(claimed) -> bool:
@@ -169,7 +164,7 @@ def _replica_member(i, addrs, workdir, args, durable, claimed, results, stop):
 def _cluster(target, extra, args) -> dict:
     ctx = mp.get_context("spawn")
     workdir = tempfile.mkdtemp(prefix="raft-bench-")
-    addrs = [f"127.0.0.1:{_free_port()}" for _ in range(members_n)]
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(members_n)]
     claimed, results, stop = ctx.Value("i", 0), ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=target, args=(i, addrs, workdir, args, *extra, claimed, results, stop))
              for i in range(members_n)]

@@ -31,6 +31,7 @@ import time
 from concurrent.futures import Future
 
 from cistern.core.errors import CisternError
+from cistern.core.ports import free_port  # noqa: F401  (re-exported for fuse.testing)
 from cistern.metadata import model
 from cistern.metadata.state import Namespace
 from cistern.metadata.store import Store
@@ -177,8 +178,3 @@ def wait_nodes_live(client, node_ids, timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on now (``metadata.proc_testing``'s)."""
-    from cistern.metadata.proc_testing import free_port as pick
-
-    return pick()

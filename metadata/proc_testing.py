@@ -21,8 +21,8 @@ import weakref
 import grpc
 
 from cistern.core import procs
-from cistern.core.ports import free_port  # noqa: F401  (re-exported for the test helpers)
 from cistern.core.errors import CisternError, Unavailable
+from cistern.core.ports import free_port  # noqa: F401  (re-exported for the test helpers)
 from cistern.metadata.proto import metadata_pb2 as pb
 from cistern.metadata.proto import metadata_pb2_grpc as pb_grpc
 from cistern.metadata.service import status_dict

@@ -469,9 +469,6 @@ class _DurableJournal(FileJournal):
         self._gen += 1
         self.sync()
 
-    def unsynced(self) -> bool:
-        return self._durable and self._gen > self._synced_gen
-
     def sync(self) -> None:
         """Every write so far is on disk when this returns."""
         gen = self._gen
@@ -1447,10 +1444,8 @@ class Replica:
         table.expire(time_ns)
         results = []
         codes: dict[int, int] = {}
-        touched = [None]   # (client_id, acked_below) the previous operation touched
         for position, op in enumerate(ops):
-            results.append(self._apply_op(txn, table, time_ns, position, op, position in poisoned, codes,
-                                          touched))
+            results.append(self._apply_op(txn, table, time_ns, position, op, position in poisoned, codes))
         digest = xxhash.xxh3_128(bytes(prev) + entry).digest()
         txn.put(KEY_APPLIED, _U64.pack(index), db=db)
         txn.put(KEY_DIGEST, digest, db=db)
@@ -1471,8 +1466,7 @@ class Replica:
                          self.node_id, index)
             return 0, []
 
-    def _apply_op(self, txn, table, time_ns: int, position: int, op, poisoned: bool, codes,
-                  touched: list) -> tuple:
+    def _apply_op(self, txn, table, time_ns: int, position: int, op, poisoned: bool, codes) -> tuple:
         try:
             client_id, seq, acked_below, code, args = op
             client_id = bytes(client_id)
@@ -1483,7 +1477,7 @@ class Replica:
         if client_id:
             verdict, result = table.lookup(client_id, seq)
             if verdict != sessions_mod.NEW:
-                self._touch(table, client_id, acked_below, time_ns, touched)
+                table.touch(client_id, acked_below, time_ns)
                 return result
         if poisoned:
             result = (errno.EIO, f"internal error applying operation code {code}", None)
@@ -1492,19 +1486,8 @@ class Replica:
         codes[code] = codes.get(code, 0) + 1
         if client_id:
             table.remember(client_id, seq, self._pack_result(result))
-            self._touch(table, client_id, acked_below, time_ns, touched)
-        return result
-
-    @staticmethod
-    def _touch(table, client_id: bytes, acked_below: int, time_ns: int, touched: list) -> None:
-        # A client's batch shares one Raft entry (one time_ns) and one
-        # acked_below: touching its session again changes nothing
-        # (SessionTable.touch returns at once then), so the repeats of the
-        # previous operation's touch are skipped.
-        key = (client_id, acked_below)
-        if touched[0] != key:
             table.touch(client_id, acked_below, time_ns)
-            touched[0] = key
+        return result
 
     def _call_machine(self, txn, time_ns: int, position: int, code: int, args) -> tuple:
         machine, decoded = self._route(code, args)
