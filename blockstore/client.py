@@ -44,7 +44,6 @@ from cistern.core.errors import CisternError, errno_for_grpc_status
 __all__ = ["BlockClient", "BlockPieces", "ReplicaResult"]
 
 log = logging.getLogger(__name__)
-transfer_port_recheck_s = 30.0     # a node without a known transfer port is asked again after this
 
 _WRITE = "/cistern.blockstore.Block/Write"
 _READ = "/cistern.blockstore.Block/Read"
@@ -168,40 +167,39 @@ class BlockClient:
                 yield lo, data[lo - msg.offset:hi - msg.offset]
 
     def _replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float):
-        """(data memoryview, the reply's other fields) per verified reply:
-        over the node's transfer port when it has one, else through gRPC."""
+        """(data memoryview, the reply's other fields) per verified reply."""
+        for data, msg in self._unverified_replies(address, block_id, request, timeout_s):
+            _verify_chunk(address, block_id, msg, data)
+            yield data, msg
+
+    def _unverified_replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float):
+        """The replies as they arrive: over the node's transfer port when it
+        has one, else (or when the port fails before any data) through gRPC."""
         target = self._transfer_target(address)
         if target is not None:
             length = request.length if request.HasField("length") else None
             frames = self._transfer.read(target, address, block_id, request.offset, length, timeout_s)
             try:
-                first = next(frames, None)
+                first = next(frames)     # at least one: an empty range still brings the block's length
             except TransferUnavailable as e:
                 log.info("transfer port %s:%d of %s unusable (%s); reading through gRPC", *target, address, e)
                 with self._lock:
                     self._transfer_ports.pop(address, None)
             else:
                 self.transfer_reads += 1
-                if first is not None:
-                    yield self._verified(address, block_id, *first)
-                    for data, msg in frames:
-                        yield self._verified(address, block_id, data, msg)
+                yield first
+                yield from frames
                 return
         try:
             for raw in self._read_call(address)(request, timeout=timeout_s):
                 try:
-                    data, msg = split_data(raw, pb.ReadChunk)
+                    reply = split_data(raw, pb.ReadChunk)
                 except Exception as e:   # DecodeError or ValueError: the node sent garbage
                     raise CisternError(errno.EBADMSG, f"{address}: block {block_id.hex()}: "
                                                       f"malformed read reply: {e}") from None
-                yield self._verified(address, block_id, data, msg)
+                yield reply
         except grpc.RpcError as e:
             raise _error(address, e) from None
-
-    @staticmethod
-    def _verified(address: str, block_id: bytes, data, msg):
-        _verify_chunk(address, block_id, msg, data)
-        return data, msg
 
     def _transfer_target(self, address: str) -> tuple | None:
         """(host, port) of the node's transfer port, or None (gRPC only):
@@ -211,7 +209,7 @@ class BlockClient:
         now = time.monotonic()
         with self._lock:
             known = self._transfer_ports.get(address)
-        if known is None or (not known[0] and now - known[1] > transfer_port_recheck_s):
+        if known is None or (not known[0] and now - known[1] > limits.transfer_port_recheck_s):
             try:
                 port = int(self.stat(address, timeout_s=limits.transfer_connect_timeout_s).get("transfer_port", 0))
             except (CisternError, ValueError, TypeError):

@@ -30,6 +30,7 @@ transfer_idle_timeout_s = 60.0             # a node closes a connection silent (
 transfer_client_idle_s = 20.0              # a client reuses an idle connection at most this long after use
 transfer_idle_connections_max = 8          # idle connections a client keeps per node
 transfer_connect_timeout_s = 5.0
+transfer_port_recheck_s = 30.0             # a client asks a node without a known transfer port again after this
 
 pipeline_depth_max = 8                     # replicas one pipelined write may name
 pipeline_queue_messages_max = 8            # messages buffered for a slow downstream node

@@ -29,6 +29,7 @@ from cistern.blockstore import limits
 from cistern.blockstore.scrubber import Scrubber
 from cistern.blockstore.service import BlockService, NullReporter, StoreCollector, add_to_server
 from cistern.blockstore.store import BlockStore
+from cistern.blockstore.transfer import TransferServer
 from cistern.blockstore.tuning import tune_malloc
 from cistern.core import procs
 from cistern.core import metrics, rpc
@@ -124,8 +125,6 @@ class NodeServer:
         """The read stream's plain TCP port (transfer.py), on the RPC
         address's host and ``transfer_port`` (0: a free one); Stat tells
         clients which."""
-        from cistern.blockstore.transfer import TransferServer
-
         try:
             self._transfer = TransferServer(self.service.read_range, self.rpc_address.rpartition(":")[0],
                                             self.transfer_port).start()
@@ -201,20 +200,19 @@ def add_node_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_transfer_port_argument(p: argparse.ArgumentParser) -> None:
-    from cistern.blockstore.transfer import PORT_OPTION_HELP, parse_port_option
+    p.add_argument("--transfer-port", default="0", type=transfer_port_option, metavar="PORT|off",
+                   help="port (on the block service's host) where block reads also stream over plain TCP, as "
+                        "HDFS's data-transfer port; 0 (default) picks a free one, off serves reads through gRPC alone")
 
-    p.add_argument("--transfer-port", default="0", type=_argparse_type(parse_port_option), metavar="PORT|off",
-                   help=PORT_OPTION_HELP)
 
-
-def _argparse_type(parse):
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    convert.__name__ = parse.__name__
-    return convert
+def transfer_port_option(text: str) -> int | None:
+    """``--transfer-port``'s value: a port number, 0 for a free one, or None
+    for ``off``; argparse's one-line usage error otherwise."""
+    if text == "off":
+        return None
+    if text.isdigit() and 0 <= int(text) <= 65535:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535) or off")
 
 
 def run_node(args) -> int:

@@ -61,24 +61,10 @@ _FLAG_LENGTH = 1
 message_max_bytes = 4096          # an error message is cut to this
 
 
-PORT_OPTION_HELP = ("port (on the block service's host) where block reads also stream over plain TCP, as "
-                    "HDFS's data-transfer port; 0 (default) picks a free one, off serves reads through gRPC alone")
-
-
-def parse_port_option(text: str) -> int | None:
-    """``--transfer-port``'s value: a port number, 0 for a free one, or None
-    for ``off``; ValueError (argparse's one-line usage error) otherwise."""
-    if text == "off":
-        return None
-    if text.isdigit() and 0 <= int(text) <= 65535:
-        return int(text)
-    raise ValueError(f"{text!r} is not a port number (0-65535) or off")
-
-
 class Frame(NamedTuple):
     """One data frame as the client sees it (the fields ``BlockClient``
-    reads from a gRPC ReadChunk; the block's length and checksum ride on
-    the first frame only)."""
+    reads from a gRPC ReadChunk; the block's length and checksum, from the
+    reply head, ride on every frame)."""
 
     offset: int
     chunk_checksums: tuple
@@ -96,9 +82,22 @@ def errno_seen_by_client(node_errno: int) -> int:
     return errno_for_grpc_status(grpc_status_for(node_errno))
 
 
-def _message(text: str) -> bytes:
-    raw = text.encode("utf-8", errors="replace")[:message_max_bytes]
-    return MESSAGE_LEN.pack(len(raw)) + raw
+def _utf8(text: str) -> bytes:
+    """An error message as sent: UTF-8, cut to ``message_max_bytes``."""
+    return text.encode("utf-8", errors="replace")[:message_max_bytes]
+
+
+def _error_head(node_errno: int, text: str) -> bytes:
+    """A reply head carrying an error, with its length-prefixed message."""
+    raw = _utf8(text)
+    return HEAD.pack(REPLY_MAGIC, node_errno, 0, bytes(16)) + MESSAGE_LEN.pack(len(raw)) + raw
+
+
+def _client_error(name: str, node_errno: int, text: str) -> CisternError:
+    """What a gRPC reader gets for a failure the node (or this side) saw as
+    ``node_errno``: the errno through the one status table and the
+    ``address: STATUS: details`` message of ``BlockClient``'s gRPC errors."""
+    return CisternError(errno_seen_by_client(node_errno), f"{name}: {grpc_status_for(node_errno).name}: {text}")
 
 
 # -- node side -------------------------------------------------------------------------------
@@ -166,8 +165,7 @@ class TransferServer:
     def _refuse(conn: socket.socket) -> None:
         try:
             conn.settimeout(1.0)
-            conn.sendall(HEAD.pack(REPLY_MAGIC, errno.EAGAIN, 0, bytes(16))
-                         + _message("too many transfer connections"))
+            conn.sendall(_error_head(errno.EAGAIN, "too many transfer connections"))
         except OSError:
             pass
         conn.close()
@@ -179,8 +177,7 @@ class TransferServer:
             # sendmsg, and a silent or stalled reader still ends in EAGAIN.
             conn.settimeout(None)
             _set_deadline(conn, time.monotonic() + limits.transfer_idle_timeout_s)
-            request = bytearray(REQUEST.size)
-            while _recv_into(conn, memoryview(request)):
+            while request := _recv_bytes(conn, REQUEST.size, eof_ok=True):
                 magic, flags, block_id, offset, length = REQUEST.unpack(request)
                 if magic != REQUEST_MAGIC:
                     log.info("transfer: not a read request from %s; closing", _peer(conn))
@@ -201,7 +198,7 @@ class TransferServer:
         try:
             info, chunks = self._read_range(block_id, offset, length)
         except CisternError as e:
-            conn.sendall(HEAD.pack(REPLY_MAGIC, e.errno, 0, bytes(16)) + _message(e.message))
+            conn.sendall(_error_head(e.errno, e.message))
             return False
         conn.sendall(HEAD.pack(REPLY_MAGIC, 0, info.length, info.checksum))
         try:
@@ -209,7 +206,7 @@ class TransferServer:
                 head = FRAME.pack(0, start, len(sums), len(data)) + struct.pack(f">{len(sums)}Q", *sums)
                 _send_parts(conn, head, data)
         except CisternError as e:
-            raw = e.message.encode("utf-8", errors="replace")[:message_max_bytes]
+            raw = _utf8(e.message)
             conn.sendall(FRAME.pack(e.errno, 0, 0, len(raw)) + raw)
             return False
         conn.sendall(FRAME.pack(0, 0, 0, 0))
@@ -219,10 +216,11 @@ class TransferServer:
 def _send_parts(conn: socket.socket, head: bytes, data) -> None:
     """head then data in one sendmsg when the socket takes it all (no copy)."""
     sent = conn.sendmsg([head, data])
-    total = len(head) + len(data)
-    if sent < total:
-        rest = memoryview(b"".join((head, data)) if sent < len(head) else data)
-        conn.sendall(rest[sent:] if sent < len(head) else rest[sent - len(head):])
+    if sent < len(head):
+        conn.sendall(head[sent:])
+        sent = len(head)
+    if sent - len(head) < len(data):
+        conn.sendall(memoryview(data)[sent - len(head):])
 
 
 def _shutdown(conn: socket.socket) -> None:
@@ -238,20 +236,6 @@ def _peer(conn: socket.socket) -> str:
         return f"{host}:{port}"
     except OSError:
         return "?"
-
-
-def _recv_into(conn: socket.socket, view: memoryview) -> bool:
-    """Fill view; False on a clean EOF before the first byte, OSError
-    (ECONNRESET) on an EOF after it."""
-    got = 0
-    while got < len(view):
-        n = conn.recv_into(view[got:])
-        if n == 0:
-            if got == 0:
-                return False
-            raise ConnectionResetError(errno.ECONNRESET, "connection closed mid-message")
-        got += n
-    return True
 
 
 # -- client side ------------------------------------------------------------------------------
@@ -310,12 +294,12 @@ class TransferClient:
         request = REQUEST.pack(REQUEST_MAGIC, _FLAG_LENGTH if length is not None else 0, block_id,
                                offset, length or 0)
         deadline = time.monotonic() + timeout_s
-        conn, head = self._start(target, request, deadline)
+        conn, head = self._start(target, name, request, deadline)
         clean = False
         try:
             _, err, block_length, block_checksum = HEAD.unpack(head)
             if err:
-                raise self._node_error(conn, name, err, self._recv_message)
+                raise _client_error(name, err, _recv_message(conn, name, None))
             first = True
             while True:
                 if deadline <= time.monotonic():
@@ -323,7 +307,7 @@ class TransferClient:
                 _set_deadline(conn, deadline, send=False)   # the whole call's deadline, not one recv's
                 err, at, n_sums, n_data = FRAME.unpack(_recv_bytes(conn, FRAME.size))
                 if err:
-                    raise self._node_error(conn, name, err, lambda c: _recv_text(c, n_data))
+                    raise _client_error(name, err, _recv_message(conn, name, n_data))
                 if n_data == 0 and n_sums == 0:
                     clean = True
                     if first:   # an empty range still tells the block's length and checksum
@@ -335,22 +319,19 @@ class TransferClient:
                                                       f"{n_sums} checksums)")
                 sums_t = struct.unpack(f">{n_sums}Q", _recv_bytes(conn, 8 * n_sums))
                 data = _recv_bytes(conn, n_data)
-                if first:
-                    yield memoryview(data), Frame(at, sums_t, block_length, block_checksum)
-                    first = False
-                else:
-                    yield memoryview(data), Frame(at, sums_t)
+                first = False
+                yield memoryview(data), Frame(at, sums_t, block_length, block_checksum)
         except (socket.timeout, BlockingIOError):   # SO_RCVTIMEO ran out: EAGAIN
-            raise CisternError(errno.ETIMEDOUT, f"{name}: DEADLINE_EXCEEDED: transfer read timed out") from None
+            raise _client_error(name, errno.ETIMEDOUT, "transfer read timed out") from None
         except OSError as e:
-            raise CisternError(errno.EAGAIN, f"{name}: UNAVAILABLE: transfer connection broke: {e}") from None
+            raise _client_error(name, errno.EAGAIN, f"transfer connection broke: {e}") from None
         finally:
             if clean:
                 self._give(target, conn)
             else:
                 conn.close()
 
-    def _start(self, target: tuple, request: bytes, deadline: float) -> tuple[socket.socket, bytes]:
+    def _start(self, target: tuple, name: str, request: bytes, deadline: float) -> tuple[socket.socket, bytes]:
         """A connection with the request sent and the reply head read; a
         reused connection the node has closed meanwhile is replaced once."""
         for attempt in range(2):
@@ -361,15 +342,10 @@ class TransferClient:
             try:
                 _set_deadline(conn, deadline)
                 conn.sendall(request)
-                head = conn.recv(HEAD.size, socket.MSG_WAITALL)
-                if not head:
-                    raise ConnectionResetError(errno.ECONNRESET, "closed before replying")
-                if len(head) < HEAD.size:
-                    head += _recv_bytes(conn, HEAD.size - len(head))
+                head = _recv_bytes(conn, HEAD.size)
             except (socket.timeout, BlockingIOError):
                 conn.close()
-                raise CisternError(errno.ETIMEDOUT, f"{target[0]}:{target[1]}: DEADLINE_EXCEEDED: "
-                                                    f"no transfer reply") from None
+                raise _client_error(name, errno.ETIMEDOUT, "no transfer reply") from None
             except OSError as e:
                 conn.close()
                 if reused and attempt == 0:
@@ -381,24 +357,19 @@ class TransferClient:
             return conn, head
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _recv_message(conn) -> str:
-        return _recv_text(conn, MESSAGE_LEN.unpack(_recv_bytes(conn, MESSAGE_LEN.size))[0])
 
-    @staticmethod
-    def _node_error(conn, name: str, err: int, read_message) -> CisternError:
-        try:
-            text = read_message(conn)
-        except OSError:
-            text = "(message lost)"
-        client_errno = errno_seen_by_client(err)
-        return CisternError(client_errno, f"{name}: {grpc_status_for(err).name}: {text}")
-
-
-def _recv_text(conn, n: int) -> str:
-    if n > message_max_bytes:
-        raise CisternError(errno.EBADMSG, "malformed transfer error message")
-    return _recv_bytes(conn, n).decode("utf-8", errors="replace")
+def _recv_message(conn: socket.socket, name: str, n: int | None) -> str:
+    """An error's message: n bytes, or (None) a ``u32`` length then that
+    many; "(message lost)" when the connection broke first, EBADMSG when
+    the length is over ``message_max_bytes``."""
+    try:
+        if n is None:
+            (n,) = MESSAGE_LEN.unpack(_recv_bytes(conn, MESSAGE_LEN.size))
+        if n > message_max_bytes:
+            raise CisternError(errno.EBADMSG, f"{name}: malformed transfer error message")
+        return _recv_bytes(conn, n).decode("utf-8", errors="replace")
+    except OSError:
+        return "(message lost)"
 
 
 def _set_deadline(conn: socket.socket, deadline: float, *, send: bool = True) -> None:
@@ -412,12 +383,13 @@ def _set_deadline(conn: socket.socket, deadline: float, *, send: bool = True) ->
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
-def _recv_bytes(conn: socket.socket, n: int) -> bytes:
+def _recv_bytes(conn: socket.socket, n: int, *, eof_ok: bool = False) -> bytes:
     """Exactly n bytes as one bytes object: one recv(MSG_WAITALL) straight
     into it (no zero-fill, no copy), more only when the timeout or a signal
-    cut it short. ConnectionResetError on an EOF, BlockingIOError on a timeout."""
+    cut it short. ConnectionResetError on an EOF (unless ``eof_ok`` and it
+    comes before the first byte: then b""), BlockingIOError on a timeout."""
     data = conn.recv(n, socket.MSG_WAITALL)
-    if len(data) == n:
+    if len(data) == n or (eof_ok and not data):
         return data
     parts = [data]
     got = len(data)
