@@ -54,9 +54,10 @@ from concurrent.futures import Future
 from cistern.core.errors import CisternError, Unavailable
 from cistern.metadata import limits, model
 from cistern.metadata.model import ROOT_CRED, Op
-from cistern.metadata.state import X_OK, permits
+from cistern.metadata.state import X_OK, new_entry_errno, permits
 
-from .delegation import GRANTING, HELD, LOST, RECALLED, DirDelegation, check_name
+from . import paths
+from .delegation import GRANTING, HELD, LOST, RECALLED, DirDelegation
 
 __all__ = ["AsyncCreates", "retry_refused"]
 
@@ -111,8 +112,8 @@ def retry_refused(meta, code: int, args: bytes, stale: bool, first: Future) -> F
 
 
 def _split(path: str) -> tuple[str, bytes]:
-    parent, _, name = path.rstrip("/").rpartition("/")
-    return parent or "/", os.fsencode(name)
+    parent, name = paths.split(path)
+    return parent, os.fsencode(name)
 
 
 class AsyncCreates:
@@ -170,15 +171,9 @@ class AsyncCreates:
             if not permits(d.mode, d.uid, d.gid, cred, X_OK):
                 return errno.EACCES, None
             if d.absent(name):
-                err = check_name(name)
+                err = new_entry_errno(name)
                 return (err if err and err != errno.EEXIST else errno.ENOENT), None
-            ino = d.pending.get(name)
-            if ino is None:
-                return 0, None
-            for c in (*d.sending, *d.queue):
-                if c.name == name:
-                    return 0, c.attr
-            return 0, None
+            return 0, d.pending.get(name)
 
     def delegated(self, path: str) -> bool:
         """Whether this client holds or is asking for a delegation on ``path``."""

@@ -28,9 +28,9 @@ from typing import NamedTuple
 
 from cistern.metadata import limits
 from cistern.metadata.model import Attr
-from cistern.metadata.state import W_OK, X_OK, new_file_gid, permits
+from cistern.metadata.state import W_OK, X_OK, new_entry_errno, new_file_gid, permits
 
-__all__ = ["DirDelegation", "Create", "usable_fraction", "check_name"]
+__all__ = ["DirDelegation", "Create", "usable_fraction"]
 
 # Creates are answered in the first half of a term after the last renewal
 # was sent; the other half is the commit's margin.
@@ -45,17 +45,6 @@ class Create(NamedTuple):
     name: bytes
     attr: Attr
     cred: tuple          # (uid, gid, (supplementary gids)) of the caller
-
-
-def check_name(name: bytes) -> int:
-    """The errno the state machine gives a new entry name, or 0."""
-    if not name or b"/" in name or b"\0" in name:
-        return E.EINVAL
-    if len(name) > limits.name_length_max_bytes:
-        return E.ENAMETOOLONG
-    if name in (b".", b".."):
-        return E.EEXIST
-    return 0
 
 
 class DirDelegation:
@@ -73,7 +62,7 @@ class DirDelegation:
         self.last_create_at = asked_at
         self.queue: list[Create] = []       # answered, not yet sent
         self.sending: list[Create] = []     # in the batch being committed
-        self.pending: dict[bytes, int] = {} # name -> ino, answered and not yet committed
+        self.pending: dict[bytes, Attr] = {}  # name -> attr, answered and not yet committed (queue + sending)
         self.give_back = False              # this holder wants it released (after committing)
         self.releasing = False              # its release is on its way: no more creates under it
         self.urgent = False                 # someone waits for the queue to be committed
@@ -116,7 +105,7 @@ class DirDelegation:
 
     def check_create(self, name: bytes, cred) -> int:
         """The errno an exclusive CREATE of ``name`` by ``cred`` would get, or 0."""
-        err = check_name(name)
+        err = new_entry_errno(name)
         if err:
             return err
         if name in self.names:
@@ -136,7 +125,7 @@ class DirDelegation:
         gid = new_file_gid(self.mode, self.gid, cred)
         attr = Attr(ino, S.S_IFREG | (mode & 0o7777), 1, cred[0], gid, 0, time_ns, time_ns, time_ns, 0, 1)
         self.names.add(name)
-        self.pending[name] = ino
+        self.pending[name] = attr
         if not self.queue:
             self.queued_at = now
         self.queue.append(Create(name, attr, tuple(cred)))

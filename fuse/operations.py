@@ -699,12 +699,13 @@ class Operations(fusepy.Operations):
         if state is None:
             raise OSError(errno.EBADF, "bad directory handle")
         entries = state[1]
+        path = state[0] if path is None else path
         if entries is None:    # a rewinddir: list afresh
-            self._settle(state[0] if path is None else path)
-            entries = self._caller().readdir(state[0] if path is None else path)
+            self._settle(path)
+            entries = self._caller().readdir(path)
         state[1] = None
         out = [".", ".."]
-        at_root = (state[0] if path is None else path) == "/"
+        at_root = path == "/"
         for name, ino, kind in entries:
             if at_root and name == _HIDDEN_NAME:
                 continue

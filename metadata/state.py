@@ -124,7 +124,18 @@ NEXT_INO, NEXT_LEASE, FILES, DIRS, BYTES = range(5)
 # ino: msgpack [holder, expiry_ns, first ino, end ino, last ino used, recalled].
 _DELEG_PREFIX = b"dlg"
 D_HOLDER, D_EXPIRY, D_FIRST, D_END, D_LAST, D_RECALLED = range(6)
+
 _DELEG_OPS = frozenset((Op.DELEG_GRANT, Op.DELEG_RENEW, Op.DELEG_RELEASE, Op.DELEG_CREATE, Op.DELEG_RECALL))
+
+
+def _deleg_key(dino: int) -> bytes:
+    return _DELEG_PREFIX + _INO.pack(dino)
+
+
+def _deleg_expiry(now: int) -> int:
+    """A delegation granted or renewed at ``now`` lapses at this time (ns)."""
+    return now + int(limits.delegation_term_s * 1_000_000_000)
+
 
 KIND_DIR = S.S_IFDIR >> 12
 KIND_REG = S.S_IFREG >> 12
@@ -240,6 +251,33 @@ def _entry_name(name) -> bytes:
     if len(name) > limits.name_length_max_bytes:
         raise _fail(E.ENAMETOOLONG, name[:32])
     return name
+
+
+def _new_entry_name(name) -> bytes:
+    """A name a new entry may take (``.`` and ``..`` always exist)."""
+    _entry_name(name)
+    if name in (b".", b".."):
+        raise _fail(E.EEXIST, name)
+    return name
+
+
+def new_entry_errno(name) -> int:
+    """The errno a new entry named ``name`` gets (EINVAL, ENAMETOOLONG,
+    EEXIST for ``.``/``..``), or 0. Public: a delegation holder checks its
+    creates locally with it."""
+    try:
+        _new_entry_name(name)
+    except _Fail as failure:
+        return failure.err
+    return 0
+
+
+def _holder_arg(holder) -> bytes:
+    """A lease or delegation holder's name."""
+    _bytes(holder, "holder")
+    if not 0 < len(holder) <= limits.lease_holder_length_max_bytes:
+        raise _fail(E.EINVAL, "bad holder")
+    return holder
 
 
 def _time_arg(value, what: str) -> int:
@@ -507,15 +545,15 @@ class Namespace:
     # -- create delegations ------------------------------------------------
 
     def _delegation(self, t, dino: int):
-        v = t.get(_DELEG_PREFIX + _INO.pack(dino), db=self._meta)
+        v = t.get(_deleg_key(dino), db=self._meta)
         return None if v is None else model.unpack(v)
 
     def _put_delegation(self, t, dino: int, record) -> None:
-        t.put(_DELEG_PREFIX + _INO.pack(dino), model.pack(record), db=self._meta)
+        t.put(_deleg_key(dino), model.pack(record), db=self._meta)
 
     def _undelegated(self, t, dino: int) -> None:
         """Refuse (``_Delegated``) while a delegation record on ``dino`` exists."""
-        if t.get(_DELEG_PREFIX + _INO.pack(dino), db=self._meta) is not None:
+        if t.get(_deleg_key(dino), db=self._meta) is not None:
             raise _Delegated(dino)
 
     def _delegated_dirs(self, t) -> list[int]:
@@ -1218,9 +1256,7 @@ class Namespace:
 
     def _open_lease(self, t, now, cred, args):
         ref, holder = _args(args, 2)
-        _bytes(holder, "holder")
-        if not 0 < len(holder) <= limits.lease_holder_length_max_bytes:
-            raise _fail(E.EINVAL, "bad holder")
+        _holder_arg(holder)
         ino, node = self._resolve(t, cred, ref, True)
         if S.S_ISDIR(node[M]):
             raise _fail(E.EISDIR, "lease")
@@ -1317,9 +1353,7 @@ class Namespace:
 
     def _deleg_args(self, t, dino, holder):
         _int(dino, 1, _UINT64_MAX, "directory")
-        _bytes(holder, "holder")
-        if not 0 < len(holder) <= limits.lease_holder_length_max_bytes:
-            raise _fail(E.EINVAL, "bad holder")
+        _holder_arg(holder)
         node = self._inode(t, dino)
         if node is None:
             raise _fail(E.ENOENT, f"inode {dino}")
@@ -1336,7 +1370,9 @@ class Namespace:
     def _deleg_grant(self, t, now, cred, args):
         ref, holder, inodes = _args(args, 3)
         dino, node = self._resolve(t, cred, ref, True)
-        node = self._deleg_args(t, dino, holder)
+        _holder_arg(holder)
+        if not S.S_ISDIR(node[M]):
+            raise _fail(E.ENOTDIR, f"inode {dino}")
         _int(inodes, 1, limits.delegation_inodes_max, "inode count")
         if not _may(node, cred, R_OK | W_OK | X_OK):
             raise _fail(E.EACCES, "delegation")
@@ -1349,8 +1385,7 @@ class Namespace:
         first = counters[NEXT_INO]
         counters[NEXT_INO] = first + inodes
         self._put_counters(t, counters)
-        expiry = now + int(limits.delegation_term_s * 1_000_000_000)
-        self._put_delegation(t, dino, [holder, expiry, first, first + inodes, first - 1, False])
+        self._put_delegation(t, dino, [holder, _deleg_expiry(now), first, first + inodes, first - 1, False])
         return [_attr(dino, node), first, first + inodes, names]
 
     def _listing(self, t, dino: int) -> list[bytes]:
@@ -1374,7 +1409,7 @@ class Namespace:
         record = self._held_delegation(t, dino, holder)
         if record[D_RECALLED]:
             return True    # not extended: the holder commits what it has and releases
-        record[D_EXPIRY] = now + int(limits.delegation_term_s * 1_000_000_000)
+        record[D_EXPIRY] = _deleg_expiry(now)
         self._put_delegation(t, dino, record)
         return False
 
@@ -1383,7 +1418,7 @@ class Namespace:
         _int(dino, 1, _UINT64_MAX, "directory")
         _bytes(holder, "holder")
         self._held_delegation(t, dino, holder)
-        t.delete(_DELEG_PREFIX + _INO.pack(dino), db=self._meta)
+        t.delete(_deleg_key(dino), db=self._meta)
         return None
 
     def _deleg_create(self, t, now, cred, args):
@@ -1404,7 +1439,7 @@ class Namespace:
                 results.append([failure.err, None])
         recalled = record[D_RECALLED]
         if not recalled:    # a batch renews the delegation, as DELEG_RENEW would
-            record[D_EXPIRY] = now + int(limits.delegation_term_s * 1_000_000_000)
+            record[D_EXPIRY] = _deleg_expiry(now)
         self._put_delegation(t, dino, record)
         _dir_changed(pnode, now)
         self._put_inode(t, dino, pnode)
@@ -1418,9 +1453,7 @@ class Namespace:
         if type(item) not in (list, tuple) or len(item) != 5:
             raise _fail(E.EINVAL, "bad create")
         name, ino, mode, index, time_ns = item
-        _entry_name(name)
-        if name in (b".", b".."):
-            raise _fail(E.EEXIST, name)
+        _new_entry_name(name)
         _int(ino, record[D_LAST] + 1, record[D_END] - 1, "delegated inode number")
         _int(mode, 0, 0o7777, "mode")
         _int(index, 0, len(creds) - 1, "cred index")
@@ -1451,7 +1484,7 @@ class Namespace:
             return 0
         record = self._delegation(t, dino)
         if now >= record[D_EXPIRY]:
-            t.delete(_DELEG_PREFIX + _INO.pack(dino), db=self._meta)   # lapsed: its holder is gone or cut off
+            t.delete(_deleg_key(dino), db=self._meta)   # lapsed: its holder is gone or cut off
         elif not record[D_RECALLED]:
             record[D_RECALLED] = True
             self._put_delegation(t, dino, record)

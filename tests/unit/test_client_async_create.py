@@ -6,6 +6,7 @@ client's lookup is refused, recalls the delegation and then sees every file
 the holder had answered, and a holder that stops dead holds the others up
 for at most about one term."""
 
+import contextlib
 import errno as E
 import stat
 import struct
@@ -122,12 +123,22 @@ def start_delegation(holder: AsyncCreates, client: Client, path: str = "/d") -> 
     wait_granted(holder, path)
 
 
-def test_holder_answers_locally_and_another_client_sees_every_answered_file(backend):
+@contextlib.contextmanager
+def holder_and_other(backend):
+    """Two clients over ``backend``; the first's AsyncCreates holds a
+    delegation on /d (closed after)."""
     a, b = client_over(backend), client_over(backend)
     a.mkdir("/d", 0o777)
     holder = AsyncCreates(a)
     try:
         start_delegation(holder, a)
+        yield holder, b
+    finally:
+        holder.close()
+
+
+def test_holder_answers_locally_and_another_client_sees_every_answered_file(backend):
+    with holder_and_other(backend) as (holder, b):
         attrs = [holder.create(f"/d/f{i}", 0o644, ALICE) for i in range(50)]
         assert all(attr is not None for attr in attrs)
         assert holder.lookup("/d/nope", ALICE) == (E.ENOENT, None)
@@ -147,8 +158,6 @@ def test_holder_answers_locally_and_another_client_sees_every_answered_file(back
         assert holder.statistics["recalled"] >= 1 or holder._dirs.get("/d") is None
         with backend.store.env.begin() as txn:
             backend.namespace.check_invariants(txn)
-    finally:
-        holder.close()
 
 
 def test_flush_commits_and_release_lets_the_holder_list(backend):
@@ -189,11 +198,7 @@ def test_a_holder_that_stops_dead_holds_others_up_about_one_term(backend):
 
 
 def test_pending_create_that_fails_at_commit_is_reported(backend):
-    a, b = client_over(backend), client_over(backend)
-    a.mkdir("/d", 0o777)
-    holder = AsyncCreates(a)
-    try:
-        start_delegation(holder, a)
+    with holder_and_other(backend) as (holder, b):
         with holder._cond:     # hold batches and renewals back, as for a partitioned holder
             d = holder._dirs["/d"]
             d.out.update(("batch", "renew"))
@@ -208,8 +213,6 @@ def test_pending_create_that_fails_at_commit_is_reported(backend):
             time.sleep(0.01)
         assert attr.ino in holder.failed
         assert "late" not in b.listdir("/d")
-    finally:
-        holder.close()
 
 
 def test_refused_operation_fails_etimedout_when_never_released(tmp_path):
