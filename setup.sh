@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 need_apt=()
+# python3-venv: `python3 -m venv` (Debian splits ensurepip out of python3);
 # libfuse2/fuse3: the mount; attr, sqlite3, git, procps: tools the tests drive;
 # util-linux (unshare, setpriv) is part of every Debian system.
-for pkg in libfuse2 fuse3 attr sqlite3 git procps; do
+for pkg in python3-venv libfuse2 fuse3 attr sqlite3 git procps; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
