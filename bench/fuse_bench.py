@@ -2,7 +2,7 @@
 passthrough over tmpfs (the ceiling any fusepy filesystem can reach on this
 machine), measured in one run.
 
-    cistern bench fuse [--files 10000] [--mib 1024] [--procs 1,4] [--cluster C] [--json OUT]
+    cistern bench fuse [--files 10000] [--mib 1024] [--procs 1,4] [--seq-only] [--cluster C] [--json OUT]
     .venv/bin/python -m cistern.bench.fuse_bench ...           (the same)
 
 Both filesystems are mounted as the user would, as processes:
@@ -23,7 +23,8 @@ For every process count P (``--procs``), on each mount in turn:
 * sequential write and read: P processes, each its own file of
   ``--mib``/P MiB in ``--chunk-kib`` calls (open, write, close; then the
   file's kernel pages are dropped with fadvise and it is read back and
-  checked); MB/s of all processes together.
+  checked); MB/s of all processes together. ``--seq-only`` runs only
+  these two phases.
 
 Prints a table of both figures and the ratio Cistern/passthrough against the
 targets (creates and stats >= 50%, sequential reads >= 60%, writes >= 40%).
@@ -289,11 +290,13 @@ def measure(mount: str, target: str, procs: int, args, progress) -> tuple[dict, 
     run_id = f"{target}-p{procs}-{time.time_ns() // 1000 % (1 << 40):x}"
     shape = Shape(procs, max(1, args.files // procs), depth=0, fanout=1, shared_dir=True, run_id=run_id)
     phases = []
+    metadata_plans = () if args.seq_only else (
+        ([("dir-create", False), ("file-create", True)], True),
+        ([("stat", True), ("readdir", True), ("file-remove", False), ("dir-remove", False)], False))
     # Two runs of the runner on the same tree, with a pause between them
     # longer than the kernel's attribute and entry timeouts, so the stats
     # reach the filesystem on both mounts whatever the create rates were.
-    for plan, keep in (([("dir-create", False), ("file-create", True)], True),
-                       ([("stat", True), ("readdir", True), ("file-remove", False), ("dir-remove", False)], False)):
+    for plan, keep in metadata_plans:
         outcome = runner.run_target("mount", mount, None, shape, 1, plan, keep=keep, progress=progress,
                                     label=f"{target} x{procs}")
         if outcome["interrupted"]:
@@ -311,8 +314,8 @@ def measure(mount: str, target: str, procs: int, args, progress) -> tuple[dict, 
     finally:
         shutil.rmtree(io_dir, ignore_errors=True)
     by = {p["phase"]: p for p in phases}
-    values = {"creates": by["file-create"]["ops_per_s"], "stats": by["stat"]["ops_per_s"],
-              "readdir": by["readdir"]["elapsed_s"]}
+    values = {} if args.seq_only else {"creates": by["file-create"]["ops_per_s"], "stats": by["stat"]["ops_per_s"],
+                                       "readdir": by["readdir"]["elapsed_s"]}
     for mode in ("write", "read"):
         elapsed = by[f"seq-{mode}"]["elapsed_s"]
         values[f"seq-{mode}"] = round(moved[mode] / 1e6 / elapsed, 1) if elapsed > 0 else 0.0
@@ -388,6 +391,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--procs", default="1,4", help="process counts to measure, comma-separated (default 1,4)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="extra FUSE options for BOTH mounts (repeatable)")
+    p.add_argument("--seq-only", action="store_true",
+                   help="only the sequential write and read phases (no creates, stats or listing)")
     p.add_argument("--settle-s", type=float, default=settle_s,
                    help=f"pause between the creates and the stats, longer than the kernel's attribute and "
                         f"entry timeouts of both mounts (default {settle_s})")

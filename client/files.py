@@ -206,19 +206,26 @@ class File(io.BufferedIOBase):
             return self._read_at(self._pos, max(min(n, peek_bytes_max), size), track=False)
 
     def _read_at(self, pos: int, n: int, track: bool = True) -> bytes:
+        return self._gather(self._plan_read(pos, n, track))
+
+    def _plan_read(self, pos: int, n: int, track: bool = True) -> list:
+        """What a read of n bytes at pos takes (the lock held): its parts in
+        order, each bytes (holes, buffered writes: copied now) or a stored
+        block's ``(future or None, block, offset, length)``, which
+        ``_gather`` turns into bytes without the lock (blocks are
+        immutable). Starts the read-ahead."""
         sequential = self._near_read_end(pos)
-        out = []
+        parts, end = [], pos
         for piece in self._x.pieces(pos, n):
-            out.append(self._piece_bytes(piece, sequential))
-        data = b"".join(out)
+            parts.append(self._part(piece, sequential))
+            end += piece.length
         if track:
             # Reordered sequential reads keep the furthest end, so the one
             # that comes late does not look like a jump backwards.
-            end = pos + len(data)
             self._read_end = max(self._read_end, end) if sequential else end
-            if sequential and data:
+            if sequential and end > pos:
                 self._read_ahead(self._read_end)
-        return data
+        return parts
 
     def _near_read_end(self, pos: int) -> bool:
         """Whether a read at pos continues the last one: it starts where
@@ -232,7 +239,7 @@ class File(io.BufferedIOBase):
         e = self._x.items[self._x.index(pos)]
         return gap <= read_ahead_slack_blocks * (e.block[1] if e.stored else e.length)
 
-    def _piece_bytes(self, piece, sequential: bool) -> bytes:
+    def _part(self, piece, sequential: bool):
         e, offset, length = piece
         if e is None:
             return bytes(length)
@@ -241,11 +248,24 @@ class File(io.BufferedIOBase):
         cached = self._cache.get(e.block[0])
         if cached is None and sequential:
             cached = self._fetch_ahead(e)
-        if cached is not None:
-            return self._result(cached)[offset:offset + length]
-        return self._data.read(e.block, offset, length)
+        return cached, e.block, offset, length
 
-    def _result(self, future) -> bytes:
+    def _gather(self, parts: list) -> bytes:
+        """The bytes of ``_plan_read``'s parts (waits for blocks; no lock needed)."""
+        out = []
+        for part in parts:
+            if type(part) is bytes:
+                out.append(part)
+                continue
+            future, block, offset, length = part
+            if future is None:
+                out.append(self._data.read(block, offset, length))
+            else:
+                out.append(self._result(future)[offset:offset + length])
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    @staticmethod
+    def _result(future) -> bytes:
         try:
             return future.result()
         except OSError as err:
@@ -287,12 +307,15 @@ class File(io.BufferedIOBase):
     def pread(self, size: int, offset: int) -> bytes:
         """``os.pread``: up to ``size`` bytes at ``offset`` (short at the
         end), without moving the position. Reads continuing where the last
-        one ended count as sequential (read-ahead), as for ``read``."""
+        one ended count as sequential (read-ahead), as for ``read``.
+        Concurrent preads overlap: the file's lock is held while the read
+        is planned (and read-ahead started), not while its blocks arrive."""
         with self._lock:
             self._check(True)
             if offset < 0 or size < 0:
                 raise OSError(errno.EINVAL, "Invalid argument")
-            return self._read_at(offset, max(0, min(size, self._x.size - offset)))
+            parts = self._plan_read(offset, max(0, min(size, self._x.size - offset)))
+        return self._gather(parts)
 
     def pwrite(self, data, offset: int) -> int:
         """``os.pwrite``: writes ``data`` at ``offset`` whatever the mode (the

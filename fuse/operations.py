@@ -1060,20 +1060,31 @@ class Operations(fusepy.Operations):
         if not handle.readable:
             raise OSError(errno.EBADF, "not open for reading")
         node = handle.node
-        with node.lock:
-            f = node.writer
-            if f is None:
-                if handle.reader is None or handle.reader_version != node.version:
-                    if handle.reader is not None:
-                        handle.reader.close()
-                    opener = node.pending_writer or handle.view
-                    self._not_failed(node.ino)
-                    handle.reader = opener.reopen(node.ino, "rb", name=path)
-                    handle.reader_version = node.version
-                f = handle.reader
-            data = f.pread(size, offset)
+        reader = handle.reader
+        if node.writer is None and reader is not None and handle.reader_version == node.version:
+            # The common case, without the node's lock: a read-only File
+            # serves concurrent preads (the kernel's read-ahead) at once.
+            data = reader.pread(size, offset)
+        else:
+            with node.lock:
+                data = self._read_file(node, handle, path).pread(size, offset)
         self.metrics.bytes_read.inc(len(data))
         return data
+
+    def _read_file(self, node: Node, handle: Handle, path):
+        """What a read through ``handle`` reads (node.lock held): the node's
+        writer, else the handle's read-only File, opened again when a writer
+        of this mount has committed since. A replaced reader is not closed:
+        another thread may be reading from it (it holds no lease; it is
+        freed with its last reference)."""
+        if node.writer is not None:
+            return node.writer
+        if handle.reader is None or handle.reader_version != node.version:
+            opener = node.pending_writer or handle.view
+            self._not_failed(node.ino)
+            handle.reader = opener.reopen(node.ino, "rb", name=path)
+            handle.reader_version = node.version
+        return handle.reader
 
     @_operation
     def write(self, path, data, offset, fi):

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -291,6 +292,52 @@ def test_a_file_written_and_closed_on_one_mount_is_read_whole_on_another(mc, mnt
         assert open(os.path.join(mnt, "back.txt")).read() == "from the second mount\n"
     finally:
         assert other.stop() == 0
+
+
+def _uncached(fd: int) -> int:
+    """Drop the kernel's pages of a file in the mount, so reads reach the mount."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return fd
+
+
+def test_concurrent_readers_of_one_file_get_the_right_bytes_and_see_this_mounts_writes(mnt):
+    """Readers on many threads, through one descriptor and several, at
+    scattered offsets: every byte right (reads of one file overlap in the
+    mount). A descriptor opened before another one of this mount writes
+    reads the new bytes once they are written, and after the writer closes."""
+    data = os.urandom(6 * (1 << 20) + 4321)      # 7 blocks of 1 MiB
+    path = os.path.join(mnt, "shared.bin")
+    with open(path, "wb") as f:
+        f.write(data)
+    piece = 128 << 10
+    shared = _uncached(os.open(path, os.O_RDONLY))
+    try:
+        def read_all(k: int) -> list:
+            fd = shared if k % 2 else _uncached(os.open(path, os.O_RDONLY))
+            try:
+                offsets = list(range(0, len(data), piece))
+                offsets = offsets[k::2] + offsets[:k:2] + offsets[1::3]    # every thread its own order
+                return [at for at in offsets if os.pread(fd, piece, at) != data[at:at + piece]]
+            finally:
+                if fd != shared:
+                    os.close(fd)
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(read_all, range(8))) == [[]] * 8
+
+        # A writer of this mount: the reader opened before it sees its writes.
+        patch = os.urandom(1000)
+        at = 3 * (1 << 20) - 500                         # across a block boundary
+        writer = os.open(path, os.O_RDWR)
+        try:
+            os.pwrite(writer, patch, at)
+            assert os.pread(_uncached(shared), len(patch), at) == patch
+        finally:
+            os.close(writer)
+        expected = data[:at] + patch + data[at + len(patch):]
+        assert os.pread(_uncached(shared), len(expected), 0) == expected
+    finally:
+        os.close(shared)
 
 
 def test_the_metrics_endpoint_counts_operations_by_type(mc, mnt):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import threading
 import time
 from concurrent.futures import Future
 
@@ -329,6 +330,36 @@ def test_slightly_reordered_sequential_reads_still_read_ahead_whole_blocks(clien
         assert data.range_reads == 0 and data.whole_reads == -(-200 // BS)   # each block fetched once
         assert f.pread(4, 20) == payload[20:24]                              # far behind: a ranged read
         assert data.range_reads == 1
+
+
+def test_a_pread_waiting_for_its_block_does_not_hold_up_another_of_a_block_already_here(client, data):
+    """FUSE threads pread one read-only File at once: the file's lock is held
+    while a read is planned, not while its block arrives, so a read of a
+    block already fetched is served while another waits for its own."""
+    payload = bytes(range(48))
+    client.write_file("/c", payload)
+    gate = threading.Event()
+    slow = {client.layout("/c")[1][0][0]}    # the first block arrives only when the gate opens
+    plain_submit = data.submit_read
+
+    def submit_read(block, offset=0, length=None):
+        if block[0] not in slow:
+            return plain_submit(block, offset, length)
+        f = Future()
+        threading.Thread(target=lambda: (gate.wait(30), f.set_result(data.read(block))), daemon=True).start()
+        return f
+
+    data.submit_read = submit_read
+    with client.open("/c", "rb") as f:
+        got = {}
+        waiting = threading.Thread(target=lambda: got.setdefault("first", f.pread(8, 0)))
+        waiting.start()
+        time.sleep(0.2)
+        assert waiting.is_alive()                              # waiting for block 0
+        assert f.pread(8, BS) == payload[BS:BS + 8]            # block 1, fetched ahead: served meanwhile
+        gate.set()
+        waiting.join(30)
+        assert got["first"] == payload[:8]
 
 
 def test_text_mode_lines_and_iteration(client):
