@@ -55,10 +55,9 @@ from concurrent.futures import Future
 
 from cistern.core import cluster as cluster_module
 from cistern.core.errors import CisternError, to_oserror
-from cistern.metadata.model import NEVER_DELEGATED, READ_OPS, Op, encode_args
+from cistern.metadata.model import READ_OPS, Op, encode_args
 
 from . import paths
-from .async_create import retry_refused
 from .plans import Call, Plans, as_attr
 
 __all__ = ["Client", "Futures", "DirEntry", "ScandirIterator", "connect"]
@@ -210,15 +209,12 @@ class Client:
     # -- the driver ----------------------------------------------------------
 
     def _submit(self, call: Call) -> Future:
-        # An operation a create delegation refused (another client, or this
-        # one, is creating in that directory) is recalled and retried here,
-        # so no caller sees the refusal (see async_create.retry_refused).
-        args = encode_args(self._cred, *call.args)
+        # The metadata client itself recalls and retries an operation a
+        # create delegation refused (another client, or this one, is
+        # creating in that directory), so no caller sees the refusal and an
+        # ordinary call costs no second future.
         stale = self._stale_reads and call.code in READ_OPS
-        future = self._meta.submit(call.code, args, stale=stale)
-        if call.code in NEVER_DELEGATED:
-            return future
-        return retry_refused(self._meta, call.code, args, stale, future)
+        return self._meta.submit(call.code, encode_args(self._cred, *call.args), stale=stale)
 
     def _run(self, plan):
         """Drive a plan to completion, blocking on each operation."""

@@ -1,7 +1,6 @@
 """Asynchronous creates under directory create delegations: the shell
 around ``delegation.DirDelegation`` (grants, batched commits, renewals,
-releases) and the client's transparent retry of operations a delegation
-refused.
+releases).
 
 ``AsyncCreates(client)`` is used by one process (the FUSE mount) that
 creates many files in one directory. Contract:
@@ -32,10 +31,11 @@ creates many files in one directory. Contract:
   the caller answers EIO for it afterwards.
 * Others: while the delegation lives, other clients' operations that could
   observe a name missing from the directory are refused by the service;
-  ``retry_refused`` (every ``Client`` call goes through it) recalls the
-  delegation and retries with backoff, so they wait until this holder has
-  committed and released (about one renewal interval plus two commits), or
-  at most one term after a dead holder's last renewal.
+  the metadata client (``metadata.client.MetaClient``, and every ``Client``
+  call goes through one) recalls the delegation and retries with backoff,
+  so they wait until this holder has committed and released (about one
+  renewal interval plus two commits), or at most one term after a dead
+  holder's last renewal.
 * Threads: one worker thread ("cistern-async-create") sends grants,
   batches, renewals and releases; replies are handled on the metadata
   client's receiver thread, briefly, under one lock. Every public method is
@@ -51,7 +51,7 @@ import threading
 import time
 from concurrent.futures import Future
 
-from cistern.core.errors import CisternError, Unavailable
+from cistern.core.errors import CisternError
 from cistern.metadata import limits, model
 from cistern.metadata.model import ROOT_CRED, Op
 from cistern.metadata.state import X_OK, new_entry_errno, permits
@@ -59,7 +59,7 @@ from cistern.metadata.state import X_OK, new_entry_errno, permits
 from . import paths
 from .delegation import GRANTING, HELD, LOST, RECALLED, DirDelegation
 
-__all__ = ["AsyncCreates", "retry_refused"]
+__all__ = ["AsyncCreates"]
 
 log = logging.getLogger(__name__)
 
@@ -67,48 +67,11 @@ grant_after_creates = 2          # synchronous creates in one directory within a
 grant_wait_s = 5.0               # a lookup or create in a directory being granted waits this long at most
 regrant_backoff_s = 2.0          # a directory whose delegation was recalled or refused is not asked for again sooner
 delegations_max = 64             # delegations one client holds at once
-recall_retry_initial_s = 0.005   # a refused operation's first retry; doubling up to the next
-recall_retry_max_s = 0.05
 # Answered creates wait this long at most for others to share their commit
 # (one Raft entry each): a flush sends at once. Every batch costs the mount,
 # and each metadata replica, a message's CPU, so fewer, larger ones let the
 # creates run faster on a busy host.
 batch_delay_s = 0.02
-
-
-def retry_refused(meta, code: int, args: bytes, stale: bool, first: Future) -> Future:
-    """A future for operation ``code`` (already submitted as ``first``)
-    that, while the service refuses it because of another client's (or
-    this one's) delegation, sends DELEG_RECALL for it and resubmits it
-    with backoff, until the client's timeout; then it fails ETIMEDOUT."""
-    out: Future = Future()
-    deadline = time.monotonic() + getattr(meta, "timeout_s", 30.0)
-    attempts = [0]
-
-    def resubmit() -> None:
-        meta.submit(code, args, stale=stale).add_done_callback(done)
-
-    def done(f: Future) -> None:
-        error = f.exception()
-        if error is None:
-            out.set_result(f.result())
-            return
-        if not (isinstance(error, CisternError) and error.errno == model.DELEGATED_ERRNO):
-            out.set_exception(error)
-            return
-        if time.monotonic() >= deadline:
-            out.set_exception(Unavailable(f"metadata operation {code}: directory stayed delegated"))
-            return
-        cred, *rest = model.unpack(args)
-        meta.submit(Op.DELEG_RECALL, model.pack([cred, code, rest]))
-        delay = min(recall_retry_initial_s * 2 ** attempts[0], recall_retry_max_s)
-        attempts[0] += 1
-        timer = threading.Timer(delay, resubmit)
-        timer.daemon = True
-        timer.start()
-
-    first.add_done_callback(done)
-    return out
 
 
 def _split(path: str) -> tuple[str, bytes]:

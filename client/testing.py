@@ -30,9 +30,10 @@ import threading
 import time
 from concurrent.futures import Future
 
-from cistern.core.errors import CisternError
+from cistern.core.errors import CisternError, Unavailable
 from cistern.core.ports import free_port  # noqa: F401  (re-exported for fuse.testing)
 from cistern.metadata import model
+from cistern.metadata.client import recall_args, refusal_retry_delay_s, refused
 from cistern.metadata.state import Namespace
 from cistern.metadata.store import Store
 
@@ -68,7 +69,7 @@ class InProcessMetaClient:
         if self._closed:
             future.set_exception(CisternError(errno.ESHUTDOWN, "MetaClient is closed"))
             return future
-        self._queue.put((int(code), args, future))
+        self._queue.put((int(code), args, future, time.monotonic() + self.timeout_s, 0))
         return future
 
     def call(self, code: int, args: bytes, *, stale: bool = False, timeout_s: float | None = None):
@@ -123,7 +124,7 @@ class InProcessMetaClient:
         results = []
         with self.store.env.begin(write=True) as txn:
             time_ns = self._clock_ns()
-            for code, args, future in ops:
+            for code, args, future, _, _ in ops:
                 try:
                     args_list = model.unpack(args)
                     if code in model.READ_OPS:
@@ -132,17 +133,37 @@ class InProcessMetaClient:
                         result = self.namespace.apply(txn, time_ns, code, args_list)
                 except Exception as e:   # a state machine bug: surface it, do not hang
                     result = (errno.EIO, f"state machine raised {e!r}", None)
-                results.append((future, result))
+                results.append(result)
         with self._stats_lock:
             self._stats["ops"] += len(ops)
             self._stats["batches"] += 1
             self._stats["batch_ops_max"] = max(self._stats["batch_ops_max"], len(ops))
-        for future, (err, message, value) in results:
-            if err:
+        for op, (err, message, value) in zip(ops, results):
+            future = op[2]
+            if refused(op[0], err):
+                self._refused(*op)
+            elif err:
                 future.set_exception(CisternError(err, message))
             else:
                 # Through msgpack, as the wire does: tuples become lists.
                 future.set_result(model.unpack(model.pack(value)) if value is not None else None)
+
+    def _refused(self, code, args, future, deadline, refusals) -> None:
+        # As MetaClient does: recall, then resend after a backoff until the deadline.
+        if time.monotonic() >= deadline:
+            future.set_exception(Unavailable(f"metadata operation {code}: directory stayed delegated"))
+            return
+        self.submit(model.Op.DELEG_RECALL, recall_args(code, args))
+        timer = threading.Timer(refusal_retry_delay_s(refusals), self._resend,
+                                ((code, args, future, deadline, refusals + 1),))
+        timer.daemon = True
+        timer.start()
+
+    def _resend(self, op) -> None:
+        if self._closed:
+            op[2].set_exception(CisternError(errno.ESHUTDOWN, "MetaClient is closed"))
+        else:
+            self._queue.put(op)
 
 
 def connect_in_process(path: str | None = None, **client_options):

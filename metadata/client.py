@@ -29,6 +29,15 @@ Leader discovery and retries
     partition: TCP still looks healthy) is abandoned the same way, and its
     address is skipped once when choosing the next.
 
+Delegation refusals
+    An operation the service refused because a directory create delegation
+    could change its answer (errno ``model.DELEGATED_ERRNO``) never reaches
+    the caller: the client sends DELEG_RECALL for it and resends it with a
+    NEW seq (the refusal is the answer the session table holds for the old
+    one) after a short backoff (``refusal_retry_delay_s``), until its
+    deadline; then it fails with ``Unavailable`` (ETIMEDOUT). The check is
+    one integer comparison per reply, so ordinary operations pay nothing.
+
 Threads: one receiver ("metaclient-recv") that also reconnects, one reaper
 that expires overdue operations, and gRPC's own thread that pulls batches
 from ``_requests``. Future callbacks run on the receiver thread: keep them
@@ -45,7 +54,7 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 import grpc
 
@@ -70,10 +79,32 @@ hint_hops_max = 3                                           # leader hints follo
 # flight). With nothing outstanding an operation leaves at once, so one at a
 # time pays no extra latency.
 stream_batches_in_flight_max = 4
+# A delegation-refused operation is resent after this backoff, doubling
+# from the first to the last: the holder needs a commit and a release
+# (milliseconds) once it has seen the recall at its next renewal.
+refusal_retry_initial_s = 0.005
+refusal_retry_max_s = 0.05
+
+
+def refusal_retry_delay_s(attempt: int) -> float:
+    """The pause before resending an operation refused ``attempt`` times before."""
+    return min(refusal_retry_initial_s * 2 ** attempt, refusal_retry_max_s)
+
+
+def recall_args(code: int, args: bytes) -> bytes:
+    """DELEG_RECALL's arguments for operation ``code`` (with ``args``, as
+    submitted) that a delegation refused: the same credentials."""
+    cred, *rest = model.unpack(args)
+    return model.pack([cred, int(code), rest])
+
+
+def refused(code: int, err: int) -> bool:
+    """Whether a reply with errno ``err`` is a delegation's refusal of ``code``."""
+    return err == model.DELEGATED_ERRNO and code not in model.NEVER_DELEGATED
 
 
 class _Op:
-    __slots__ = ("seq", "code", "args", "stale", "future", "deadline", "sent_at", "batch")
+    __slots__ = ("seq", "code", "args", "stale", "future", "deadline", "sent_at", "batch", "refusals")
 
     def __init__(self, seq, code, args, stale, future, deadline):
         self.seq = seq
@@ -84,6 +115,7 @@ class _Op:
         self.deadline = deadline
         self.sent_at = None    # monotonic time it last went out on a stream
         self.batch = None      # [unanswered ops] of the batch it went out in, on the current stream
+        self.refusals = 0      # times a delegation refused it
 
 
 class _Connection:
@@ -123,6 +155,7 @@ class MetaClient:
         self._hops = 0                        # consecutive leader hints followed without a reply
         self._backoff = rpc.Backoff(initial_s=0.02, max_s=0.5)
         self.batches_sent = 0                 # statistics, for tests and benchmarks
+        self.replies_received = 0             # reply batches
         self.reconnects = 0
         self.sender_wakeups = 0               # times the sender woke from waiting for work
         self._receiver = threading.Thread(target=self._run, name="metaclient-recv", daemon=True)
@@ -138,17 +171,20 @@ class MetaClient:
         CisternError (Unavailable when no leader answered in time)."""
         future: Future = Future()
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        self._queue(_Op(0, int(code), args, bool(stale) and code in model.READ_OPS, future, deadline))
+        return future
+
+    def _queue(self, op: _Op) -> None:
+        """Give ``op`` the next seq and queue it for the sender."""
         with self._cond:
             if self._closed:
-                future.set_exception(CisternError(errno.ESHUTDOWN, "MetaClient is closed"))
-                return future
-            seq = next(self._seqs)
-            self._ops[seq] = _Op(seq, int(code), args, bool(stale) and code in model.READ_OPS,
-                                 future, deadline)
+                _fail(op.future, CisternError(errno.ESHUTDOWN, "MetaClient is closed"))
+                return
+            op.seq = seq = next(self._seqs)
+            self._ops[seq] = op
             self._unsent.append(seq)
             if self._waiting:   # under load the sender is busy: skip the notify's cost
                 self._cond.notify_all()
-        return future
 
     def call(self, code: int, args: bytes, *, stale: bool = False, timeout_s: float | None = None):
         """Blocking form of submit: the decoded value, or raises CisternError."""
@@ -299,6 +335,7 @@ class MetaClient:
                         self._leader_hint = reply_batch.leader if reply_batch.leader != conn.address else ""
                     log.debug("%s is not the leader (hint %r)", conn.address, reply_batch.leader)
                     return bool(self._leader_hint)
+                self.replies_received += 1
                 self._backoff.reset()
                 self._hops = 0
                 conn.last_reply = time.monotonic()
@@ -313,39 +350,61 @@ class MetaClient:
         return False
 
     def _resolve(self, replies) -> None:
+        answered = []
         with self._cond:
-            ops = []
             freed = self._batches_out
             for r in replies:
                 op = self._ops.get(r.seq)
-                if op is not None:
-                    self._answered(op)
-                if op is not None and r.errno == errno.EAGAIN:
+                if op is None:
+                    continue   # answered already (a resent op's second reply) or expired
+                self._answered(op)
+                err = r.errno
+                if err == errno.EAGAIN:
                     # The replica could not take it now, or lost track of its
                     # outcome: resend with the same seq (applied at most once).
                     self._retry.append(r.seq)
-                    ops.append(None)
-                else:
-                    ops.append(self._ops.pop(r.seq, None))
+                    continue
+                del self._ops[r.seq]
+                answered.append((op, err, r))
             # A freed slot matters only to the sender with operations
             # waiting for one; one at a time there are none, and waking it
             # (to find nothing to send) cost the client two more thread
             # switches and GIL hand-offs per operation.
             if self._batches_out < freed and self._unsent and self._waiting:
                 self._cond.notify_all()
-        for reply, op in zip(replies, ops):
-            if op is None:
-                continue   # answered already (a resent op's second reply) or expired
-            if reply.errno:
-                _fail(op.future, CisternError(reply.errno, reply.message))
+        for op, err, r in answered:
+            if err:
+                if refused(op.code, err):
+                    self._refused(op)
+                else:
+                    _fail(op.future, CisternError(err, r.message))
                 continue
+            value = r.value
             try:
-                value = model.unpack(reply.value) if reply.value else None
+                value = model.unpack(value) if value else None
             except Exception as e:
                 _fail(op.future, CisternError(errno.EBADMSG, f"undecodable reply value: {e}"))
                 continue
-            if not op.future.done():
+            try:
                 op.future.set_result(value)
+            except InvalidStateError:   # cancelled by its caller, or failed by close()
+                pass
+
+    def _refused(self, op: _Op) -> None:
+        """A delegation refused ``op``: recall it, resend ``op`` after a backoff."""
+        if time.monotonic() >= op.deadline:
+            _fail(op.future, Unavailable(f"metadata operation {op.code}: directory stayed delegated"))
+            return
+        self.submit(model.Op.DELEG_RECALL, recall_args(op.code, op.args))   # its answer is not needed
+        timer = threading.Timer(refusal_retry_delay_s(op.refusals), self._resend_refused, (op,))
+        op.refusals += 1
+        timer.daemon = True
+        timer.start()
+
+    def _resend_refused(self, op: _Op) -> None:
+        op.sent_at = None
+        op.batch = None
+        self._queue(op)   # a new seq: the session table holds the refusal as the old one's answer
 
     def _answered(self, op: _Op) -> None:
         # Called with the lock held: op's batch has one unanswered op less.
