@@ -348,3 +348,56 @@ def test_a_file_system_refusing_o_direct_gets_plain_writes(tmp_path, monkeypatch
         finally:
             s.close()
     assert refused == {"open": 1, "write": 1}
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_file_spans_cover_what_read_chunks_covers_with_the_index_checksums(store):
+    """The spans the transfer port sends with sendfile: the same aligned
+    pieces and sums as read_chunks, the bytes straight from the file (not
+    checked: a corrupt byte is sent as it is), the file closed at the end."""
+    data = block(2 * limits.message_data_max_bytes + 3 * CHUNK + 17)
+    bid = os.urandom(16)
+    store.put(bid, data, created_s=0)
+    for offset, length in ((0, None), (CHUNK + 5, 2 * CHUNK), (len(data) - 3, 3), (CHUNK, 0), (len(data), None)):
+        before = open_fds()
+        info, chunks = store.read_chunks(bid, offset, length)
+        want = [(start, piece, sums) for start, piece, sums in chunks]
+        info, spans = store.file_spans(bid, offset, length)
+        got = [(start, os.pread(span.fd, len(span), span.offset), sums) for start, span, sums in spans]
+        assert got == want and info.checksum == block_checksum(data)
+        assert all(span.offset == start for start, span, _ in store.file_spans(bid, offset, length)[1])
+        assert open_fds() == before
+    with open(store.block_path(bid), "r+b") as f:
+        f.seek(CHUNK + 1)
+        f.write(b"\x00\xff")
+    _, spans = store.file_spans(bid, 0, CHUNK + 3)
+    start, span, sums = next(spans)
+    assert os.pread(span.fd, 2, CHUNK + 1) == b"\x00\xff" and sums == tuple(chunk_checksums(data[:2 * CHUNK]))
+    spans.close()
+    assert store.info(bid).length == len(data)
+
+
+def test_file_spans_refuse_what_read_chunks_refuses(store):
+    bid = os.urandom(16)
+    store.put(bid, block(3 * CHUNK), created_s=0)
+    for args, code in (((os.urandom(16),), errno.ENOENT), ((bid, 3 * CHUNK + 1), errno.EINVAL),
+                       ((bid, -1), errno.EINVAL), ((b"short",), errno.EINVAL)):
+        with pytest.raises(CisternError) as e:
+            store.file_spans(*args)
+        assert e.value.errno == code
+    os.truncate(store.block_path(bid), 2 * CHUNK + 5)
+    assert [start for start, _, _ in store.file_spans(bid, 0, 2 * CHUNK)[1]] == [0]   # what is there is served
+    before, failures = open_fds(), store.checksum_failures
+    _, spans = store.file_spans(bid, 2 * CHUNK, 10)
+    with pytest.raises(CisternError) as e:
+        next(spans)
+    assert e.value.errno == errno.EIO and "file is short at 131077" in e.value.message
+    assert store.checksum_failures == failures + 1 and open_fds() == before
+    _, spans = store.file_spans(bid)
+    os.unlink(store.block_path(bid))
+    with pytest.raises(CisternError) as e:
+        next(spans)
+    assert e.value.errno == errno.ENOENT and open_fds() == before
