@@ -22,6 +22,7 @@ import queue
 import threading
 
 import grpc
+import msgpack
 
 from cistern.core.errors import CisternError, NotLeader, grpc_status_for
 from cistern.metadata import limits, model
@@ -57,9 +58,11 @@ class ServiceStats:
         if registry is not None:
             from prometheus_client import Counter, Gauge, Histogram
 
+            requests = Counter("metad_requests", "operations received", ["kind"], registry=registry)
             self._metrics = (
                 Counter("metad_request_batches", "request batches received", registry=registry),
-                Counter("metad_requests", "operations received", ["kind"], registry=registry),
+                # The children, bound once: labels() per batch costs a lock and a lookup.
+                (requests.labels("read"), requests.labels("write")),
                 Counter("metad_reply_batches", "reply batches sent", registry=registry),
                 Gauge("metad_streams_open", "client streams open", registry=registry),
                 Histogram("metad_request_batch_ops", "operations per request batch",
@@ -72,8 +75,10 @@ class ServiceStats:
         if self._metrics:
             batches, requests, _, _, sizes = self._metrics
             batches.inc()
-            requests.labels("read").inc(n_reads)
-            requests.labels("write").inc(n_writes)
+            if n_reads:
+                requests[0].inc(n_reads)
+            if n_writes:
+                requests[1].inc(n_writes)
             sizes.observe(n_reads + n_writes)
 
     def batch_out(self) -> None:
@@ -316,6 +321,13 @@ def _pair_of(i: int, future):
         return [(i, None)], e
 
 
+def _packer():
+    """``model.pack`` for one group's replies: a Packer made once per group
+    and reused (same bytes; msgpack.packb builds a Packer per value, ~0.9 us
+    more per reply). Callbacks run on several replica threads: one each."""
+    return msgpack.Packer(use_bin_type=True).pack
+
+
 def _writes_callback(seqs: list, on_replies):
     """The replica's callback for one group of writes: each call answers
     some of them (those that shared a Raft entry) as one list."""
@@ -324,7 +336,7 @@ def _writes_callback(seqs: list, on_replies):
             replies = [_reply_for_exception(seqs[i], exc) for i, _ in pairs]
             on_replies([reply for reply, _ in replies], replies[0][1] if replies else None)
             return
-        pack, Reply = model.pack, pb.Reply
+        pack, Reply = _packer(), pb.Reply
         out = []
         for i, (err, message, value) in pairs:
             if err:
@@ -342,7 +354,7 @@ def _reads_callback(seqs: list, on_replies):
             replies = [_reply_for_exception(seq, exc) for seq in seqs]
             on_replies([reply for reply, _ in replies], replies[0][1] if replies else None)
             return
-        pack, Reply = model.pack, pb.Reply
+        pack, Reply = _packer(), pb.Reply
         out = []
         for seq, (err, message, value) in zip(seqs, results):
             if err:

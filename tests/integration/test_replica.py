@@ -724,3 +724,48 @@ def test_raft_messages_pickle_bytes_natively(group):
     assert b"_codecs" not in data and b"latin1" not in data
     assert shim.loads(data) == message
     g.converge()
+
+
+def test_entries_and_read_rounds_up_to_their_inline_limits_are_answered_on_the_tick_thread(group):
+    # Completing a batch or serving a round on the tick thread saves a thread
+    # hop and a GIL hand-off each (the GIL overlaps nothing); only bigger
+    # ones go to the completer thread or the reader pool.
+    from cistern.metadata import replica as replica_mod
+
+    g = group().start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+
+    def answered_on(submit, n):
+        done = threading.Event()
+        seen = []
+
+        def on_done(*answer):
+            seen.append((threading.current_thread().name, answer))
+            done.set()
+
+        submit(n, on_done)
+        assert done.wait(10)
+        return seen[0]
+
+    seq = [0]
+
+    def writes(n, on_done):
+        ops = [(seq[0] + i, INCR, model.encode_args(CRED, b"t")) for i in range(n)]
+        seq[0] += n
+        leader.submit_writes(cid, 0, ops, on_done)
+
+    def reads(n, on_done):
+        leader.submit_reads([(GET, model.encode_args(CRED, b"t"))] * n, on_done)
+
+    small_w, big_w = replica_mod.inline_completion_max, replica_mod.inline_completion_max + 1
+    name, (pairs, exc) = answered_on(writes, small_w)
+    assert exc is None and len(pairs) == small_w and name.endswith("-tick"), name
+    name, (pairs, exc) = answered_on(writes, big_w)
+    assert exc is None and len(pairs) == big_w and name.endswith("-complete"), name
+    total = small_w + big_w
+    name, (results, exc) = answered_on(reads, replica_mod.inline_reads_max)
+    assert exc is None and results == [(0, "", total)] * replica_mod.inline_reads_max and name.endswith("-tick"), name
+    name, (results, exc) = answered_on(reads, replica_mod.inline_reads_max + 1)
+    assert exc is None and len(results) == replica_mod.inline_reads_max + 1 and "-read" in name, name
+    g.converge()
