@@ -7,7 +7,9 @@ Contract:
 * An ``io.BufferedIOBase``: read, read1, readinto, readinto1, peek,
   readline/iteration, write, seek, tell, truncate, flush, close, fsync,
   readable/writable/seekable, context manager. ``fileno()`` raises
-  ``io.UnsupportedOperation``. Thread-safe (one lock per file).
+  ``io.UnsupportedOperation``. Thread-safe (one lock per file); ``pread``
+  holds it only to plan a read, so concurrent preads (a FUSE mount's
+  threads) wait for their blocks at the same time.
 * Consistency is close-to-open: a handle reads the layout it opened with
   (plus its own writes); another client's writes appear to handles opened
   after that client's commit.

@@ -26,7 +26,9 @@ Contract (what the mount promises, and how):
   connection, the lease one per cluster). Writes from every handle land in
   it at their offsets (``File.pwrite``), and reads of a file this mount is
   writing come from it too, so within the mount a reader sees each write at
-  once, as on a local disk. Writes are buffered per block and published by
+  once, as on a local disk. Reads of a file no handle of this mount writes
+  take no lock of the mount's: the kernel's concurrent read-ahead requests
+  are served at once (``File.pread`` overlaps them). Writes are buffered per block and published by
   one COMMIT_WRITE on flush (every close), fsync, ftruncate and release: a
   small file costs one commit, not one per write(). A file this mount has
   just created takes its lease at its first write (``touch`` costs no lease
