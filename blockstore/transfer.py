@@ -221,10 +221,19 @@ class TransferServer:
             raw = _utf8(e.message)
             conn.sendall(FRAME.pack(e.errno, 0, 0, len(raw)) + raw)
             return False
-        except OSError as e:
-            if e.errno == errno.EIO:   # the disk failed mid-frame: no error frame can follow; the reader fails over
-                log.error("transfer: reading block %s failed: %s", block_id.hex(), e)
-            raise
+        except _DiskError as e:
+            # No error frame can follow part of a frame: the connection
+            # closes and the reader fails over. Raised into the read's
+            # iterator, the failure is the node's as a failed pread's would
+            # be (``BlockService`` quarantines and reports the block).
+            log.error("transfer: block %s: %s", block_id.hex(), e)
+            throw = getattr(chunks, "throw", None)
+            if throw is not None:
+                try:
+                    throw(CisternError(errno.EIO, f"block {block_id.hex()}: {e}"))
+                except CisternError:
+                    pass
+            return False
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -247,16 +256,25 @@ def _send_span(conn: socket.socket, head: bytes, span: FileSpan) -> None:
     """head, then the span's bytes by sendfile: the kernel passes the page
     cache's pages to the socket, nothing is copied through this process.
     MSG_MORE holds the head back to leave in one segment with the data.
-    OSError when the socket fails, or EIO when the disk does or the file
-    ends early (a short file is refused before its first span)."""
+    OSError when the socket fails, _DiskError when the disk does (EIO) or
+    the file ends early (a short file is refused before its first span)."""
     conn.sendall(head, socket.MSG_MORE)
     out, at, left = conn.fileno(), span.offset, span.length
     while left:
-        sent = os.sendfile(out, span.fd, at, left)
+        try:
+            sent = os.sendfile(out, span.fd, at, left)
+        except OSError as e:
+            if e.errno == errno.EIO:
+                raise _DiskError(f"reading at {at}: {e.strerror}") from None
+            raise
         if not sent:
-            raise OSError(errno.EIO, f"block file ended at {at}, inside a span")
+            raise _DiskError(f"file is short at {at}, inside a frame")
         at += sent
         left -= sent
+
+
+class _DiskError(Exception):
+    """The block file failed (EIO, or ended) inside a frame being sent."""
 
 
 def _shutdown(conn: socket.socket) -> None:

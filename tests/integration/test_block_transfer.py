@@ -15,7 +15,7 @@ import pytest
 
 from cistern.blockstore import transfer
 from cistern.blockstore.client import BlockClient
-from cistern.blockstore.store import block_checksum, chunk_checksums
+from cistern.blockstore.store import FileSpan, block_checksum, chunk_checksums
 from cistern.blockstore.testing import NodeCluster
 from cistern.core.errors import CisternError
 from cistern.metadata.proc_testing import free_port
@@ -188,6 +188,43 @@ def test_a_short_block_file_is_an_error_before_any_data_and_quarantined(cluster)
         with pytest.raises(CisternError) as e:
             client.info(n1, block_id)
         assert e.value.errno == errno.ENOENT
+
+
+def test_a_block_file_failing_inside_a_frame_closes_the_connection_and_is_the_nodes_error(tmp_path):
+    """sendfile failing part-way through a frame (here: the file ends inside
+    the span): no error frame can follow, so the reader sees the connection
+    break (EAGAIN, it fails over), and the failure is raised into the read's
+    iterator, where the node's service quarantines the block."""
+    path = tmp_path / "block"
+    path.write_bytes(os.urandom(CHUNK + 100))
+    thrown = []
+
+    class Info:
+        length, checksum = 2 * CHUNK, bytes(16)
+
+    def spans(block_id, offset, length):
+        def gen():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                yield 0, FileSpan(fd, 0, 2 * CHUNK), [1, 2]
+            except CisternError as e:
+                thrown.append(e)
+                raise
+            finally:
+                os.close(fd)
+        return Info, gen()
+
+    server = transfer.TransferServer(spans, "127.0.0.1").start()
+    reader = transfer.TransferClient()
+    try:
+        with pytest.raises(CisternError) as e:
+            list(reader.read(("127.0.0.1", server.port), "node", os.urandom(16), 0, None, 30.0))
+        assert e.value.errno == errno.EAGAIN and "transfer connection broke" in e.value.message
+        assert len(thrown) == 1 and thrown[0].errno == errno.EIO
+        assert f"file is short at {CHUNK + 100}" in thrown[0].message
+    finally:
+        reader.close()
+        server.stop()
 
 
 def test_a_transfer_port_that_stalls_mid_reply_times_out(cluster):
