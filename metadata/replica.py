@@ -261,10 +261,9 @@ inline_completion_max = 256          # batches completed on the tick thread itse
 # Reads of one ReadIndex round run on the tick thread itself up to this many
 # (past it, on the reader pool). The GIL runs one thread at a time, so the
 # pool overlaps nothing for short rounds; it only adds a wake-up and a GIL
-# hand-off per round, and a tick thread busy answering lets the next round
-# gather more reads (meta_bench on the shared 2-core machine: ~17 -> 20-45
-# reads per round, leader CPU per stat ~75-86 -> 44-54 us). Long rounds
-# still leave the tick thread free for Raft.
+# hand-off per round. Long rounds still leave the tick thread free for Raft.
+# (An interleaved A/B of meta_bench, 8 vs these limits, with clients sending
+# ~55 operations per message: equal within the run-to-run noise, ~15%.)
 inline_reads_max = 128
 read_rounds_in_flight_max = 2        # unconfirmed ReadIndex rounds; later reads wait for the next
 bind_attempts_max = 10               # x 0.2 s: the raft port must come free within ~2 s
@@ -1245,11 +1244,9 @@ class Replica:
     def _on_committed(self, batch: _Batch, res, err) -> None:
         """pysyncobj callback (tick thread). A batch of up to
         ``inline_completion_max`` operations completes here: that saves a
-        thread hop and a GIL hand-off per entry, and while the tick thread
-        builds the replies the next entry gathers more operations (one run
-        of meta_bench on the shared 2-core machine: ~140 -> ~165 operations
-        per entry, leader CPU ~60 -> ~43 us per create). Bigger ones go to
-        the completer."""
+        thread hop and a GIL hand-off per entry (the GIL lets the completer
+        overlap nothing); see ``inline_reads_max`` for what was measured.
+        Bigger ones go to the completer."""
         if len(batch.futures) <= inline_completion_max:
             try:
                 self._complete(batch, res, err)
