@@ -31,6 +31,7 @@ transfer_client_idle_s = 20.0              # a client reuses an idle connection 
 transfer_idle_connections_max = 8          # idle connections a client keeps per node
 transfer_connect_timeout_s = 5.0
 transfer_port_recheck_s = 30.0             # a client asks a node without a known transfer port again after this
+transfer_deadline_slack_s = 0.25           # a transfer read re-arms its receive timeout to its deadline this often, not per frame
 
 pipeline_depth_max = 8                     # replicas one pipelined write may name
 pipeline_queue_messages_max = 8            # messages buffered for a slow downstream node

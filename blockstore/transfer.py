@@ -355,10 +355,16 @@ class TransferClient:
             if err:
                 raise _client_error(name, err, _recv_message(conn, name, None))
             first = True
+            armed = deadline - timeout_s    # no later than _start set the kernel's timeouts
             while True:
-                if deadline <= time.monotonic():
+                now = time.monotonic()
+                if deadline <= now:
                     raise socket.timeout("deadline")
-                _set_deadline(conn, deadline, send=False)   # the whole call's deadline, not one recv's
+                if now - armed >= limits.transfer_deadline_slack_s:
+                    # The whole call's deadline, not one recv's: re-armed now
+                    # and then, not per frame (setsockopt holds the GIL).
+                    _set_deadline(conn, deadline, send=False)
+                    armed = now
                 err, at, n_sums, n_data = FRAME.unpack(_recv_bytes(conn, FRAME.size))
                 if err:
                     raise _client_error(name, err, _recv_message(conn, name, n_data))

@@ -227,6 +227,22 @@ def test_a_block_file_failing_inside_a_frame_closes_the_connection_and_is_the_no
         server.stop()
 
 
+def test_a_read_sets_its_receive_timeout_once_not_per_frame(cluster, monkeypatch):
+    """setsockopt holds the GIL (and runs the socket's backlog): a read that
+    streams many frames quickly arms the kernel's timeout when it starts,
+    and again only after ``transfer_deadline_slack_s``."""
+    n1 = cluster.addresses[0]
+    block_id, data = os.urandom(16), os.urandom(4 << 20)
+    armed = []
+    real = transfer._set_deadline
+    monkeypatch.setattr(transfer, "_set_deadline", lambda *a, **k: (armed.append(a[1]), real(*a, **k)))
+    monkeypatch.setattr(transfer.limits, "transfer_deadline_slack_s", 60.0)
+    with BlockClient() as client:
+        client.write_block([n1], block_id, data)
+        assert bytes(client.read_pieces(n1, block_id)[0]) == data and client.transfer_reads == 1
+    assert len(armed) == 1
+
+
 def test_a_transfer_port_that_stalls_mid_reply_times_out(cluster):
     """A node that answers the head and then sends nothing: the read ends
     with ETIMEDOUT at the caller's deadline instead of hanging."""
