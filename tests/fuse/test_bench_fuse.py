@@ -62,6 +62,23 @@ def test_tiny_run_measures_both_mounts_and_cleans_up(tmp_path):
     assert set(glob.glob("/dev/shm/cistern-bench-fuse-src-*")) <= shm
 
 
+def test_seq_only_measures_just_the_sequential_phases(tmp_path):
+    out_json = tmp_path / "seq.json"
+    env = {k: v for k, v in os.environ.items() if k != "CISTERN_CLUSTER"}
+    proc = subprocess.run([CISTERN, "bench", "fuse", "--seq-only", "--mib", "4", "--chunk-kib", "256",
+                           "--procs", "1", "--json", str(out_json), "--no-progress"],
+                          capture_output=True, text=True, timeout=280, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out_json.read_text())
+    assert report.validate(doc, fuse_bench.SCHEMA) == []
+    for r in doc["results"]:
+        assert [p["phase"] for p in r["phases"]] == ["seq-write", "seq-read"]
+        assert all(p["errors"] == 0 for p in r["phases"])
+    assert {(c["metric"], c["procs"]) for c in doc["compare"]} == {("seq-write", 1), ("seq-read", 1)}
+    assert "creates" not in proc.stdout and "seq-read MB/s" in proc.stdout
+    assert bench_mounts() == []
+
+
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([CISTERN, "bench", "fuse", "--procs", "0"], capture_output=True, text=True,
                           timeout=60, cwd=str(tmp_path))
