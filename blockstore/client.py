@@ -10,12 +10,10 @@ Contract:
   and EBADMSG when the bytes that arrive here fail their checksums. The
   message names the node, so a caller can fail over and report it.
 * Reads stream over the node's transfer port (``transfer.py``, found once
-  per node through ``Stat``; the same sub-chunks and checksums, sent from
-  the node's page cache unverified, a fraction of gRPC's CPU per byte) and
-  fall back to gRPC ``Read`` when the port is unknown or cannot be reached
-  before any data came (``transfer=False``: gRPC only). A sub-chunk that
-  arrives corrupt over the port is read again through gRPC, where the node
-  checks its disk. Either way the errors are the same.
+  per node through ``Stat``; the same verified sub-chunks, a third of
+  gRPC's CPU per byte) and fall back to gRPC ``Read`` when the port is
+  unknown or cannot be reached before any data came (``transfer=False``:
+  gRPC only). Either way the errors are the same.
 * Durability: a node listed by ``write_block`` has the block fsynced.
 * Idempotency: writing the same block (same id and bytes) again succeeds;
   delete of a missing block is not an error; copy of a present block is a
@@ -39,7 +37,7 @@ from cistern.blockstore.pipeline import ReplicaResult, encode_with_data, merge_r
 from cistern.blockstore.proto import blockstore_pb2 as pb
 from cistern.blockstore.proto import blockstore_pb2_grpc as pb_grpc
 from cistern.blockstore.store import block_checksum, check_block_id, chunk_checksums
-from cistern.blockstore.transfer import Frame, TransferClient, TransferUnavailable
+from cistern.blockstore.transfer import TransferClient, TransferUnavailable
 from cistern.core import rpc
 from cistern.core.errors import CisternError, errno_for_grpc_status
 
@@ -169,25 +167,9 @@ class BlockClient:
                 yield lo, data[lo - msg.offset:hi - msg.offset]
 
     def _replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float):
-        """(data memoryview, the reply's other fields) per verified reply.
-        The transfer port sends the node's file unverified: a reply from it
-        that fails here is read again, with the rest, through gRPC, where the
-        node checks its disk (a corrupt replica then fails with EIO and is
-        quarantined and reported by the node; damage in transit heals)."""
+        """(data memoryview, the reply's other fields) per verified reply."""
         for data, msg in self._unverified_replies(address, block_id, request, timeout_s):
-            try:
-                _verify_chunk(address, block_id, msg, data)
-            except CisternError as e:
-                if not isinstance(msg, Frame):
-                    raise
-                log.warning("%s over the transfer port; reading again through gRPC", e.message)
-                rest = pb.ReadRequest(block_id=block_id, offset=max(request.offset, msg.offset))
-                if request.HasField("length"):
-                    rest.length = request.offset + request.length - rest.offset
-                for data, msg in self._grpc_replies(address, block_id, rest, timeout_s):
-                    _verify_chunk(address, block_id, msg, data)
-                    yield data, msg
-                return
+            _verify_chunk(address, block_id, msg, data)
             yield data, msg
 
     def _unverified_replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float):
@@ -208,10 +190,6 @@ class BlockClient:
                 yield first
                 yield from frames
                 return
-        yield from self._grpc_replies(address, block_id, request, timeout_s)
-
-    def _grpc_replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float):
-        """The replies of a gRPC ``Read``, as they arrive."""
         try:
             for raw in self._read_call(address)(request, timeout=timeout_s):
                 try:

@@ -126,7 +126,7 @@ class NodeServer:
         address's host and ``transfer_port`` (0: a free one); Stat tells
         clients which."""
         try:
-            self._transfer = TransferServer(self.service.transfer_range, self.rpc_address.rpartition(":")[0],
+            self._transfer = TransferServer(self.service.read_range, self.rpc_address.rpartition(":")[0],
                                             self.transfer_port).start()
         except OSError as e:
             raise CisternError(e.errno or errno.EADDRINUSE,

@@ -248,15 +248,6 @@ class BlockService(pb_grpc.BlockServicer):
         info, chunks = self.store.read_chunks(block_id, offset, length)
         return info, self._counted(info, chunks)
 
-    def transfer_range(self, block_id, offset: int, length: int | None):
-        """What the transfer port sends: (info, iterator of (start,
-        ``FileSpan``, sums)) as ``BlockStore.file_spans``, unverified (the
-        reader checks every sub-chunk; one that arrives corrupt is read again
-        through ``Read``, whose check quarantines the block), counted in the
-        stats; a file found short is quarantined as in ``read_range``."""
-        info, spans = self.store.file_spans(block_id, offset, length)
-        return info, self._counted(info, spans)
-
     def _counted(self, info, chunks):
         try:
             for start, data, sums in chunks:

@@ -18,8 +18,6 @@ Contract:
 * Read: ``read``/``read_chunks`` check every sub-chunk they touch against the
   index and raise CisternError(EBADMSG) on a mismatch (EIO when the file is
   shorter than its index entry), so a caller can fail over to another replica.
-  ``file_spans`` hands out spans of the file to ``sendfile`` unverified, with
-  the index's checksums for the reader to check.
 * Errors: EINVAL for an id that is not 16 bytes or a bad range or header,
   ENOENT for an unknown block, EEXIST for a different block under an existing
   id, EBUSY while the same id is being written, E2BIG for a block longer than
@@ -328,50 +326,26 @@ class BlockStore:
         caller trims. ``length`` None (or past the end) reads to the block's
         end. Raises ENOENT, EINVAL (offset past the end); the iterator raises
         EBADMSG on a checksum mismatch and EIO on a short file."""
-        info, start, stop = self._range(block_id, offset, length, message_bytes)
-        return info, self._chunks(self._open(info, start, stop, message_bytes), info, start, stop, message_bytes)
-
-    def file_spans(self, block_id, offset: int = 0, length: int | None = None,
-                   message_bytes: int = limits.message_data_max_bytes):
-        """As ``read_chunks``, but the pieces are ``FileSpan``s of the block
-        file, for the caller to send with ``os.sendfile`` (the kernel hands
-        the page-cache pages to the socket: no copy through this process),
-        and unverified: the sums travel with the bytes and the reader checks
-        them (the node's own check stays with ``read_chunks`` and the
-        scrubber). Raises ENOENT, EINVAL; the iterator raises ENOENT when the
-        file is gone and EIO when it is shorter than its index entry, both
-        before the first span. The file is opened when the iteration starts
-        and closed when it ends or the iterator is closed."""
-        info, start, stop = self._range(block_id, offset, length, message_bytes)
-        return info, self._spans(info, start, stop, message_bytes)
-
-    def _range(self, block_id, offset: int, length: int | None, message_bytes: int) -> tuple[BlockInfo, int, int]:
-        """(info, start, stop): the sub-chunk-aligned [start, stop) covering
-        [offset, offset+length) within the block; ENOENT, EINVAL."""
         assert message_bytes % limits.chunk_size_bytes == 0 and message_bytes > 0
         info = self.info(block_id)
         if offset < 0 or (length is not None and length < 0) or offset > info.length:
             raise CisternError(errno.EINVAL, f"range {offset}+{length} is outside block "
                                              f"{info.block_id.hex()} of {info.length} bytes")
         end = info.length if length is None else min(info.length, offset + length)
-        start, stop = aligned_range(offset, end - offset)
-        return info, start, min(stop, info.length)
-
-    def _open(self, info: BlockInfo, start: int, stop: int, message_bytes: int) -> int:
-        """The block's file open for reading (the caller closes it), the
-        kernel told to read [start, stop) ahead; ENOENT when it is gone."""
         try:
             fd = os.open(self.block_path(info.block_id), os.O_RDONLY)
         except FileNotFoundError:
             raise CisternError(errno.ENOENT, f"no block {info.block_id.hex()} (deleted)") from None
-        if stop - start > message_bytes:
-            # Let the kernel read the rest ahead while the first piece is
-            # sent: a cold read then streams at disk speed.
-            os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
-        return fd
+        return info, self._chunks(fd, info, offset, end, message_bytes)
 
-    def _chunks(self, fd: int, info: BlockInfo, start: int, stop: int, message_bytes: int):
+    def _chunks(self, fd: int, info: BlockInfo, offset: int, end: int, message_bytes: int):
         try:
+            start, stop = aligned_range(offset, end - offset)
+            stop = min(stop, info.length)
+            if stop - start > message_bytes:
+                # Let the kernel read the rest ahead while the first piece is
+                # verified and sent: a cold read then streams at disk speed.
+                os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
             for at in range(start, stop, message_bytes):
                 want = min(message_bytes, stop - at)
                 try:
@@ -381,33 +355,15 @@ class BlockStore:
                     raise CisternError(errno.EIO, f"block {info.block_id.hex()}: reading at {at}: "
                                                   f"{e.strerror or e}") from None
                 if len(data) != want:
-                    raise self._short_file(info, at + len(data))
+                    self._count_failure()
+                    raise CisternError(errno.EIO, f"block {info.block_id.hex()} file is short at "
+                                                  f"{at + len(data)} (index says {info.length} bytes)")
                 first = at // limits.chunk_size_bytes
                 sums = info.chunk_checksums[first:first + chunk_count(want)]
                 self._verify_chunks(info, first, data, sums)
                 yield at, data, sums
         finally:
             os.close(fd)
-
-    def _spans(self, info: BlockInfo, start: int, stop: int, message_bytes: int):
-        fd = self._open(info, start, stop, message_bytes)
-        try:
-            size = os.fstat(fd).st_size
-            if size < stop:
-                raise self._short_file(info, size)
-            for at in range(start, stop, message_bytes):
-                want = min(message_bytes, stop - at)
-                first = at // limits.chunk_size_bytes
-                yield at, FileSpan(fd, at, want), info.chunk_checksums[first:first + chunk_count(want)]
-        finally:
-            os.close(fd)
-
-    def _short_file(self, info: BlockInfo, at: int) -> CisternError:
-        """The EIO for a block file that ends at ``at``, before its index
-        entry's length (counted as a checksum failure)."""
-        self._count_failure()
-        return CisternError(errno.EIO, f"block {info.block_id.hex()} file is short at {at} "
-                                       f"(index says {info.length} bytes)")
 
     def _verify_chunks(self, info: BlockInfo, first: int, data: bytes, sums) -> None:
         for i, (actual, expected) in enumerate(zip(chunk_checksums(data), sums)):
@@ -514,19 +470,6 @@ class BlockStore:
         with self._lock:
             return {"capacity_bytes": st.f_blocks * st.f_frsize, "free_bytes": st.f_bavail * st.f_frsize,
                     "used_bytes": self.used_bytes, "block_count": self.block_count}
-
-
-@dataclass(frozen=True, slots=True)
-class FileSpan:
-    """``len()`` bytes at ``offset`` of the open file ``fd`` (valid while the
-    iteration that yielded it goes on)."""
-
-    fd: int
-    offset: int
-    length: int
-
-    def __len__(self) -> int:
-        return self.length
 
 
 class BlockWriter:

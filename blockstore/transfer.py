@@ -1,15 +1,11 @@
 """The block read stream over plain TCP (HDFS's data-transfer port beside
-its RPC port): the same sub-chunks and checksums as the gRPC
-``Block/Read``, without gRPC Python's per-byte cost.
+its RPC port): the same verified sub-chunks as the gRPC ``Block/Read``,
+without gRPC Python's per-byte cost.
 
 Why: through gRPC a remote read cost about 2.5 ms of CPU per MiB across
 client and node (copies into and out of gRPC's buffers, HTTP/2 framing,
-thread hand-offs per message); here it is about half of that, most of it
-the kernel's loopback TCP. The node sends each frame's data with sendfile
-from the block file (HDFS's transferTo: the page cache's pages go to the
-socket, no copy through the node) and the checksums from its index,
-unverified; the reader checks every sub-chunk, and reads one that fails
-again through gRPC, where the node checks its disk (``BlockClient``).
+thread hand-offs per message); here it is the two kernel copies, the
+checksums and one copy into the caller's bytes, about a third of that.
 gRPC stays the control plane and the fallback: a node says where its
 transfer port is in ``Stat`` (``transfer_port``), and a client that cannot
 reach it reads through gRPC.
@@ -42,7 +38,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import struct
 import threading
@@ -50,7 +45,6 @@ import time
 from typing import NamedTuple
 
 from cistern.blockstore import limits
-from cistern.blockstore.store import FileSpan
 from cistern.core.errors import CisternError, errno_for_grpc_status, grpc_status_for
 
 log = logging.getLogger(__name__)
@@ -109,16 +103,13 @@ def _client_error(name: str, node_errno: int, text: str) -> CisternError:
 # -- node side -------------------------------------------------------------------------------
 
 class TransferServer:
-    """Serves ``read_range(block_id, offset, length)`` (``BlockService``'s
-    ``transfer_range``: (info, iterator of (start, data, sums)), raising
-    CisternError; data a bytes-like object, or a ``FileSpan`` sent with
-    sendfile, where a disk error closes the connection, as no error frame
-    can follow part of a frame) on a TCP port of ``host``: one thread per
-    connection, at most ``limits.transfer_connections_max`` (more are told
-    EAGAIN and closed),
+    """Serves ``read_range(block_id, offset, length)`` (``BlockService``'s:
+    (info, iterator of verified (start, data, sums)), raising CisternError)
+    on a TCP port of ``host``: one thread per connection, at most
+    ``limits.transfer_connections_max`` (more are told EAGAIN and closed),
     each closed after ``limits.transfer_idle_timeout_s`` without a request
-    or when a send stalls that long. Memory: at most one message of
-    ``limits.message_data_max_bytes`` per connection (none with spans)."""
+    or when a send stalls that long. Memory: one message of at most
+    ``limits.message_data_max_bytes`` per connection."""
 
     def __init__(self, read_range, host: str, port: int = 0):
         self._read_range = read_range
@@ -213,31 +204,11 @@ class TransferServer:
         try:
             for start, data, sums in chunks:
                 head = FRAME.pack(0, start, len(sums), len(data)) + struct.pack(f">{len(sums)}Q", *sums)
-                if isinstance(data, FileSpan):
-                    _send_span(conn, head, data)
-                else:
-                    _send_parts(conn, head, data)
+                _send_parts(conn, head, data)
         except CisternError as e:
             raw = _utf8(e.message)
             conn.sendall(FRAME.pack(e.errno, 0, 0, len(raw)) + raw)
             return False
-        except _DiskError as e:
-            # No error frame can follow part of a frame: the connection
-            # closes and the reader fails over. Raised into the read's
-            # iterator, the failure is the node's as a failed pread's would
-            # be (``BlockService`` quarantines and reports the block).
-            log.error("transfer: block %s: %s", block_id.hex(), e)
-            throw = getattr(chunks, "throw", None)
-            if throw is not None:
-                try:
-                    throw(CisternError(errno.EIO, f"block {block_id.hex()}: {e}"))
-                except CisternError:
-                    pass
-            return False
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()            # the block file, now rather than when collected
         conn.sendall(FRAME.pack(0, 0, 0, 0))
         return True
 
@@ -250,31 +221,6 @@ def _send_parts(conn: socket.socket, head: bytes, data) -> None:
         sent = len(head)
     if sent - len(head) < len(data):
         conn.sendall(memoryview(data)[sent - len(head):])
-
-
-def _send_span(conn: socket.socket, head: bytes, span: FileSpan) -> None:
-    """head, then the span's bytes by sendfile: the kernel passes the page
-    cache's pages to the socket, nothing is copied through this process.
-    MSG_MORE holds the head back to leave in one segment with the data.
-    OSError when the socket fails, _DiskError when the disk does (EIO) or
-    the file ends early (a short file is refused before its first span)."""
-    conn.sendall(head, socket.MSG_MORE)
-    out, at, left = conn.fileno(), span.offset, span.length
-    while left:
-        try:
-            sent = os.sendfile(out, span.fd, at, left)
-        except OSError as e:
-            if e.errno == errno.EIO:
-                raise _DiskError(f"reading at {at}: {e.strerror}") from None
-            raise
-        if not sent:
-            raise _DiskError(f"file is short at {at}, inside a frame")
-        at += sent
-        left -= sent
-
-
-class _DiskError(Exception):
-    """The block file failed (EIO, or ended) inside a frame being sent."""
 
 
 def _shutdown(conn: socket.socket) -> None:

@@ -15,7 +15,6 @@ import pytest
 
 from cistern.blockstore import transfer
 from cistern.blockstore.client import BlockClient
-from cistern.blockstore.store import FileSpan, block_checksum, chunk_checksums
 from cistern.blockstore.testing import NodeCluster
 from cistern.core.errors import CisternError
 from cistern.metadata.proc_testing import free_port
@@ -116,114 +115,23 @@ def test_bad_bytes_on_the_transfer_port_leave_the_node_serving(cluster):
 
 def test_the_client_verifies_what_arrives_over_the_transfer_port(cluster):
     """A node (here a fake transfer server) whose bytes do not match the
-    checksums it sends: the client notices and reads the block again
-    through gRPC, which returns the stored bytes."""
-    n1 = cluster.addresses[0]
-    block_id, data = os.urandom(16), os.urandom(4 * CHUNK)
-    garbled = data[:CHUNK] + os.urandom(3 * CHUNK)
-    sums = chunk_checksums(data)
+    checksums it sends: the client raises EBADMSG naming the sub-chunk."""
+    data = os.urandom(4 * CHUNK)
+    sums = [1, 2, 3, 4]   # wrong on purpose
 
     class Info:
-        length, checksum = len(data), block_checksum(data)
+        length, checksum = len(data), bytes(16)
 
-    server = transfer.TransferServer(lambda block_id, offset, length: (Info, iter([(0, garbled, sums)])),
+    server = transfer.TransferServer(lambda block_id, offset, length: (Info, iter([(0, data, sums)])),
                                      "127.0.0.1").start()
     try:
+        n1 = cluster.addresses[0]
         with BlockClient() as client:
-            client.write_block([n1], block_id, data)
             client._transfer_ports[n1] = (server.port, 0.0)
-            assert client.read_block(n1, block_id) == data
-            assert client.read_block(n1, block_id, CHUNK + 7, 2 * CHUNK) == data[CHUNK + 7:3 * CHUNK + 7]
-            assert bytes(client.read_pieces(n1, block_id)[0]) == data
-            assert client.transfer_reads == 3
+            with pytest.raises(CisternError) as e:
+                client.read_block(n1, os.urandom(16))
+            assert e.value.errno == errno.EBADMSG and "sub-chunk 0 arrived corrupt" in e.value.message
     finally:
-        server.stop()
-
-
-def test_the_transfer_port_sends_the_disk_and_the_index_checksums(cluster):
-    """The node sends a block's file as it is (sendfile, no check on the
-    way out) with the checksums its index holds: a corrupt byte on disk
-    reaches the reader as a sub-chunk that fails its checksum, and the node
-    keeps the block until its own check (a gRPC read, the scrubber) sees it."""
-    n1 = cluster.addresses[0]
-    block_id, data = os.urandom(16), os.urandom(3 * (1 << 20) + 5)
-    with BlockClient() as client:
-        client.write_block([n1], block_id, data)
-        port = client.stat(n1)["transfer_port"]
-        name = block_id.hex()
-        with open(os.path.join(cluster.nodes[0]["data"], "blocks", name[:2], name), "r+b") as f:
-            f.seek((1 << 20) + 3 * CHUNK + 9)
-            f.write(b"\x00\xff")
-        reader = transfer.TransferClient()
-        try:
-            frames = list(reader.read(("127.0.0.1", port), n1, block_id, 0, None, 30.0))
-        finally:
-            reader.close()
-        assert b"".join(bytes(d) for d, _ in frames) == data[:(1 << 20) + 3 * CHUNK + 9] + b"\x00\xff" + \
-            data[(1 << 20) + 3 * CHUNK + 11:]
-        sums = [s for _, frame in frames for s in frame.chunk_checksums]
-        assert sums == chunk_checksums(data) and frames[0][1].block_checksum == block_checksum(data)
-        assert [frame.offset for _, frame in frames] == [0, 1 << 20, 2 << 20, 3 << 20]
-        assert client.info(n1, block_id)["length"] == len(data)     # not quarantined
-        with pytest.raises(CisternError) as e:
-            client.read_block(n1, block_id)                           # noticed, read again through gRPC
-        assert e.value.errno == errno.EIO and f"sub-chunk {16 + 3}" in e.value.message
-        with pytest.raises(CisternError) as e:
-            client.info(n1, block_id)
-        assert e.value.errno == errno.ENOENT                          # now quarantined
-
-
-def test_a_short_block_file_is_an_error_before_any_data_and_quarantined(cluster):
-    n1 = cluster.addresses[0]
-    block_id, data = os.urandom(16), os.urandom(2 * (1 << 20) + 5)
-    with BlockClient() as client:
-        client.write_block([n1], block_id, data)
-        name = block_id.hex()
-        os.truncate(os.path.join(cluster.nodes[0]["data"], "blocks", name[:2], name), (1 << 20) + 7)
-        assert client.read_block(n1, block_id, 0, CHUNK) == data[:CHUNK]      # what is there is served
-        with pytest.raises(CisternError) as e:
-            client.read_block(n1, block_id, CHUNK)
-        assert e.value.errno == errno.EIO and f"file is short at {(1 << 20) + 7}" in e.value.message
-        assert client.transfer_reads == 1                 # the error ends the second before its first frame
-        with pytest.raises(CisternError) as e:
-            client.info(n1, block_id)
-        assert e.value.errno == errno.ENOENT
-
-
-def test_a_block_file_failing_inside_a_frame_closes_the_connection_and_is_the_nodes_error(tmp_path):
-    """sendfile failing part-way through a frame (here: the file ends inside
-    the span): no error frame can follow, so the reader sees the connection
-    break (EAGAIN, it fails over), and the failure is raised into the read's
-    iterator, where the node's service quarantines the block."""
-    path = tmp_path / "block"
-    path.write_bytes(os.urandom(CHUNK + 100))
-    thrown = []
-
-    class Info:
-        length, checksum = 2 * CHUNK, bytes(16)
-
-    def spans(block_id, offset, length):
-        def gen():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                yield 0, FileSpan(fd, 0, 2 * CHUNK), [1, 2]
-            except CisternError as e:
-                thrown.append(e)
-                raise
-            finally:
-                os.close(fd)
-        return Info, gen()
-
-    server = transfer.TransferServer(spans, "127.0.0.1").start()
-    reader = transfer.TransferClient()
-    try:
-        with pytest.raises(CisternError) as e:
-            list(reader.read(("127.0.0.1", server.port), "node", os.urandom(16), 0, None, 30.0))
-        assert e.value.errno == errno.EAGAIN and "transfer connection broke" in e.value.message
-        assert len(thrown) == 1 and thrown[0].errno == errno.EIO
-        assert f"file is short at {CHUNK + 100}" in thrown[0].message
-    finally:
-        reader.close()
         server.stop()
 
 
