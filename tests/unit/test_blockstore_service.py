@@ -7,6 +7,7 @@ import os
 import pytest
 
 from cistern.blockstore.client import BlockClient
+from cistern.blockstore.proto import blockstore_pb2 as pb
 from cistern.blockstore.service import NullReporter
 from cistern.blockstore.testing import local_node
 from cistern.core.errors import CisternError
@@ -62,3 +63,36 @@ def test_a_block_size_that_is_not_whole_sub_chunks_is_refused(tmp_path):
     with pytest.raises(CisternError) as e:
         NodeServer("n1", "127.0.0.1:0", str(tmp_path), block_size_bytes=1000)
     assert e.value.errno == errno.EINVAL
+
+
+def test_a_whole_block_read_against_the_layout_takes_every_byte_once_in_order(tmp_path):
+    """With the layout's checksum the client does not hash the block a second
+    time; what stands in for that pass is that each byte arrives once, in
+    order, in sub-chunks matching the index entry that is the layout's block.
+    Replies that each verify but repeat or skip a range are refused."""
+    from cistern.blockstore.store import block_checksum
+
+    node = local_node(str(tmp_path / "n1"), "n1", block_size_bytes=4 << 20)
+    client = BlockClient()
+    try:
+        block_id, data = os.urandom(16), os.urandom(3 << 20)
+        client.write_block([node.rpc_address], block_id, data)
+        checksum = block_checksum(data)
+        pieces, actual, sums = client.read_pieces(node.rpc_address, block_id, checksum=checksum)
+        assert bytes(pieces) == data and actual == checksum and len(sums) == len(data) >> 16
+        with pytest.raises(CisternError) as e:   # the index entry is another block's
+            client.read_pieces(node.rpc_address, block_id, checksum=block_checksum(b"other"))
+        assert e.value.errno == errno.EBADMSG and "not the expected block" in e.value.message
+
+        honest = client._unverified_replies
+        replies = list(honest(node.rpc_address, block_id, pb.ReadRequest(block_id=block_id), 30))
+        assert len(replies) >= 2, "the test needs a block that arrives in several replies"
+        for tampered in ([replies[0]] + replies[:-1],          # the first reply twice, the last missing
+                         [replies[1], replies[0]] + replies[2:]):   # two replies swapped
+            client._unverified_replies = lambda *args, tampered=tampered: iter(tampered)
+            with pytest.raises(CisternError) as e:
+                client.read_pieces(node.rpc_address, block_id, checksum=checksum)
+            assert e.value.errno == errno.EBADMSG and "expected" in e.value.message
+    finally:
+        client.close()
+        node.stop()
