@@ -124,7 +124,7 @@ from cistern.client.async_create import AsyncCreates
 from cistern.client.plans import stat_block_size_bytes
 from cistern.core.metrics import new_registry
 
-from . import statahead
+from . import statahead, threadstate
 
 __all__ = ["Operations", "Settings", "FS_ENCODING"]
 
@@ -220,6 +220,9 @@ class Metrics:
                                           "batches of asynchronous creates committed", **kw)
         self.metadata_batches = Gauge("cistern_fuse_metadata_batches_sent",
                                       "request batches (round trips) the mount's metadata client has sent", **kw)
+        self.thread_states = Gauge("cistern_fuse_thread_states",
+                                   "Python thread states kept for libfuse's worker threads (threadstate.py)", **kw)
+        self.thread_states.set_function(threadstate.kept)
         self.hit = self.cache.labels("hit")
         self.miss = self.cache.labels("miss")
         self._per_op: dict[str, tuple] = {}
@@ -413,6 +416,11 @@ class Operations(fusepy.Operations):
     encoding=FS_ENCODING)``."""
 
     use_ns = True   # times in integer nanoseconds, both ways
+
+    def __call__(self, op, *args):
+        threadstate.keep()     # libfuse's threads keep their Python state between requests
+        return super().__call__(op, *args)
+
     # Open files whose name is gone reach read/write/flush/release with path
     # None instead of failing ENOENT inside libfuse (see _hide).
     flag_nullpath_ok = 1

@@ -340,6 +340,37 @@ def test_concurrent_readers_of_one_file_get_the_right_bytes_and_see_this_mounts_
         os.close(shared)
 
 
+def test_libfuse_threads_keep_their_python_state_and_the_mount_survives_their_churn(mc, mnt):
+    """fuse/threadstate.py: after bursts of parallel requests (libfuse
+    starts workers for them and ends the idle ones after), the mount keeps a
+    Python thread state per worker, bounded by its threads, and still serves
+    every request right."""
+    data = os.urandom(2 * (1 << 20))
+    path = os.path.join(mnt, "churn.bin")
+    with open(path, "wb") as f:
+        f.write(data)
+
+    def burst(k: int) -> bool:
+        fd = _uncached(os.open(path, os.O_RDONLY))
+        try:
+            return all(os.pread(fd, 4096, at) == data[at:at + 4096] and os.stat(path).st_size == len(data)
+                       for at in range(k * 4096, len(data), 16 * 4096))
+        finally:
+            os.close(fd)
+
+    for _ in range(3):
+        with ThreadPoolExecutor(16) as pool:
+            assert all(pool.map(burst, range(16)))
+        time.sleep(0.3)
+    text = urllib.request.urlopen(f"http://{mc.mount.metrics_address}/metrics", timeout=10).read().decode()
+    kept = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("cistern_fuse_thread_states ")]
+    # Live threads, plus workers that ended since the last new one (reaped by the next).
+    threads = len(os.listdir(f"/proc/{mc.mount.proc.pid}/task"))
+    assert kept and 1 <= kept[0] <= threads + 16, (kept, threads)
+    assert open(path, "rb").read() == data
+
+
 def test_the_metrics_endpoint_counts_operations_by_type(mc, mnt):
     for i in range(5):
         with open(os.path.join(mnt, f"m{i}"), "w") as f:
