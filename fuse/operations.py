@@ -28,9 +28,10 @@ Contract (what the mount promises, and how):
   writing come from it too, so within the mount a reader sees each write at
   once, as on a local disk. Reads of a file no handle of this mount writes
   take no lock of the mount's: the kernel's concurrent read-ahead requests
-  are served at once (``File.pread`` overlaps them). Writes are buffered per block and published by
-  one COMMIT_WRITE on flush (every close), fsync, ftruncate and release: a
-  small file costs one commit, not one per write(). A file this mount has
+  are served at once (``File.pread`` overlaps them). Writes are buffered
+  per block and published by one COMMIT_WRITE on flush (every close),
+  fsync, ftruncate and release: a small file costs one commit, not one per
+  write(). A file this mount has
   just created takes its lease at its first write (``touch`` costs no lease
   round trips) and may be written whatever its mode (open(2) with O_CREAT
   and mode 0444 returns a writable descriptor).
