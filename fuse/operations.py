@@ -31,10 +31,10 @@ Contract (what the mount promises, and how):
   are served at once (``File.pread`` overlaps them). Writes are buffered
   per block and published by one COMMIT_WRITE on flush (every close),
   fsync, ftruncate and release: a small file costs one commit, not one per
-  write(). A file this mount has
-  just created takes its lease at its first write (``touch`` costs no lease
-  round trips) and may be written whatever its mode (open(2) with O_CREAT
-  and mode 0444 returns a writable descriptor).
+  write(). A file this mount has just created takes its lease at its
+  first write (``touch`` costs no lease round trips) and may be written
+  whatever its mode (open(2) with O_CREAT and mode 0444 returns a writable
+  descriptor).
 * Asynchronous creates (``Settings.async_create``, ``-o async_create=0``
   turns them off): after two creates within a second in one directory the
   mount asks for a create delegation on it (``client/async_create.py``);
