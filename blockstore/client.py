@@ -13,7 +13,10 @@ Contract:
   per node through ``Stat``; the same verified sub-chunks, a third of
   gRPC's CPU per byte) and fall back to gRPC ``Read`` when the port is
   unknown or cannot be reached before any data came (``transfer=False``:
-  gRPC only). Either way the errors are the same.
+  gRPC only). Writes stream over it too (``transfer_writes``), the same
+  messages as gRPC ``Write``, falling back to gRPC when the port is unknown
+  or breaks before the first node answered anything. Either way the errors
+  are the same.
 * Durability: a node listed by ``write_block`` has the block fsynced.
 * Idempotency: writing the same block (same id and bytes) again succeeds;
   delete of a missing block is not an error; copy of a present block is a
@@ -33,7 +36,8 @@ import grpc
 import xxhash
 
 from cistern.blockstore import limits
-from cistern.blockstore.pipeline import ReplicaResult, encode_with_data, merge_results, results_after_failure, split_data
+from cistern.blockstore.pipeline import (Downstream, ReplicaResult, TransferDownstream, encode_with_data, merge_results,
+                                         results_after_failure, split_data)
 from cistern.blockstore.proto import blockstore_pb2 as pb
 from cistern.blockstore.proto import blockstore_pb2_grpc as pb_grpc
 from cistern.blockstore.store import block_checksum, check_block_id, chunk_checksums
@@ -54,14 +58,19 @@ def _error(address: str, e: grpc.RpcError) -> CisternError:
 
 
 class BlockClient:
-    def __init__(self, *, message_bytes: int = limits.message_data_max_bytes, transfer: bool = True):
+    def __init__(self, *, message_bytes: int = limits.message_data_max_bytes, transfer: bool = True,
+                 transfer_writes: bool = True):
+        """``transfer``: reads (and with ``transfer_writes``, writes, both
+        the client's and a node's forwarding) use nodes' transfer ports."""
         assert 0 < message_bytes <= limits.message_data_max_bytes
         self.message_bytes = message_bytes
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._transfer = TransferClient() if transfer else None
+        self._transfer_writes = transfer and transfer_writes
         self._transfer_ports: dict[str, tuple] = {}     # address -> (port or 0, when learned)
         self.transfer_reads = 0                          # reads served over a transfer port (tests, stats)
+        self.transfer_writes = 0                         # write streams opened over a transfer port
 
     def channel(self, address: str) -> grpc.Channel:
         with self._lock:
@@ -120,18 +129,55 @@ class BlockClient:
                                 checksum=block_checksum(data) if checksum is None else checksum,
                                 chunk_size=limits.chunk_size_bytes, chunk_checksums=chunk_checksums(data),
                                 targets=targets[1:])
+        view, step = memoryview(data), self.message_bytes
+        stream = self._transfer_stream(targets, header, view[:step], timeout_s)
+        if stream is not None:
+            for message in self._data_messages(view):
+                if not stream.send(message):
+                    break
+            return stream.finish(timeout_s)
         try:
-            reply = self.write_call(targets[0])(self._messages(header, data), timeout=timeout_s)
+            reply = self.write_call(targets[0])(self._messages(header, view), timeout=timeout_s)
         except grpc.RpcError as e:
             return results_after_failure(targets, errno_for_grpc_status(e.code()), f"{e.code().name}: {e.details()}")
         return merge_results(targets, reply)
 
-    def _messages(self, header: pb.WriteHeader, data):
-        view = memoryview(data)
+    def _messages(self, header: pb.WriteHeader, view: memoryview):
+        yield encode_with_data(view[:self.message_bytes], pb.WriteChunk(header=header).SerializeToString())
+        yield from self._data_messages(view)
+
+    def _data_messages(self, view: memoryview):
+        """The serialized data messages after the first (which carries the header)."""
         step = self.message_bytes
-        yield encode_with_data(view[:step], pb.WriteChunk(header=header).SerializeToString())
         for i in range(step, len(view), step):
             yield encode_with_data(view[i:i + step])
+
+    def open_write(self, targets, header: pb.WriteHeader, first_data, *, timeout_s: float):
+        """A write stream to targets[0] carrying ``header`` (its targets
+        replaced by targets[1:]) and ``first_data``, as a
+        ``pipeline.Downstream`` (``send``, ``finish``, ``cancel``): over the
+        node's transfer port when it has one, else through gRPC."""
+        stream = self._transfer_stream(targets, header, first_data, timeout_s)
+        if stream is not None:
+            return stream
+        return Downstream(self.write_call(targets[0]), header, first_data, targets, timeout_s=timeout_s)
+
+    def _transfer_stream(self, targets, header: pb.WriteHeader, first_data, timeout_s: float):
+        """A ``TransferDownstream`` with its first message sent, or None
+        (write through gRPC): transfer writes off, no port known, or the
+        port unusable before the node answered anything."""
+        if not self._transfer_writes:
+            return None
+        target = self._transfer_target(targets[0])
+        if target is None:
+            return None
+        try:
+            stream = TransferDownstream(self._transfer.open_write(target, timeout_s), header, first_data, targets)
+        except TransferUnavailable as e:
+            self._forget_transfer_port(targets[0], target, e)
+            return None
+        self.transfer_writes += 1
+        return stream
 
     def write_block(self, targets, block_id, data, *, timeout_s: float = limits.write_call_timeout_s) -> list[str]:
         """Write one block down the pipeline; the addresses that stored it
@@ -182,9 +228,7 @@ class BlockClient:
             try:
                 first = next(frames)     # at least one: an empty range still brings the block's length
             except TransferUnavailable as e:
-                log.info("transfer port %s:%d of %s unusable (%s); reading through gRPC", *target, address, e)
-                with self._lock:
-                    self._transfer_ports.pop(address, None)
+                self._forget_transfer_port(address, target, e)
             else:
                 self.transfer_reads += 1
                 yield first
@@ -200,6 +244,12 @@ class BlockClient:
                 yield reply
         except grpc.RpcError as e:
             raise _error(address, e) from None
+
+    def _forget_transfer_port(self, address: str, target: tuple, why: Exception) -> None:
+        """The transfer port at ``target`` failed: use gRPC until it is asked again."""
+        log.info("transfer port %s:%d of %s unusable (%s); using gRPC", *target, address, why)
+        with self._lock:
+            self._transfer_ports.pop(address, None)
 
     def _transfer_target(self, address: str) -> tuple | None:
         """(host, port) of the node's transfer port, or None (gRPC only):

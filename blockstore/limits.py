@@ -32,6 +32,8 @@ transfer_idle_connections_max = 8          # idle connections a client keeps per
 transfer_connect_timeout_s = 5.0
 transfer_port_recheck_s = 30.0             # a client asks a node without a known transfer port again after this
 transfer_deadline_slack_s = 0.25           # a transfer read re-arms its receive timeout to its deadline this often, not per frame
+transfer_drain_s = 5.0                     # a node refusing a write early discards the rest of its stream this long at most
+transfer_write_reply_max_bytes = 64 * KiB  # a serialized WriteReply on the transfer port
 
 pipeline_depth_max = 8                     # replicas one pipelined write may name
 pipeline_queue_messages_max = 8            # messages buffered for a slow downstream node

@@ -7,9 +7,12 @@ downstream reply. The reply of a node lists one result per node from itself
 to the end of the pipeline, so a failed downstream node is reported to the
 client, never hidden; the client decides what to do with fewer replicas.
 
-``results_after_failure`` and ``merge_results`` are pure; ``Downstream`` is the
-only part that does I/O (a gRPC client stream fed from a bounded queue, so a
-slow next node slows this one down instead of buffering without bound).
+``results_after_failure`` and ``merge_results`` are pure; ``Downstream`` and
+``TransferDownstream`` are the only parts that do I/O, with one interface
+(``send``, ``finish``, ``cancel``): a gRPC client stream fed from a bounded
+queue, so a slow next node slows this one down instead of buffering without
+bound, or a write stream on the next node's transfer port (transfer.py),
+sent from the caller's thread (the socket's buffer is the bound).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import grpc
 
 from cistern.blockstore import limits
 from cistern.blockstore.proto import blockstore_pb2 as pb
-from cistern.core.errors import errno_for_grpc_status
+from cistern.core.errors import CisternError, errno_for_grpc_status
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,16 @@ def check_targets(targets) -> str:
 _END = object()
 
 
+def first_message(header: pb.WriteHeader, first_data, targets) -> bytes:
+    """The serialized first message of a write stream to targets[0]: the
+    header naming targets[1:], with ``first_data``."""
+    forwarded = pb.WriteHeader()
+    forwarded.CopyFrom(header)
+    del forwarded.targets[:]
+    forwarded.targets.extend(targets[1:])
+    return encode_with_data(first_data, pb.WriteChunk(header=forwarded).SerializeToString())
+
+
 class Downstream:
     """The stream to the next node (``write_call``: BlockClient.write_call,
     which sends bytes as they are): ``send`` each received message, then
@@ -99,11 +112,7 @@ class Downstream:
         self._future = None   # set below; gRPC may start pulling messages before that
         self._queue: queue.Queue = queue.Queue(maxsize=limits.pipeline_queue_messages_max)
         self._closed = threading.Event()
-        forwarded = pb.WriteHeader()
-        forwarded.CopyFrom(header)
-        del forwarded.targets[:]
-        forwarded.targets.extend(self.targets[1:])
-        self._queue.put(encode_with_data(first_data, pb.WriteChunk(header=forwarded).SerializeToString()))
+        self._queue.put(first_message(header, first_data, self.targets))
         self._future = write_call.future(self._messages(), timeout=timeout_s)
 
     def _messages(self):
@@ -153,6 +162,33 @@ class Downstream:
             self._queue.put_nowait(_END)
         except queue.Full:
             pass   # the consumer sees _closed at its next poll
+
+
+class TransferDownstream:
+    """``Downstream``'s interface over a ``transfer.WriteStream`` to
+    targets[0]. The constructor sends the first message and raises
+    ``transfer.TransferUnavailable`` when the connection broke before the
+    node answered (the caller then uses gRPC)."""
+
+    def __init__(self, stream, header: pb.WriteHeader, first_data, targets):
+        assert targets
+        self.targets = list(targets)
+        self._stream = stream
+        stream.send(first_message(header, first_data, self.targets))
+        self.send = stream.send
+        self.cancel = stream.cancel
+
+    def finish(self, timeout_s: float) -> list[ReplicaResult]:
+        """End the stream and wait for the downstream reply."""
+        try:
+            raw = self._stream.finish(timeout_s)
+        except CisternError as e:
+            return results_after_failure(self.targets, e.errno, e.message)
+        try:
+            reply = pb.WriteReply.FromString(raw)
+        except Exception as e:   # protobuf's DecodeError: the node sent garbage
+            return results_after_failure(self.targets, errno.EBADMSG, f"malformed write reply: {e}")
+        return merge_results(self.targets, reply)
 
 
 # -- the data messages' wire form --------------------------------------------------

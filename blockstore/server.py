@@ -50,9 +50,9 @@ class NodeServer:
                  reporter=None, sync: bool = True, scrub: bool = True,
                  scrub_rate_bytes_per_s: float = limits.scrub_rate_bytes_per_s,
                  scrub_interval_s: float = limits.scrub_interval_s, transfer_port: int | None = 0):
-        """``transfer_port``: where block reads also stream over plain TCP
-        (transfer.py), on the RPC address's host: 0 a free port, None none
-        (clients then read through gRPC alone)."""
+        """``transfer_port``: where block reads and writes also stream over
+        plain TCP (transfer.py), on the RPC address's host: 0 a free port,
+        None none (clients then use gRPC alone)."""
         if not limits.block_size_min_bytes <= block_size_bytes <= limits.block_size_max_bytes \
                 or block_size_bytes % limits.chunk_size_bytes:
             raise CisternError(errno.EINVAL, f"block size {block_size_bytes} must be a multiple of "
@@ -122,12 +122,12 @@ class NodeServer:
         self._grpc.start()
 
     def _serve_transfer(self) -> None:
-        """The read stream's plain TCP port (transfer.py), on the RPC
+        """The plain TCP port of block reads and writes (transfer.py), on the RPC
         address's host and ``transfer_port`` (0: a free one); Stat tells
         clients which."""
         try:
             self._transfer = TransferServer(self.service.read_range, self.rpc_address.rpartition(":")[0],
-                                            self.transfer_port).start()
+                                            self.transfer_port, write=self.service.transfer_write).start()
         except OSError as e:
             raise CisternError(e.errno or errno.EADDRINUSE,
                                f"cannot serve block transfers on {self.rpc_address}'s host: {e.strerror}") from None
@@ -201,8 +201,8 @@ def add_node_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_transfer_port_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transfer-port", default="0", type=transfer_port_option, metavar="PORT|off",
-                   help="port (on the block service's host) where block reads also stream over plain TCP, as "
-                        "HDFS's data-transfer port; 0 (default) picks a free one, off serves reads through gRPC alone")
+                   help="port (on the block service's host) where block reads and writes also stream over plain TCP, "
+                        "as HDFS's data-transfer port; 0 (default) picks a free one, off serves them through gRPC alone")
 
 
 def transfer_port_option(text: str) -> int | None:

@@ -5,8 +5,11 @@ Every bad input becomes a gRPC status with a one-line message through
 node or leave a partial block visible (the store only publishes verified,
 fsynced blocks).
 
-Threads: each call runs on a gRPC worker thread; a pipelined Write also uses
-the gRPC sender thread of its downstream stream (see pipeline.py). Metrics
+Writes come through gRPC ``Write`` or the transfer port (transfer.py), one
+write loop for both (``write``): only the transport of the raw messages
+differs. Threads: each call runs on a gRPC worker thread or a transfer
+connection's thread; a pipelined write forwarded through gRPC also uses the
+gRPC sender thread of its downstream stream (see pipeline.py). Metrics
 counters are plain ints under the GIL, mirrored into Prometheus when a
 registry is given.
 """
@@ -22,7 +25,8 @@ import grpc
 
 from cistern.blockstore import limits
 from cistern.blockstore.client import BlockClient
-from cistern.blockstore.pipeline import Downstream, ReplicaResult, check_targets, encode_with_data, split_data
+from cistern.blockstore.pipeline import (Downstream, ReplicaResult, TransferDownstream, check_targets, encode_with_data,
+                                         split_data)
 from cistern.blockstore.proto import blockstore_pb2 as pb
 from cistern.blockstore.proto import blockstore_pb2_grpc as pb_grpc
 from cistern.blockstore.store import BlockStore, check_block_id
@@ -145,22 +149,41 @@ class BlockService(pb_grpc.BlockServicer):
     # -- Write ---------------------------------------------------------------------
 
     def Write(self, request_iterator, context):
+        try:
+            reply = self.write(request_iterator, context)
+        except _Refused as e:
+            context.abort(grpc_status_for(e.errno), e.message)
+        return reply
+
+    def write(self, messages, context) -> pb.WriteReply:
+        """One write stream, whichever transport: ``messages`` iterates over
+        the raw WriteChunk messages (header first; StopIteration at the
+        stream's end, any other exception when it broke), ``context`` has
+        ``time_remaining()``. The reply lists this node then every
+        downstream node; raises CisternError when this node did not store
+        the block."""
         started = time.monotonic()
         try:
-            header, first_data = self._header(request_iterator)
-            results = self._write(header, first_data, request_iterator, context)
+            header, first_data = self._header(messages)
+            results = self._write(header, first_data, messages, context)
         except _Refused as e:
             self.stats.refused(e.errno)
-            context.abort(grpc_status_for(e.errno), e.message)
+            raise
         self.stats.wrote(header.length, len(results), time.monotonic() - started)
         self._report("block_stored", bytes(header.block_id), header.length)
         return pb.WriteReply(replicas=[r.to_pb() for r in results])
+
+    def transfer_write(self, messages, context) -> bytes:
+        """``write`` for the transfer port: the serialized reply."""
+        return self.write(messages, context).SerializeToString()
 
     def _header(self, request_iterator):
         try:
             raw = next(request_iterator)
         except StopIteration:
             raise _Refused(errno.EINVAL, "empty write stream: the first message must carry a header") from None
+        except CisternError as e:   # the transport refused the stream (an oversized message)
+            raise _Refused(e.errno, e.message) from None
         except Exception as e:   # the caller went away before sending anything
             raise _Refused(errno.ECANCELED, f"write stream broken: {e}") from None
         data, first = _parse_write_chunk(raw)
@@ -206,12 +229,12 @@ class BlockService(pb_grpc.BlockServicer):
             return [own]
         return [own] + downstream.finish(_remaining(context, limits.downstream_ack_timeout_s))
 
-    def _downstream(self, header, first_data: bytes, context) -> Downstream | None:
+    def _downstream(self, header, first_data: bytes, context) -> Downstream | TransferDownstream | None:
         targets = list(header.targets)
         if not targets:
             return None
-        timeout_s = _remaining(context, limits.write_call_timeout_s)
-        return Downstream(self.peers.write_call(targets[0]), header, first_data, targets, timeout_s=timeout_s)
+        return self.peers.open_write(targets, header, first_data,
+                                     timeout_s=_remaining(context, limits.write_call_timeout_s))
 
     # -- Read ------------------------------------------------------------------------
 
@@ -336,6 +359,8 @@ def _data_messages(request_iterator):
             raw = next(request_iterator)
         except StopIteration:
             return
+        except CisternError:   # the transport refused the stream (an oversized message)
+            raise
         except Exception as e:
             raise CisternError(errno.ECANCELED, f"write stream broken: {e}") from None
         data, msg = _parse_write_chunk(raw)

@@ -1,6 +1,7 @@
-"""The block read stream over plain TCP (HDFS's data-transfer port beside
-its RPC port): the same verified sub-chunks as the gRPC ``Block/Read``,
-without gRPC Python's per-byte cost.
+"""Block reads and writes over plain TCP (HDFS's data-transfer port beside
+its RPC port): the same verified sub-chunks as the gRPC ``Block/Read`` and
+the same write stream as ``Block/Write``, without gRPC Python's per-byte
+cost.
 
 Why: through gRPC a remote read cost about 2.5 ms of CPU per MiB across
 client and node (copies into and out of gRPC's buffers, HTTP/2 framing,
@@ -24,13 +25,23 @@ the connection reused for the next request after a clean end:
   the stream (the node closes); a frame with errno 0 and no data ends it
   cleanly.
 
+A write (``WRITE`` = magic ``b"CBW1"``, the caller's timeout in ms, 0 for
+none) is followed by the very messages of a gRPC Write stream (serialized
+``WriteChunk``, header first), each prefixed with its ``u32`` length; a
+length 0 ends the stream (gRPC's half-close), an EOF before it cancels the
+write. The reply is a ``HEAD`` whose length field is the length of the
+serialized ``WriteReply`` that follows, or an error head as for reads. A
+node that refuses a write before the stream's end sends the error head at
+once and discards the rest of the stream until the writer, which checks
+for an early reply before each message, closes the connection.
+
 Errors keep the gRPC path's meaning: the client turns the node's errno into
 the errno the gRPC status would have given (``errors.grpc_status_for`` then
 ``errno_for_grpc_status``), so callers see the same EIO, ENOENT, EINVAL.
 Malformed input never crashes the node: the connection is closed.
 
-``TransferServer`` (node side) and ``TransferClient`` (client side, a pool
-of idle connections per node) are the only I/O here; the struct layouts and
+``TransferServer`` (node side), ``TransferClient`` (client side, a pool
+of idle connections per node) and its ``WriteStream`` are the only I/O here; the struct layouts and
 ``errno_seen_by_client`` are pure.
 """
 
@@ -38,6 +49,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 import struct
 import threading
@@ -49,11 +61,14 @@ from cistern.core.errors import CisternError, errno_for_grpc_status, grpc_status
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TransferServer", "TransferClient", "TransferUnavailable", "Frame"]
+__all__ = ["TransferServer", "TransferClient", "TransferUnavailable", "Frame", "WriteStream"]
 
 REQUEST_MAGIC = b"CBR1"
+WRITE_MAGIC = b"CBW1"
 REPLY_MAGIC = b"CBF1"
+MAGIC_LEN = 4
 REQUEST = struct.Struct(">4sB16sQQ")
+WRITE = struct.Struct(">4sI")
 HEAD = struct.Struct(">4siQ16s")
 FRAME = struct.Struct(">iQII")
 MESSAGE_LEN = struct.Struct(">I")
@@ -96,8 +111,21 @@ def _error_head(node_errno: int, text: str) -> bytes:
 def _client_error(name: str, node_errno: int, text: str) -> CisternError:
     """What a gRPC reader gets for a failure the node (or this side) saw as
     ``node_errno``: the errno through the one status table and the
-    ``address: STATUS: details`` message of ``BlockClient``'s gRPC errors."""
-    return CisternError(errno_seen_by_client(node_errno), f"{name}: {grpc_status_for(node_errno).name}: {text}")
+    ``address: STATUS: details`` message of ``BlockClient``'s gRPC errors
+    (without ``address: `` when ``name`` is empty, as a write's results say it)."""
+    text = f"{grpc_status_for(node_errno).name}: {text}"
+    return CisternError(errno_seen_by_client(node_errno), f"{name}: {text}" if name else text)
+
+
+class CallDeadline:
+    """The ``time_remaining()`` of a gRPC servicer context, for a call that
+    came over the transfer port (None: no deadline)."""
+
+    def __init__(self, timeout_s: float | None):
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
 
 # -- node side -------------------------------------------------------------------------------
@@ -105,14 +133,20 @@ def _client_error(name: str, node_errno: int, text: str) -> CisternError:
 class TransferServer:
     """Serves ``read_range(block_id, offset, length)`` (``BlockService``'s:
     (info, iterator of verified (start, data, sums)), raising CisternError)
+    and, when given, ``write(messages, context)`` (``BlockService``'s: the
+    serialized WriteReply for an iterator of raw WriteChunk messages,
+    raising CisternError; ``context`` has ``time_remaining()``)
     on a TCP port of ``host``: one thread per connection, at most
     ``limits.transfer_connections_max`` (more are told EAGAIN and closed),
     each closed after ``limits.transfer_idle_timeout_s`` without a request
-    or when a send stalls that long. Memory: one message of at most
-    ``limits.message_data_max_bytes`` per connection."""
+    or when a send stalls that long (a write stream: silent
+    ``limits.write_idle_timeout_s``). Memory: one message per connection,
+    of at most ``limits.message_data_max_bytes`` (a read's) or
+    ``limits.wire_message_bytes_max`` (a write's)."""
 
-    def __init__(self, read_range, host: str, port: int = 0):
+    def __init__(self, read_range, host: str, port: int = 0, write=None):
         self._read_range = read_range
+        self._write = write
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host.strip("[]"), port), family=family, backlog=64)
         self.port = self._listener.getsockname()[1]
@@ -177,12 +211,18 @@ class TransferServer:
             # sendmsg, and a silent or stalled reader still ends in EAGAIN.
             conn.settimeout(None)
             _set_deadline(conn, time.monotonic() + limits.transfer_idle_timeout_s)
-            while request := _recv_bytes(conn, REQUEST.size, eof_ok=True):
-                magic, flags, block_id, offset, length = REQUEST.unpack(request)
-                if magic != REQUEST_MAGIC:
-                    log.info("transfer: not a read request from %s; closing", _peer(conn))
-                    return
-                if not self._answer(conn, block_id, offset, length if flags & _FLAG_LENGTH else None):
+            while magic := _recv_bytes(conn, MAGIC_LEN, eof_ok=True):
+                if magic == REQUEST_MAGIC:
+                    _, flags, block_id, offset, length = REQUEST.unpack(magic + _recv_bytes(conn, REQUEST.size - MAGIC_LEN))
+                    if not self._answer(conn, block_id, offset, length if flags & _FLAG_LENGTH else None):
+                        return
+                elif magic == WRITE_MAGIC and self._write is not None:
+                    _, timeout_ms = WRITE.unpack(magic + _recv_bytes(conn, WRITE.size - MAGIC_LEN))
+                    if not self._answer_write(conn, timeout_ms / 1000 if timeout_ms else None):
+                        return
+                    _set_deadline(conn, time.monotonic() + limits.transfer_idle_timeout_s)
+                else:
+                    log.info("transfer: not a transfer request from %s; closing", _peer(conn))
                     return
         except OSError as e:   # the reader went away, or stalled past the timeout
             log.debug("transfer connection from %s ended: %s", _peer(conn), e)
@@ -211,6 +251,68 @@ class TransferServer:
             return False
         conn.sendall(FRAME.pack(0, 0, 0, 0))
         return True
+
+    def _answer_write(self, conn: socket.socket, timeout_s: float | None) -> bool:
+        """Take one write stream and send its reply; False when the
+        connection must close (after an error)."""
+        # A stream silent this long is abandoned (the kernel's per-recv timeout).
+        _set_deadline(conn, time.monotonic() + limits.write_idle_timeout_s)
+        stream = _IncomingWrite(conn)
+        try:
+            reply = self._write(iter(stream), CallDeadline(timeout_s))
+        except CisternError as e:
+            conn.sendall(_error_head(e.errno, e.message))
+            if not stream.ended:
+                _discard_rest(conn)
+            return False
+        conn.sendall(HEAD.pack(REPLY_MAGIC, 0, len(reply), bytes(16)) + reply)
+        return True
+
+
+class _IncomingWrite:
+    """The raw messages of one write stream on a connection, for
+    ``BlockService``'s write loop: StopIteration at the end marker;
+    ConnectionResetError when the writer closed the connection before it,
+    TimeoutError when it was silent past the socket's timeout, CisternError
+    EMSGSIZE for a message over ``limits.wire_message_bytes_max``.
+    ``ended``: nothing more of this stream will come."""
+
+    def __init__(self, conn: socket.socket):
+        self._conn = conn
+        self.ended = False
+
+    def __iter__(self):
+        try:
+            while True:
+                (n,) = MESSAGE_LEN.unpack(_recv_bytes(self._conn, MESSAGE_LEN.size))
+                if n == 0:
+                    self.ended = True
+                    return
+                if n > limits.wire_message_bytes_max:
+                    raise CisternError(errno.EMSGSIZE, f"a write message of {n} bytes; the limit is "
+                                                       f"{limits.wire_message_bytes_max}")
+                yield _recv_bytes(self._conn, n)
+        except ConnectionResetError:
+            self.ended = True
+            raise ConnectionResetError(errno.ECONNRESET, "the writer closed the connection mid-stream") from None
+        except (socket.timeout, BlockingIOError):
+            raise TimeoutError(errno.ETIMEDOUT, f"no write message for {limits.write_idle_timeout_s:.0f}s") from None
+
+
+def _discard_rest(conn: socket.socket) -> None:
+    """After an early error reply: stop sending, then read and drop what the
+    writer still sends until it closes (a close with unread data would reset
+    the connection, and the writer could lose the reply), at most
+    ``limits.transfer_drain_s``."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + limits.transfer_drain_s
+        _set_deadline(conn, deadline, send=False)
+        scratch = bytearray(limits.message_data_max_bytes)
+        while conn.recv_into(scratch) and time.monotonic() < deadline:
+            pass
+    except OSError:
+        pass
 
 
 def _send_parts(conn: socket.socket, head: bytes, data) -> None:
@@ -362,6 +464,122 @@ class TransferClient:
                 raise TransferUnavailable("not a transfer server")
             return conn, head
         raise AssertionError("unreachable")
+
+    def open_write(self, target: tuple, timeout_s: float) -> "WriteStream":
+        """A write stream to the transfer port at ``target``, its request
+        sent; TransferUnavailable when it cannot be connected. ``timeout_s``
+        bounds the whole write (the node learns it too)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                conn, reused = self._take(target)
+            except OSError as e:
+                raise TransferUnavailable(f"connect: {e}") from None
+            if reused and _readable(conn):   # the node closed it meanwhile
+                conn.close()
+                continue
+            try:
+                _set_deadline(conn, deadline)
+                conn.sendall(WRITE.pack(WRITE_MAGIC, min(max(1, int(timeout_s * 1000)), 0xFFFFFFFF)))
+            except OSError as e:
+                conn.close()
+                if reused:
+                    continue
+                raise TransferUnavailable(f"request: {e}") from None
+            return WriteStream(self, target, conn, deadline)
+
+
+class WriteStream:
+    """One write over a transfer connection, used by one thread: ``send``
+    each serialized WriteChunk (header first), then ``finish`` for the
+    serialized WriteReply, or ``cancel`` (the node drops the block). The
+    first ``send`` raises TransferUnavailable when the connection broke
+    before the node answered anything (nothing stored: write through gRPC)."""
+
+    def __init__(self, client: TransferClient, target: tuple, conn: socket.socket, deadline: float):
+        self._client = client
+        self._target = target
+        self._conn = conn
+        self._deadline = deadline
+        self._poll = _poller(conn)
+        self._sent = 0
+        self._stopped = False       # no more sends: the node replied early, or the connection broke
+        self._broken: str = ""
+
+    def send(self, message) -> bool:
+        """Send one message; False (nothing sent) once the node has replied
+        early (an error) or the connection broke, so ``finish`` tells why."""
+        if self._stopped or self._conn is None:
+            return False
+        if self._poll.poll(0):
+            self._stopped = True
+            return False
+        try:
+            _send_parts(self._conn, MESSAGE_LEN.pack(len(message)), message)
+        except (socket.timeout, BlockingIOError):
+            self._stopped, self._broken = True, "timed out sending"
+            return False
+        except OSError as e:
+            if self._sent == 0 and not self._poll.poll(0):
+                self.cancel()
+                raise TransferUnavailable(f"send: {e}") from None
+            self._stopped, self._broken = True, f"connection broke: {e}"
+            return False
+        self._sent += 1
+        return True
+
+    def finish(self, timeout_s: float) -> bytes:
+        """End the stream and wait at most ``timeout_s`` (and the call's
+        deadline) for the reply: the serialized WriteReply. Raises
+        CisternError as the gRPC call would have failed (the errno through
+        the status table, the message ``STATUS: details``)."""
+        conn, clean = self._conn, False
+        if conn is None:
+            raise _client_error("", errno.ECANCELED, "the transfer write was cancelled")
+        try:
+            if not self._stopped:
+                conn.sendall(MESSAGE_LEN.pack(0))
+            _set_deadline(conn, min(self._deadline, time.monotonic() + timeout_s), send=False)
+            head = _recv_bytes(conn, HEAD.size)
+            magic, err, length, _ = HEAD.unpack(head)
+            if magic != REPLY_MAGIC:
+                raise CisternError(errno.EBADMSG, "malformed transfer write reply")
+            if err:
+                raise _client_error("", err, _recv_message(conn, "", None))
+            if length > limits.transfer_write_reply_max_bytes:
+                raise CisternError(errno.EBADMSG, f"a transfer write reply of {length} bytes")
+            reply = _recv_bytes(conn, length)
+            clean = True
+            return reply
+        except (socket.timeout, BlockingIOError):
+            raise _client_error("", errno.ETIMEDOUT, f"no transfer write reply within {timeout_s:.0f}s") from None
+        except OSError as e:
+            raise _client_error("", errno.EAGAIN, f"transfer {self._broken or f'connection broke: {e}'}") from None
+        finally:
+            self._conn = None
+            if clean:
+                self._client._give(self._target, conn)
+            else:
+                conn.close()
+
+    def cancel(self) -> None:
+        """Abandon the write: the connection closes mid-stream. Idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _shutdown(conn)
+            conn.close()
+
+
+def _poller(conn: socket.socket):
+    """A poll object watching ``conn`` for something to read (or an EOF)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLIN)
+    return poller
+
+
+def _readable(conn: socket.socket) -> bool:
+    """Whether something (data or an EOF) is waiting to be read."""
+    return bool(_poller(conn).poll(0))
 
 
 def _recv_message(conn: socket.socket, name: str, n: int | None) -> str:
