@@ -15,7 +15,8 @@ Contract:
   unknown or cannot be reached before any data came (``transfer=False``:
   gRPC only). Writes stream over it too (``transfer_writes``), the same
   messages as gRPC ``Write``, falling back to gRPC when the port is unknown
-  or breaks before the first node answered anything. Either way the errors
+  or the first node's transfer connection is refused or breaks (EAGAIN; a
+  block is rewritten whole, which is idempotent). Either way the errors
   are the same.
 * Durability: a node listed by ``write_block`` has the block fsynced.
 * Idempotency: writing the same block (same id and bytes) again succeeds;
@@ -130,14 +131,22 @@ class BlockClient:
                                 chunk_size=limits.chunk_size_bytes, chunk_checksums=chunk_checksums(data),
                                 targets=targets[1:])
         view, step = memoryview(data), self.message_bytes
+        deadline = time.monotonic() + timeout_s
         stream = self._transfer_stream(targets, header, view[:step], timeout_s)
         if stream is not None:
             for message in self._data_messages(view):
                 if not stream.send(message):
                     break
-            return stream.finish(timeout_s)
+            results = stream.finish(timeout_s)
+            if results[0].errno != errno.EAGAIN:
+                return results
+            # The first node's transfer port refused (too many connections)
+            # or broke: the block is all here, and writing it again is
+            # idempotent, so gRPC gets a go.
+            log.info("transfer write to %s failed (%s); writing through gRPC", targets[0], results[0].message)
         try:
-            reply = self.write_call(targets[0])(self._messages(header, view), timeout=timeout_s)
+            reply = self.write_call(targets[0])(self._messages(header, view),
+                                                timeout=max(0.001, deadline - time.monotonic()))
         except grpc.RpcError as e:
             return results_after_failure(targets, errno_for_grpc_status(e.code()), f"{e.code().name}: {e.details()}")
         return merge_results(targets, reply)

@@ -206,3 +206,21 @@ def test_writes_fall_back_to_grpc_when_the_port_is_off_or_unreachable(cluster, t
         assert client._transfer_ports[on1][0] == real
         assert client.read_block(on1, third) == data
         assert all(code == 0 for code in off.stop_all())
+
+
+def test_a_node_out_of_transfer_connections_is_written_through_grpc(cluster):
+    """A node serving ``transfer_connections_max`` connections refuses more
+    with EAGAIN; the client then writes the block through gRPC."""
+    n1 = cluster.addresses[0]
+    block_id, data = os.urandom(16), os.urandom(2 * MiB + 3)
+    with BlockClient() as client:
+        target = _transfer_target(client, n1)
+        held = [socket.create_connection(target, timeout=10) for _ in range(limits.transfer_connections_max)]
+        try:
+            time.sleep(0.5)       # every one accepted by the node
+            assert client.write_block([n1], block_id, data) == [n1]
+            assert client.transfer_writes == 1       # tried, refused, then gRPC
+        finally:
+            for s in held:
+                s.close()
+        assert client.read_block(n1, block_id) == data
