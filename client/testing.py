@@ -30,10 +30,10 @@ import threading
 import time
 from concurrent.futures import Future
 
-from cistern.core.errors import CisternError, Unavailable
+from cistern.core.errors import CisternError
 from cistern.core.ports import free_port  # noqa: F401  (re-exported for fuse.testing)
 from cistern.metadata import model
-from cistern.metadata.client import recall_args, refusal_retry_delay_s, refused
+from cistern.metadata.client import recall_and_resend, refused
 from cistern.metadata.state import Namespace
 from cistern.metadata.store import Store
 
@@ -149,15 +149,11 @@ class InProcessMetaClient:
                 future.set_result(model.unpack(model.pack(value)) if value is not None else None)
 
     def _refused(self, code, args, future, deadline, refusals) -> None:
-        # As MetaClient does: recall, then resend after a backoff until the deadline.
-        if time.monotonic() >= deadline:
-            future.set_exception(Unavailable(f"metadata operation {code}: directory stayed delegated"))
-            return
-        self.submit(model.Op.DELEG_RECALL, recall_args(code, args))
-        timer = threading.Timer(refusal_retry_delay_s(refusals), self._resend,
-                                ((code, args, future, deadline, refusals + 1),))
-        timer.daemon = True
-        timer.start()
+        # As MetaClient does, with its helper.
+        again = (code, args, future, deadline, refusals + 1)
+        error = recall_and_resend(self.submit, code, args, deadline, refusals, lambda: self._resend(again))
+        if error is not None:
+            future.set_exception(error)
 
     def _resend(self, op) -> None:
         if self._closed:

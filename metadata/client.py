@@ -99,6 +99,20 @@ def recall_args(code: int, args: bytes) -> bytes:
     return model.pack([cred, int(code), rest])
 
 
+def recall_and_resend(submit, code: int, args: bytes, deadline: float, attempt: int, resend) -> CisternError | None:
+    """What a metadata client does with operation ``code`` that a delegation
+    refused for the ``attempt``-th time: past its ``deadline``, the error to
+    fail it with; else it sends DELEG_RECALL through ``submit`` (its answer
+    is not needed), calls ``resend()`` after the backoff, and returns None."""
+    if time.monotonic() >= deadline:
+        return Unavailable(f"metadata operation {code}: directory stayed delegated")
+    submit(model.Op.DELEG_RECALL, recall_args(code, args))
+    timer = threading.Timer(refusal_retry_delay_s(attempt), resend)
+    timer.daemon = True
+    timer.start()
+    return None
+
+
 def refused(code: int, err: int) -> bool:
     """Whether a reply with errno ``err`` is a delegation's refusal of ``code``."""
     return err == model.DELEGATED_ERRNO and code not in model.NEVER_DELEGATED
@@ -397,14 +411,11 @@ class MetaClient:
 
     def _refused(self, op: _Op) -> None:
         """A delegation refused ``op``: recall it, resend ``op`` after a backoff."""
-        if time.monotonic() >= op.deadline:
-            _fail(op.future, Unavailable(f"metadata operation {op.code}: directory stayed delegated"))
-            return
-        self.submit(model.Op.DELEG_RECALL, recall_args(op.code, op.args))   # its answer is not needed
-        timer = threading.Timer(refusal_retry_delay_s(op.refusals), self._resend_refused, (op,))
         op.refusals += 1
-        timer.daemon = True
-        timer.start()
+        error = recall_and_resend(self.submit, op.code, op.args, op.deadline, op.refusals - 1,
+                                  lambda: self._resend_refused(op))
+        if error is not None:
+            _fail(op.future, error)
 
     def _resend_refused(self, op: _Op) -> None:
         op.sent_at = None
