@@ -2,7 +2,8 @@
 passthrough over tmpfs (the ceiling any fusepy filesystem can reach on this
 machine), measured in one run.
 
-    cistern bench fuse [--files 10000] [--mib 1024] [--procs 1,4] [--seq-only] [--cluster C] [--json OUT]
+    cistern bench fuse [--files 10000] [--mib 1024] [--procs 1,4] [--rounds 3] [--seq-only] [--cluster C]
+                       [--json OUT]
     .venv/bin/python -m cistern.bench.fuse_bench ...           (the same)
 
 Both filesystems are mounted as the user would, as processes:
@@ -26,6 +27,14 @@ For every process count P (``--procs``), on each mount in turn:
   checked); MB/s of all processes together. ``--seq-only`` runs only
   these two phases.
 
+The whole comparison runs ``--rounds`` times (default 3), the two mounts
+taking turns at each process count, because this machine is shared and
+either side's figure can swing by 2x from one minute to the next. Each
+round gives a ratio from two measurements taken back to back; the
+ratio reported against the target is the median of the rounds' ratios,
+and the table shows every round's ratio beside it (the figures shown are
+the medians of each side's values).
+
 Prints a table of both figures and the ratio Cistern/passthrough against the
 targets (creates and stats >= 50%, sequential reads >= 60%, writes >= 40%).
 ``--json OUT`` writes the record (``-``: stdout; the table then goes to
@@ -44,6 +53,7 @@ import datetime
 import os
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -72,14 +82,16 @@ _NUM = (int, float)
 _OPT_NUM = (int, float, type(None))
 SCHEMA = {
     "schema": str, "command": [str], "started_at": str, "duration_s": _NUM, "interrupted": bool,
-    "config": {"files": int, "mib": int, "chunk_kib": int, "procs": [int], "cluster": str, "options": [str],
-               "passthrough_source": str},
+    "config": {"files": int, "mib": int, "chunk_kib": int, "procs": [int], "rounds": int, "cluster": str,
+               "options": [str], "passthrough_source": str},
     "versions": report.SCHEMA["versions"], "machine": report.SCHEMA["machine"],
-    "results": [{"target": str, "procs": int, "fs_type": (str, type(None)),
+    "results": [{"target": str, "procs": int, "round": int, "fs_type": (str, type(None)),
                  "phases": report.SCHEMA["results"][0]["phases"]}],
-    "metrics": [{"metric": str, "target": str, "procs": int, "value": _NUM, "unit": str}],
+    "metrics": [{"metric": str, "target": str, "procs": int, "round": int, "value": _NUM, "unit": str}],
+    # cistern/passthrough: medians of the rounds' values; ratio: the median of
+    # `ratios`, one per round (None where a figure was 0).
     "compare": [{"metric": str, "procs": int, "cistern": _NUM, "passthrough": _NUM, "ratio": _OPT_NUM,
-                 "target_ratio": _OPT_NUM, "met": (bool, type(None))}],
+                 "ratios": [_OPT_NUM], "target_ratio": _OPT_NUM, "met": (bool, type(None))}],
 }
 
 
@@ -285,8 +297,9 @@ def run_io(base: str, mode: str, procs: int, total_mib: int, chunk_bytes: int) -
 # -- one target at one process count -------------------------------------------------
 
 
-def measure(mount: str, target: str, procs: int, args, progress) -> tuple[dict, list[dict]]:
-    """Every phase on one mount with ``procs`` processes: (result, metrics)."""
+def measure(mount: str, target: str, procs: int, args, progress, round_no: int = 0) -> tuple[dict, list[dict]]:
+    """Every phase on one mount with ``procs`` processes, as round
+    ``round_no``: (result, metrics)."""
     run_id = f"{target}-p{procs}-{time.time_ns() // 1000 % (1 << 40):x}"
     shape = Shape(procs, max(1, args.files // procs), depth=0, fanout=1, shared_dir=True, run_id=run_id)
     phases = []
@@ -319,47 +332,67 @@ def measure(mount: str, target: str, procs: int, args, progress) -> tuple[dict, 
     for mode in ("write", "read"):
         elapsed = by[f"seq-{mode}"]["elapsed_s"]
         values[f"seq-{mode}"] = round(moved[mode] / 1e6 / elapsed, 1) if elapsed > 0 else 0.0
-    result = {"target": target, "procs": procs, "fs_type": report.fs_type(mount), "phases": phases}
-    metrics = [{"metric": m, "target": target, "procs": procs, "value": v, "unit": UNITS[m]}
+    result = {"target": target, "procs": procs, "round": round_no, "fs_type": report.fs_type(mount),
+              "phases": phases}
+    metrics = [{"metric": m, "target": target, "procs": procs, "round": round_no, "value": v, "unit": UNITS[m]}
                for m, v in values.items()]
     return result, metrics
 
 
+def _ratio(metric: str, cistern: float, passthrough: float) -> float | None:
+    """Cistern / passthrough (for a time, the inverse: passthrough time /
+    Cistern time), so higher is better everywhere; None when undefined."""
+    num, den = (passthrough, cistern) if UNITS[metric] == "s" else (cistern, passthrough)
+    return round(num / den, 4) if den else None
+
+
 def compare(metrics: list[dict]) -> list[dict]:
-    """Cistern / passthrough per metric and process count (for a time, the
-    inverse: passthrough time / Cistern time, so higher is better everywhere)."""
-    got = {(m["metric"], m["procs"], m["target"]): m["value"] for m in metrics}
+    """Per metric and process count: each side's median over the rounds,
+    each round's ratio, and their median, judged against the target. Only
+    rounds that measured both sides count."""
+    got: dict[tuple, dict[int, float]] = {}
+    for m in metrics:
+        got.setdefault((m["metric"], m["procs"], m["target"]), {})[m["round"]] = m["value"]
     out = []
-    for (metric, procs, target), value in got.items():
-        if target != "cistern" or (metric, procs, "passthrough") not in got:
+    for (metric, procs, target), mine in got.items():
+        base = got.get((metric, procs, "passthrough"), {})
+        rounds = sorted(set(mine) & set(base))
+        if target != "cistern" or not rounds:
             continue
-        base = got[(metric, procs, "passthrough")]
-        num, den = (base, value) if UNITS[metric] == "s" else (value, base)
-        ratio = round(num / den, 4) if den else None
+        ratios = [_ratio(metric, mine[r], base[r]) for r in rounds]
+        defined = [r for r in ratios if r is not None]
+        ratio = round(statistics.median(defined), 4) if defined else None
         want = TARGETS[metric]
-        out.append({"metric": metric, "procs": procs, "cistern": value, "passthrough": base, "ratio": ratio,
-                    "target_ratio": want, "met": None if want is None or ratio is None else ratio >= want})
+        out.append({"metric": metric, "procs": procs,
+                    "cistern": statistics.median(mine[r] for r in rounds),
+                    "passthrough": statistics.median(base[r] for r in rounds),
+                    "ratio": ratio, "ratios": ratios, "target_ratio": want,
+                    "met": None if want is None or ratio is None else ratio >= want})
     return out
 
 
 def table(doc: dict) -> str:
     cfg = doc["config"]
     lines = [f"cistern bench fuse: {cfg['files']} files in one directory, {cfg['mib']} MiB sequential "
-             f"in {cfg['chunk_kib']} KiB calls; processes {','.join(map(str, cfg['procs']))}",
-             f"{'metric':<15} {'procs':>5} {'cistern':>12} {'passthrough':>12} {'ratio':>7} {'target':>7}"]
+             f"in {cfg['chunk_kib']} KiB calls; processes {','.join(map(str, cfg['procs']))}; "
+             f"{cfg['rounds']} round(s)",
+             f"{'metric':<15} {'procs':>5} {'cistern':>12} {'passthrough':>12} {'ratio':>7} {'target':>7}"
+             f"{'':8} rounds"]
+    percent = lambda r: "-" if r is None else f"{r * 100:.0f}%"   # noqa: E731
     for c in doc["compare"]:
         unit = UNITS[c["metric"]]
-        ratio = "-" if c["ratio"] is None else f"{c['ratio'] * 100:.0f}%"
         want = "" if c["target_ratio"] is None else f">={c['target_ratio'] * 100:.0f}%"
         verdict = "" if c["met"] is None else ("ok" if c["met"] else "MISSED")
         digits = 4 if unit == "s" else 1
         lines.append(f"{c['metric'] + ' ' + unit:<15} {c['procs']:>5} {c['cistern']:>12.{digits}f} "
-                     f"{c['passthrough']:>12.{digits}f} {ratio:>7} {want:>7}  {verdict}".rstrip())
-    lines.append("(readdir: seconds to list; its ratio is passthrough time / Cistern time)")
+                     f"{c['passthrough']:>12.{digits}f} {percent(c['ratio']):>7} {want:>7}  {verdict:<6} "
+                     f"{' '.join(percent(r) for r in c['ratios'])}".rstrip())
+    lines.append("(medians over the rounds; readdir: seconds to list, its ratio is passthrough time / "
+                 "Cistern time)")
     for r in doc["results"]:
         for p in r["phases"]:
             if p["errors"]:
-                lines.append(f"{r['target']} x{r['procs']} {p['phase']}: {p['errors']} errors, "
+                lines.append(f"{r['target']} x{r['procs']} round {r['round']} {p['phase']}: {p['errors']} errors, "
                              f"first: {p['first_error']}")
     return "\n".join(lines)
 
@@ -369,11 +402,11 @@ def failed(doc: dict) -> list[str]:
     out = []
     for r in doc["results"]:
         for p in r["phases"]:
+            where = f"{r['target']} x{r['procs']} round {r['round']} {p['phase']}"
             if p["errors"]:
-                out.append(f"{r['target']} x{r['procs']} {p['phase']}: {p['errors']} errors "
-                           f"(first: {p['first_error']})")
+                out.append(f"{where}: {p['errors']} errors (first: {p['first_error']})")
             if p["verify"] is not None and not p["verify"]["ok"]:
-                out.append(f"{r['target']} x{r['procs']} {p['phase']}: self-check failed: {p['verify']}")
+                out.append(f"{where}: self-check failed: {p['verify']}")
     return out
 
 
@@ -389,6 +422,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mib", type=int, default=1024, help="sequential bytes in MiB, over all processes (default 1024)")
     p.add_argument("--chunk-kib", type=int, default=1024, help="bytes per write/read call in KiB (default 1024)")
     p.add_argument("--procs", default="1,4", help="process counts to measure, comma-separated (default 1,4)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="times the whole comparison runs, the mounts taking turns; medians are reported "
+                        "(default 3)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="extra FUSE options for BOTH mounts (repeatable)")
     p.add_argument("--seq-only", action="store_true",
@@ -418,8 +454,8 @@ def _raise_interrupt(signum, frame):
 def run(args, prog: str = "cistern bench fuse") -> int:
     try:
         procs_list = _parse_procs(args.procs)
-        if args.files < 1 or args.mib < 1 or args.chunk_kib < 1:
-            raise ValueError("--files, --mib and --chunk-kib must be >= 1")
+        if args.files < 1 or args.mib < 1 or args.chunk_kib < 1 or args.rounds < 1:
+            raise ValueError("--files, --mib, --chunk-kib and --rounds must be >= 1")
     except ValueError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
@@ -447,11 +483,12 @@ def run(args, prog: str = "cistern bench fuse") -> int:
                     else passthrough_argv(source, path, args.options))
             mounts[name] = MountProcess(name, argv, path, os.path.join(scratch, f"{name}.log")).start()
         progress = runner.Progress(not args.no_progress)
-        for procs in procs_list:
-            for name in TARGET_NAMES[::-1]:        # the ceiling first, then Cistern, at each count
-                result, found = measure(mounts[name].path, name, procs, args, progress)
-                results.append(result)
-                metrics.extend(found)
+        for round_no in range(args.rounds):
+            for procs in procs_list:
+                for name in TARGET_NAMES[::-1]:        # the ceiling first, then Cistern, at each count
+                    result, found = measure(mounts[name].path, name, procs, args, progress, round_no)
+                    results.append(result)
+                    metrics.extend(found)
     except KeyboardInterrupt:
         interrupted = True
     except RuntimeError as e:
@@ -468,6 +505,7 @@ def run(args, prog: str = "cistern bench fuse") -> int:
            "started_at": started_wall.isoformat(timespec="seconds"),
            "duration_s": round(time.monotonic() - started, 3), "interrupted": interrupted,
            "config": {"files": args.files, "mib": args.mib, "chunk_kib": args.chunk_kib, "procs": procs_list,
+                      "rounds": args.rounds,
                       "cluster": args.cluster or ("local (temporary, removed)" if local else cluster),
                       "options": list(args.options), "passthrough_source": "tmpfs"},
            "versions": report.versions(), "machine": report.machine(),
