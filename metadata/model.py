@@ -35,6 +35,7 @@ from __future__ import annotations
 import enum
 import errno
 import stat
+import threading
 from typing import NamedTuple
 
 import msgpack
@@ -148,8 +149,20 @@ class Attr(NamedTuple):
     version: int         # bumped by every change to the inode; TXN's COND_VERSION compares it
 
 
+_packers = threading.local()   # one reusable msgpack Packer per thread
+
+
 def pack(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    """msgpack bytes of ``obj`` (bin type for bytes), as ``msgpack.packb``
+    gives: through a Packer kept per thread, since packb builds a Packer
+    (and its buffer) per call, ~0.5-0.9 us more on every operation's
+    arguments, Raft op record and reply. A Packer resets itself when a
+    pack fails, so an unencodable object leaves no residue."""
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)
 
 
 def unpack(data: bytes):
