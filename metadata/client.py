@@ -4,7 +4,10 @@ Contract
     ``submit(code, args)`` returns a ``concurrent.futures.Future`` that resolves
     to the operation's decoded value or raises ``CisternError`` with the
     reply's errno and message; ``call`` is its blocking form and ``acall`` its
-    asyncio form. Any number of threads may call them at once.
+    asyncio form. ``submit_callback(code, args, callback)`` is the leanest
+    form: no future, ``callback(value, error)`` is called exactly once, with
+    ``error`` None or the ``CisternError`` the future would raise. Any
+    number of threads may call them at once.
 
 How operations travel
     One long-lived bidirectional stream to the leader. Operations wait in a
@@ -40,8 +43,10 @@ Delegation refusals
 
 Threads: one receiver ("metaclient-recv") that also reconnects, one reaper
 that expires overdue operations, and gRPC's own thread that pulls batches
-from ``_requests``. Future callbacks run on the receiver thread: keep them
-short (hand long work to another thread), or they delay every other reply.
+from ``_requests``. Future callbacks and ``submit_callback`` callbacks run
+on the receiver thread (on the reaper's for an expired operation, on the
+caller's once closed): keep them short (hand long work to another thread),
+or they delay every other reply.
 """
 
 from __future__ import annotations
@@ -119,14 +124,14 @@ def refused(code: int, err: int) -> bool:
 
 
 class _Op:
-    __slots__ = ("seq", "code", "args", "stale", "future", "deadline", "sent_at", "batch", "refusals")
+    __slots__ = ("seq", "code", "args", "stale", "sink", "deadline", "sent_at", "batch", "refusals")
 
-    def __init__(self, seq, code, args, stale, future, deadline):
+    def __init__(self, seq, code, args, stale, sink, deadline):
         self.seq = seq
         self.code = code
         self.args = args
         self.stale = stale
-        self.future = future
+        self.sink = sink       # its Future, or submit_callback's callback(value, error)
         self.deadline = deadline
         self.sent_at = None    # monotonic time it last went out on a stream
         self.batch = None      # [unanswered ops] of the batch it went out in, on the current stream
@@ -190,6 +195,16 @@ class MetaClient:
         self._queue(_Op(0, int(code), args, bool(stale) and code in model.READ_OPS, future, deadline))
         return future
 
+    def submit_callback(self, code: int, args: bytes, callback, *, stale: bool = False,
+                        timeout_s: float | None = None) -> None:
+        """Queue one operation; ``callback(value, error)`` gets its decoded
+        value (``error`` None) or the CisternError ``submit``'s future would
+        raise (``value`` None), exactly once. Saves the future's own cost
+        (a Condition and an RLock made, entered and notified per operation,
+        ~3-4 us of client CPU). An exception the callback raises is logged."""
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        self._queue(_Op(0, int(code), args, bool(stale) and code in model.READ_OPS, callback, deadline))
+
     def _queue(self, op: _Op) -> None:
         """Give ``op`` the next seq and queue it for the sender."""
         with self._cond:
@@ -200,10 +215,16 @@ class MetaClient:
                 self._unsent.append(seq)
                 if op.deadline < self._expiry_due:
                     self._expiry_due = op.deadline
-                if self._waiting:   # under load the sender is busy: skip the notify's cost
+                # Wake only a thread this op gives work: the receiver idling
+                # with nothing outstanding, or a sender that waits for work
+                # with room in its window. A sender that waits for a free
+                # slot would only look and wait again: under load that was
+                # a wake-up and two GIL hand-offs per operation.
+                if self._waiting and (len(self._ops) == 1 or (
+                        len(self._unsent) == 1 and self._batches_out < stream_batches_in_flight_max)):
                     self._cond.notify_all()
         if closed:   # outside the lock: a resent op's callbacks may submit
-            _fail(op.future, CisternError(errno.ESHUTDOWN, "MetaClient is closed"))
+            _fail(op.sink, CisternError(errno.ESHUTDOWN, "MetaClient is closed"))
 
     def call(self, code: int, args: bytes, *, stale: bool = False, timeout_s: float | None = None):
         """Blocking form of submit: the decoded value, or raises CisternError."""
@@ -257,7 +278,7 @@ class MetaClient:
         if conn is not None:
             self._drop(conn)
         for op in ops:
-            _fail(op.future, CisternError(errno.ESHUTDOWN, "MetaClient closed"))
+            _fail(op.sink, CisternError(errno.ESHUTDOWN, "MetaClient closed"))
         self._receiver.join(timeout=5)
         self._reaper.join(timeout=5)
         with self._channels_lock:
@@ -396,18 +417,22 @@ class MetaClient:
                 if refused(op.code, err):
                     self._refused(op)
                 else:
-                    _fail(op.future, CisternError(err, r.message))
+                    _fail(op.sink, CisternError(err, r.message))
                 continue
             value = r.value
             try:
                 value = model.unpack(value) if value else None
             except Exception as e:
-                _fail(op.future, CisternError(errno.EBADMSG, f"undecodable reply value: {e}"))
+                _fail(op.sink, CisternError(errno.EBADMSG, f"undecodable reply value: {e}"))
                 continue
-            try:
-                op.future.set_result(value)
-            except InvalidStateError:   # cancelled by its caller, or failed by close()
-                pass
+            sink = op.sink
+            if type(sink) is Future:
+                try:
+                    sink.set_result(value)
+                except InvalidStateError:   # cancelled by its caller, or failed by close()
+                    pass
+            else:
+                _call_back(sink, value, None)
 
     def _refused(self, op: _Op) -> None:
         """A delegation refused ``op``: recall it, resend ``op`` after a backoff."""
@@ -415,7 +440,7 @@ class MetaClient:
         error = recall_and_resend(self.submit, op.code, op.args, op.deadline, op.refusals - 1,
                                   lambda: self._resend_refused(op))
         if error is not None:
-            _fail(op.future, error)
+            _fail(op.sink, error)
 
     def _resend_refused(self, op: _Op) -> None:
         op.sent_at = None
@@ -543,17 +568,27 @@ class MetaClient:
                             address, self.stall_timeout_s)
                 self._drop(conn)
             for op in expired:
-                _fail(op.future, Unavailable(
+                _fail(op.sink, Unavailable(
                     f"metadata operation {op.code} got no answer in time (last tried {address})"))
             time.sleep(reaper_interval_s)
 
 
-def _fail(future: Future, error: Exception) -> None:
-    if not future.done():
+def _fail(sink, error: Exception) -> None:
+    """Fail an operation's Future, or call its callback with ``error``."""
+    if type(sink) is not Future:
+        _call_back(sink, None, error)
+    elif not sink.done():
         try:
-            future.set_exception(error)
+            sink.set_exception(error)
         except Exception:   # raced with another resolver: the first answer stands
             pass
+
+
+def _call_back(callback, value, error) -> None:
+    try:
+        callback(value, error)
+    except Exception:
+        log.exception("a metadata operation's callback failed")
 
 
 class AsyncMetaClient:

@@ -469,6 +469,81 @@ def test_one_call_at_a_time_wakes_the_clients_sender_once_per_call():
         server.stop(0)
 
 
+def test_operations_queued_behind_a_full_window_do_not_wake_the_clients_sender():
+    # A sender waiting for a free batch slot has nothing to do when another
+    # operation queues: waking it per submit cost two thread switches and
+    # GIL hand-offs per operation under load. Those operations still leave
+    # once replies free the window.
+    from cistern.metadata import client as client_mod
+
+    replica = _FakeReplica()
+    replica.hold = True
+    server, address = _serve(replica)
+    try:
+        with MetaClient([address], timeout_s=30) as c:
+            futures = []
+            deadline = time.monotonic() + 10
+            while c.batches_sent < client_mod.stream_batches_in_flight_max and time.monotonic() < deadline:
+                futures.append(c.submit(Op.MKDIR, model.encode_args(CRED, b"/f%d" % len(futures), 0o755)))
+                time.sleep(0.02)
+            assert c.batches_sent == client_mod.stream_batches_in_flight_max
+            time.sleep(0.1)
+            before = c.sender_wakeups
+            for _ in range(100):   # paced, so that each would get its own wake-up
+                futures.append(c.submit(Op.MKDIR, model.encode_args(CRED, b"/f%d" % len(futures), 0o755)))
+                time.sleep(0.002)
+            assert c.sender_wakeups - before <= 3, c.sender_wakeups - before
+            assert c.batches_sent == client_mod.stream_batches_in_flight_max
+            with replica.lock:
+                replica.hold = False
+                held, replica.held = replica.held, []
+            for future in held:
+                future.set_result([0])
+            assert len([f.result(timeout=20) for f in futures]) == len(futures)
+    finally:
+        server.stop(0)
+
+
+def test_submit_callback_reports_each_outcome_once():
+    replica = _FakeReplica()
+    server, address = _serve(replica)
+    try:
+        outcomes: list = []
+        done = threading.Event()
+
+        def callback(value, error):
+            outcomes.append((value, error, threading.current_thread().name))
+            if len(outcomes) == 20:
+                done.set()
+
+        with MetaClient([address], timeout_s=20) as c:
+            for i in range(20):
+                c.submit_callback(Op.MKDIR, model.encode_args(CRED, b"/cb%d" % i, 0o755), callback)
+            assert done.wait(20)
+            time.sleep(0.1)
+            assert sorted(v[0] for v, _, _ in outcomes) == list(range(1, 21))
+            assert all(e is None and name == "metaclient-recv" for _, e, name in outcomes)
+            # A raising callback is logged; the client keeps serving.
+            c.submit_callback(Op.MKDIR, model.encode_args(CRED, b"/boom", 0o755), lambda v, e: 1 / 0)
+            assert c.call(Op.MKDIR, model.encode_args(CRED, b"/after", 0o755)) == [22]
+        replica.leader = False          # nobody leads: the operation times out
+        failed: list = []
+        with MetaClient([address], timeout_s=0.5) as c:
+            c.submit_callback(Op.MKDIR, model.encode_args(CRED, b"/t", 0o755),
+                              lambda v, e: failed.append((v, e)))
+            deadline = time.monotonic() + 10
+            while not failed and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+        assert len(failed) == 1 and failed[0][0] is None
+        assert isinstance(failed[0][1], CisternError) and failed[0][1].errno == errno.ETIMEDOUT
+        closed: list = []
+        c.submit_callback(Op.MKDIR, model.encode_args(CRED, b"/c", 0o755), lambda v, e: closed.append(e))
+        assert len(closed) == 1 and closed[0].errno == errno.ESHUTDOWN
+    finally:
+        server.stop(0)
+
+
 def test_client_follows_a_not_leader_hint():
     leader, follower = _FakeReplica(), _FakeReplica()
     leader_server, leader_address = _serve(leader)
