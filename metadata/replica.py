@@ -54,8 +54,10 @@ Apply (one replicated method, on every replica, in log order)
     below the applied index stored in the ``replica`` database (a restart
     replays pysyncobj's journal from its last snapshot on top of LMDB state);
     expire idle client sessions by entry time; per operation, dedupe by
-    ``(client_id, seq)`` (``sessions.py``), route by code to a machine, store
-    the result; then store the applied index and the running digest
+    ``(client_id, seq)`` (``sessions.py``), route by code to a machine
+    (its ``apply_direct`` when it has one: no nested transaction for the
+    operations that refuse before writing; one that fails after writing
+    re-runs the entry with it nested), store the result; then store the applied index and the running digest
     ``xxh3_128(previous_digest + entry)`` (16 zero bytes before the first
     entry), and commit. The Raft index of the
     entry being applied is ``SyncObj._SyncObj__raftLastApplied + 1``: pysyncobj
@@ -246,7 +248,7 @@ from pysyncobj.pickle import dumps as _pysyncobj_dumps
 from pysyncobj.transport import TCPTransport
 
 from cistern.core.errors import CisternError, NotLeader
-from cistern.metadata import limits, model
+from cistern.metadata import limits, model, store
 from cistern.metadata import sessions as sessions_mod
 
 log = logging.getLogger(__name__)
@@ -878,6 +880,10 @@ class Replica:
         self._rpc = dict(rpc_addresses or {})
         self.data_dir = data_dir
         self._routes = _routes(machines, self.conf)
+        # Each machine's apply without a nested transaction where it has one
+        # (Namespace.apply_direct; see _call_machine).
+        self._direct_apply = {machine: getattr(machine, "apply_direct", machine.apply)
+                              for _, machine in self._routes}
         self.store = _find_store(self._routes, self.conf)
         self._env = self.store.env
         self._db = self.store.db(DB_REPLICA)
@@ -1438,13 +1444,14 @@ class Replica:
         results (one per op), or None when the entry was applied before."""
         started = time.perf_counter()
         poisoned: set[int] = set()
+        nested: set[int] = set()
         while True:
             txn = self._env.begin(write=True)
             try:
-                outcome = self._apply_in_txn(txn, index, entry, poisoned)
+                outcome = self._apply_in_txn(txn, index, entry, poisoned, nested)
             except _MachineFault as fault:
                 txn.abort()
-                poisoned.add(fault.position)
+                (nested if fault.undo else poisoned).add(fault.position)
                 continue
             except BaseException:
                 txn.abort()
@@ -1467,7 +1474,7 @@ class Replica:
         hot.apply_seconds.observe(time.perf_counter() - started)
         return results
 
-    def _apply_in_txn(self, txn, index: int, entry: bytes, poisoned: set):
+    def _apply_in_txn(self, txn, index: int, entry: bytes, poisoned: set, nested: set):
         db = self._db
         raw = txn.get(KEY_APPLIED, db=db)
         applied = _U64.unpack(raw)[0] if raw else 0
@@ -1481,7 +1488,8 @@ class Replica:
         results = []
         codes: dict[int, int] = {}
         for position, op in enumerate(ops):
-            results.append(self._apply_op(txn, table, time_ns, position, op, position in poisoned, codes))
+            results.append(self._apply_op(txn, table, time_ns, position, op, position in poisoned,
+                                          position in nested, codes))
         digest = xxhash.xxh3_128(bytes(prev) + entry).digest()
         txn.put(KEY_APPLIED, _U64.pack(index), db=db)
         txn.put(KEY_DIGEST, digest, db=db)
@@ -1502,7 +1510,8 @@ class Replica:
                          self.node_id, index)
             return 0, []
 
-    def _apply_op(self, txn, table, time_ns: int, position: int, op, poisoned: bool, codes) -> tuple:
+    def _apply_op(self, txn, table, time_ns: int, position: int, op, poisoned: bool, nested: bool,
+                  codes) -> tuple:
         try:
             client_id, seq, acked_below, code, args = op
             client_id = bytes(client_id)
@@ -1518,19 +1527,30 @@ class Replica:
         if poisoned:
             result = (errno.EIO, f"internal error applying operation code {code}", None)
         else:
-            result = self._call_machine(txn, time_ns, position, code, args)
+            result = self._call_machine(txn, time_ns, position, code, args, nested)
         codes[code] = codes.get(code, 0) + 1
         if client_id:
             table.remember(client_id, seq, self._pack_result(result))
             table.touch(client_id, acked_below, time_ns)
         return result
 
-    def _call_machine(self, txn, time_ns: int, position: int, code: int, args) -> tuple:
+    def _call_machine(self, txn, time_ns: int, position: int, code: int, args, nested: bool) -> tuple:
+        """One operation's result from its machine: through ``apply_direct``
+        (no nested transaction) unless ``nested``. When that raises
+        ``store.Undo`` (it failed after it may have written), the entry is
+        re-run with this operation nested: its ``apply`` undoes the failure
+        alone and makes it the result."""
         machine, decoded = self._route(code, args)
         if machine is None:
             return decoded   # the refusal: ENOSYS or EINVAL
         try:
-            return _result_tuple(machine.apply(txn, time_ns, code, decoded))
+            if nested:
+                return _result_tuple(machine.apply(txn, time_ns, code, decoded))
+            return _result_tuple(self._direct_apply[machine](txn, time_ns, code, decoded))
+        except store.Undo:
+            log.warning("replica %s: operation code %d failed when applied directly; re-running the "
+                        "entry with it nested", self.node_id, code)
+            raise _MachineFault(position, undo=True) from None
         except Exception as e:
             log.critical("replica %s: state machine raised applying code %d (a bug); the operation "
                          "fails with EIO and the entry is re-run without it", self.node_id, code,
@@ -1679,9 +1699,13 @@ class Replica:
 
 
 class _MachineFault(Exception):
-    def __init__(self, position: int):
+    """The entry must be re-run: operation ``position`` raised (a bug: it
+    fails with EIO), or, with ``undo``, must be applied nested."""
+
+    def __init__(self, position: int, undo: bool = False):
         super().__init__(position)
         self.position = position
+        self.undo = undo
 
 
 def read_snapshot_header(path: str) -> dict:

@@ -158,6 +158,13 @@ _XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.")
 
 _Fail = store.Refused   # an expected failure found while validating: nothing was changed yet
 
+# Writes whose handlers raise ``_Fail`` only before their first write (all
+# lookups and checks first, then ``_link_new``'s puts), so the replica
+# applies them without a nested transaction (``apply_direct``). Keep a
+# handler here only while that holds: NamespaceHarness checks, for every
+# refused one, that the transaction is unchanged.
+DIRECT_WRITES = frozenset({Op.CREATE, Op.MKDIR})
+
 
 class _Delegated(store.Refused):
     """Refused because of the create delegation on directory ``dir_ino``."""
@@ -514,6 +521,14 @@ class Namespace:
     def apply(self, txn, time_ns: int, code: int, args: list) -> tuple[int, str, object]:
         """Apply one write operation inside ``txn``; never raises."""
         return store.apply_op(self._env, txn, self._writes, code, time_ns, args, _run_write)
+
+    def apply_direct(self, txn, time_ns: int, code: int, args: list) -> tuple[int, str, object]:
+        """``apply`` without a nested transaction for the operations whose
+        handlers refuse only before their first write (``DIRECT_WRITES``);
+        raises ``store.Undo`` when such an operation failed otherwise: then
+        abort ``txn`` and ``apply`` it again (see ``store.apply_op``)."""
+        return store.apply_op(self._env, txn, self._writes, code, time_ns, args, _run_write,
+                              direct=DIRECT_WRITES)
 
     def read(self, txn, code: int, args: list) -> tuple[int, str, object]:
         """Answer one read operation from ``txn``; never raises."""

@@ -16,7 +16,8 @@ import time
 
 from cistern.metadata import model
 from cistern.metadata.model import ROOT_CRED, Op
-from cistern.metadata.state import Namespace
+from cistern.metadata import store as store_mod
+from cistern.metadata.state import DIRECT_WRITES, Namespace
 from cistern.metadata.store import Store
 
 test_map_size_bytes = 1 << 30
@@ -48,18 +49,46 @@ class NamespaceHarness:
 
     def write(self, code, *args, cred=None, time_ns=None):
         cred = self.cred if cred is None else list(cred)
-        with self.store.env.begin(write=True) as txn:
-            result = self.ns.apply(txn, self.now if time_ns is None else time_ns, code, [cred, *args])
+        result = self._apply(code, [cred, *args], time_ns)
         assert "internal error" not in result[1], result
         self.check()
         return result
 
     def write_raw(self, code, args, time_ns=None):
         """Apply with arguments exactly as given (malformed-input tests)."""
-        with self.store.env.begin(write=True) as txn:
-            result = self.ns.apply(txn, self.now if time_ns is None else time_ns, code, args)
+        result = self._apply(code, args, time_ns)
         assert "internal error" not in result[1], result
         self.check()
+        return result
+
+    def _contents(self, txn) -> dict:
+        """Every key and value of every database, as ``txn`` sees them."""
+        return {(name, bytes(k)): bytes(v) for name in store_mod.ALL_DBS
+                for k, v in txn.cursor(db=self.store.db(name))}
+
+    def _apply(self, code, args, time_ns):
+        """One write in its own transaction, as the replica applies it: the
+        ``DIRECT_WRITES`` through ``apply_direct`` (no nested transaction),
+        checking that a refused one left the transaction unchanged."""
+        now = self.now if time_ns is None else time_ns
+        if not (isinstance(code, int) and code in DIRECT_WRITES):
+            with self.store.env.begin(write=True) as txn:
+                return self.ns.apply(txn, now, code, args)
+        txn = self.store.env.begin(write=True)
+        try:
+            before = self._contents(txn)
+            result = self.ns.apply_direct(txn, now, code, args)
+        except store_mod.Undo:
+            txn.abort()
+            with self.store.env.begin(write=True) as again:
+                return self.ns.apply(again, now, code, args)
+        except BaseException:
+            txn.abort()
+            raise
+        if result[0] and self._contents(txn) != before:
+            txn.abort()
+            raise AssertionError(f"refused operation {code} wrote: {result}")
+        txn.commit()
         return result
 
     def read(self, code, *args, cred=None):

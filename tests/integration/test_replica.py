@@ -372,6 +372,54 @@ def test_the_namespace_machine_replicates_through_the_replica(group):
     g.converge()
 
 
+def test_creates_apply_without_a_nested_transaction_and_a_late_failure_is_undone_alone(group, monkeypatch):
+    # CREATE refuses only before its first write, so the replica applies it
+    # straight in the entry's transaction. A failure after it wrote (here a
+    # full map halfway through) re-runs the entry with that create nested:
+    # it fails alone with ENOSPC and leaves nothing behind.
+    import lmdb
+
+    from cistern.metadata import state, store
+
+    nested_creates = []
+    real_nested, real_link_new = store.apply_nested, state.Namespace._link_new
+
+    def counting_nested(env, txn, run, handler, *args):
+        if getattr(handler, "__name__", "") == "_create":
+            nested_creates.append(args)
+        return real_nested(env, txn, run, handler, *args)
+
+    def link_new(self, t, now, pino, pnode, name, ino, node, counters):
+        if name == b"full":
+            self._put_inode(t, ino, node)
+            raise lmdb.MapFullError("halfway")
+        return real_link_new(self, t, now, pino, pnode, name, ino, node, counters)
+
+    monkeypatch.setattr(store, "apply_nested", counting_nested)
+    monkeypatch.setattr(state.Namespace, "_link_new", link_new)
+    g = group(machine="namespace").start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+    names = [b"a", b"full", b"b", b"a"]
+    futures = [leader.submit_write(cid, i + 1, 0, Op.CREATE, model.encode_args(CRED, b"/" + name, 0o644, True))
+               for i, name in enumerate(names)]
+    outcomes = []
+    for f in futures:
+        try:
+            outcomes.append(model.Attr(*f.result(10)).ino > 0)
+        except CisternError as e:
+            outcomes.append(e.errno)
+    assert outcomes == [True, errno.ENOSPC, True, errno.EEXIST]
+    statuses = g.converge()
+    # Only the failed create was applied nested, once per replica.
+    assert len(nested_creates) == len(statuses)
+    for replica in g.running():
+        with replica.store.env.begin() as txn:
+            Namespace(replica.store).check_invariants(txn)
+    attr = leader.submit_read(Op.STATFS, model.encode_args(CRED)).result(5)
+    assert attr["files"] == 2
+
+
 def test_journal_and_vote_file_are_fsynced_before_acknowledging(group, monkeypatch):
     synced: list[str] = []
     real_fsync, real_fdatasync = os.fsync, os.fdatasync

@@ -889,3 +889,28 @@ def test_txn_condition_resolution_errors_are_reported_as_such(h):
     h.ok(Op.SYMLINK, b"/l", b"missing")
     version = h.stat(b"/l").version
     assert h.ok(Op.TXN, [[model.COND_EXISTS, b"/l", None], [model.COND_VERSION, b"/l", version]], []) == []
+
+
+# -- direct writes (no nested transaction) ------------------------------------------
+
+def test_direct_writes_refuse_before_writing_and_the_harness_would_notice_otherwise(h, monkeypatch):
+    # CREATE and MKDIR run without a nested transaction (state.DIRECT_WRITES),
+    # which is safe only because they refuse before their first write; the
+    # harness compares the transaction before and after every refused one.
+    from cistern.metadata import state
+
+    assert {Op.CREATE, Op.MKDIR} <= state.DIRECT_WRITES
+    h.ok(Op.MKDIR, b"/d", 0o755)
+    assert h.err(Op.MKDIR, b"/d", 0o755) == E.EEXIST
+    assert h.err(Op.CREATE, b"/d/x/y", 0o644, True) == E.ENOENT
+    real = state.Namespace._new_name
+
+    def writes_then_refuses(self, t, cred, path, want_dir):
+        counters = self._counters(t)
+        counters[0] += 1                             # an inode number used up
+        self._put_counters(t, counters)
+        return real(self, t, cred, path, want_dir)
+
+    monkeypatch.setattr(state.Namespace, "_new_name", writes_then_refuses)
+    with pytest.raises(AssertionError, match="refused operation"):
+        h.write(Op.MKDIR, b"/d", 0o755)
