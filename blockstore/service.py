@@ -267,8 +267,9 @@ class BlockService(pb_grpc.BlockServicer):
         (info, iterator of verified (start, data, sums)) as
         ``BlockStore.read_chunks``, counted in the stats; a block the
         iterator finds corrupt (EBADMSG, EIO) is quarantined and reported
-        before the error is raised."""
-        info, chunks = self.store.read_chunks(block_id, offset, length)
+        before the error is raised. Transient: a piece's data is valid only
+        until the next is asked for (both streams send it first)."""
+        info, chunks = self.store.read_chunks(block_id, offset, length, transient=True)
         return info, self._counted(info, chunks)
 
     def _counted(self, info, chunks):

@@ -18,6 +18,9 @@ Contract:
 * Read: ``read``/``read_chunks`` check every sub-chunk they touch against the
   index and raise CisternError(EBADMSG) on a mismatch (EIO when the file is
   shorter than its index entry), so a caller can fail over to another replica.
+  A ``transient`` read longer than one message (a block streamed to a
+  reader) reads with O_DIRECT into a reused staging buffer when the store
+  writes with O_DIRECT: it neither fills nor copies out of the page cache.
 * Errors: EINVAL for an id that is not 16 bytes or a bad range or header,
   ENOENT for an unknown block, EEXIST for a different block under an existing
   id, EBUSY while the same id is being written, E2BIG for a block longer than
@@ -320,12 +323,21 @@ class BlockStore:
         return info
 
     def read_chunks(self, block_id, offset: int = 0, length: int | None = None,
-                    message_bytes: int = limits.message_data_max_bytes):
+                    message_bytes: int = limits.message_data_max_bytes, *, transient: bool = False):
         """(info, iterator of (start, data, sums)) covering [offset, offset+length)
         in whole, verified sub-chunks: ``start`` is sub-chunk aligned and the
         caller trims. ``length`` None (or past the end) reads to the block's
         end. Raises ENOENT, EINVAL (offset past the end); the iterator raises
-        EBADMSG on a checksum mismatch and EIO on a short file."""
+        EBADMSG on a checksum mismatch and EIO on a short file.
+
+        With ``transient`` a piece's ``data`` may be a view that is valid
+        only until the next piece is asked for (a caller that sends each
+        piece before asking for the next, as both read streams do); a read
+        longer than one message then comes from the disk with O_DIRECT
+        (``_DirectReader``) where the store writes that way: a cold read then
+        costs the node no page-cache fill and no copy out of it (about 0.3
+        against 0.07 ms of CPU per MiB measured here), and blocks streamed
+        to readers no longer push other pages out of the cache."""
         assert message_bytes % limits.chunk_size_bytes == 0 and message_bytes > 0
         info = self.info(block_id)
         if offset < 0 or (length is not None and length < 0) or offset > info.length:
@@ -336,20 +348,24 @@ class BlockStore:
             fd = os.open(self.block_path(info.block_id), os.O_RDONLY)
         except FileNotFoundError:
             raise CisternError(errno.ENOENT, f"no block {info.block_id.hex()} (deleted)") from None
-        return info, self._chunks(fd, info, offset, end, message_bytes)
+        return info, self._chunks(fd, info, offset, end, message_bytes, transient)
 
-    def _chunks(self, fd: int, info: BlockInfo, offset: int, end: int, message_bytes: int):
+    def _chunks(self, fd: int, info: BlockInfo, offset: int, end: int, message_bytes: int, transient: bool):
+        direct = None
         try:
             start, stop = aligned_range(offset, end - offset)
             stop = min(stop, info.length)
-            if stop - start > message_bytes:
+            if (transient and stop - start > message_bytes and self.stages is not None
+                    and message_bytes <= self.stages.stage_bytes):
+                direct = _DirectReader.open(self.block_path(info.block_id), fd, self.stages)
+            if direct is None and stop - start > message_bytes:
                 # Let the kernel read the rest ahead while the first piece is
                 # verified and sent: a cold read then streams at disk speed.
                 os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
             for at in range(start, stop, message_bytes):
                 want = min(message_bytes, stop - at)
                 try:
-                    data = os.pread(fd, want, at)
+                    data = direct.pread(want, at) if direct is not None else os.pread(fd, want, at)
                 except OSError as e:   # a failing disk: this replica is as bad as a corrupt one
                     self._count_failure()
                     raise CisternError(errno.EIO, f"block {info.block_id.hex()}: reading at {at}: "
@@ -363,6 +379,8 @@ class BlockStore:
                 self._verify_chunks(info, first, data, sums)
                 yield at, data, sums
         finally:
+            if direct is not None:
+                direct.close()
             os.close(fd)
 
     def _verify_chunks(self, info: BlockInfo, first: int, data: bytes, sums) -> None:
@@ -601,7 +619,10 @@ class StagePool:
             if len(self._idle) < self.kept_max:
                 self._idle.append(stage)
                 return
-        stage.close()
+        try:
+            stage.close()
+        except BufferError:   # a reader still holds a view of it: unmapped when that goes
+            pass
 
 
 class FileAppender:
@@ -685,6 +706,54 @@ class FileAppender:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class _DirectReader:
+    """Reads of one block file for a transient read, with O_DIRECT into a
+    staging buffer of ``stages`` (coherent with the page cache: the kernel
+    writes back dirty pages of the range first); each piece is a view of
+    that buffer, overwritten by the next. Pages the cache holds are not
+    used: ``RWF_NOWAIT`` would tell, but a buffered read with it still
+    starts the page cache's read-ahead on a miss, the cost avoided here.
+    Not thread-safe."""
+
+    def __init__(self, fd: int, direct_fd: int, stage: mmap.mmap, stages: StagePool):
+        self._fd, self._direct_fd, self._stage, self._stages = fd, direct_fd, stage, stages
+        self._view = memoryview(stage)
+
+    @classmethod
+    def open(cls, path: str, fd: int, stages: StagePool):
+        """A reader, or None (read through ``fd``) where the file cannot be
+        opened with O_DIRECT (a file system refusing it: EINVAL)."""
+        try:
+            direct_fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:
+            return None
+        return cls(fd, direct_fd, stages.take(), stages)
+
+    def pread(self, n: int, at: int) -> memoryview:
+        """Up to n bytes at ``at`` (fewer only at the end of the file);
+        OSError as ``os.pread`` raises it."""
+        align = limits.direct_io_align_bytes
+        view = self._view
+        want = -(-n // align) * align       # O_DIRECT reads whole pages (the buffer has them)
+        got = 0
+        while got < n:
+            try:
+                more = os.preadv(self._direct_fd, [view[got:want]], at + got)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                more = os.preadv(self._fd, [view[got:n]], at + got)   # O_DIRECT refused at read
+            got += more
+            if more == 0 or got % align:    # the end of the file
+                break
+        return view[:min(got, n)]
+
+    def close(self) -> None:
+        self._view.release()
+        os.close(self._direct_fd)
+        self._stages.give(self._stage)
 
 
 def _lock_data_dir(data_dir: str) -> int:

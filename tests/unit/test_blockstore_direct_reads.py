@@ -1,0 +1,155 @@
+"""Transient block reads on a real disk (tmp_path): a block streamed to a
+reader comes from the disk with O_DIRECT, so it does not land in the page
+cache; the bytes and the checks (corruption, short files, ranges, the
+unaligned tail) are those of a plain read, and a file system refusing
+O_DIRECT is read through the page cache."""
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+
+import pytest
+
+from cistern.blockstore import limits
+from cistern.blockstore.store import BlockStore, block_checksum, chunk_checksums
+from cistern.core.errors import CisternError
+
+MESSAGE = limits.message_data_max_bytes
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def cached_pages(path: str) -> int:
+    """How many of the file's pages the page cache holds (mincore)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+        pages = -(-size // mmap.PAGESIZE)
+        vec = (ctypes.c_ubyte * pages)()
+        address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        if _libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return sum(v & 1 for v in vec)
+
+
+def evict(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = BlockStore(str(tmp_path / "node"), sync=True, direct_io=True)
+    yield s
+    s.close()
+
+
+def put(store, data: bytes) -> bytes:
+    bid = os.urandom(16)
+    store.put(bid, data, created_s=0)
+    return bid
+
+
+def transient_read(store, bid, offset=0, length=None) -> tuple[bytes, list]:
+    """The bytes of a transient read (each piece copied before the next is
+    asked for, as a stream sends it) and the pieces' starts."""
+    _, chunks = store.read_chunks(bid, offset, length, transient=True)
+    out, starts = [], []
+    for start, data, sums in chunks:
+        assert list(sums) == chunk_checksums(data)
+        out.append(bytes(data))
+        starts.append(start)
+    return b"".join(out), starts
+
+
+@pytest.mark.parametrize("length", [3 * MESSAGE + 4096 + 9, 4 * MESSAGE, MESSAGE + 1])
+def test_a_streamed_block_comes_from_the_disk_and_stays_out_of_the_page_cache(store, length):
+    data = os.urandom(length)
+    bid = put(store, data)
+    path = store.block_path(bid)
+    evict(path)
+    assert cached_pages(path) == 0
+    got, starts = transient_read(store, bid)
+    assert got == data and starts == list(range(0, length, MESSAGE))
+    assert cached_pages(path) == 0          # a buffered read would have cached every page
+    assert store.read(bid) == data           # a plain read goes through the cache, as before
+    assert cached_pages(path) > 0
+
+
+def test_ranged_transient_reads_return_whole_aligned_sub_chunks(store):
+    data = os.urandom(3 * MESSAGE + 5000)
+    bid = put(store, data)
+    for offset, length in [(0, 2 * MESSAGE + 1), (70_000, 2 * MESSAGE), (MESSAGE - 1, None), (5, 10)]:
+        got, starts = transient_read(store, bid, offset, length)
+        start = offset - offset % limits.chunk_size_bytes
+        end = len(data) if length is None else offset + length
+        assert starts[0] == start
+        assert got[offset - start:end - start] == data[offset:end]
+
+
+def test_a_corrupt_sub_chunk_fails_a_transient_read(store):
+    data = os.urandom(2 * MESSAGE + 100)
+    bid = put(store, data)
+    with open(store.block_path(bid), "r+b") as f:
+        f.seek(MESSAGE + 70_000)
+        byte = f.read(1)
+        f.seek(MESSAGE + 70_000)
+        f.write(bytes([byte[0] ^ 1]))
+        f.flush()
+        os.fsync(f.fileno())
+    with pytest.raises(CisternError) as e:
+        transient_read(store, bid)
+    assert e.value.errno == errno.EBADMSG
+    assert "sub-chunk 17" in e.value.message
+
+
+def test_a_short_block_file_fails_a_transient_read_with_eio(store):
+    data = os.urandom(2 * MESSAGE + 100)
+    bid = put(store, data)
+    os.truncate(store.block_path(bid), MESSAGE + 4096)
+    with pytest.raises(CisternError) as e:
+        transient_read(store, bid)
+    assert e.value.errno == errno.EIO and "short" in e.value.message
+
+
+def test_staging_buffers_are_reused_and_a_held_view_never_breaks_giving_one_back(store):
+    data = os.urandom(2 * MESSAGE + 100)
+    bid = put(store, data)
+    for _ in range(3 * limits.direct_io_stages_kept_max):
+        assert transient_read(store, bid)[0] == data
+    assert len(store.stages._idle) == 1      # one buffer, taken and given back by every read
+    # Readers holding the last piece while more buffers come back than are kept.
+    open_reads = [store.read_chunks(bid, transient=True)[1] for _ in range(limits.direct_io_stages_kept_max + 2)]
+    held = [next(chunks)[1] for chunks in open_reads]
+    for chunks in open_reads:
+        chunks.close()                        # the buffers beyond the kept ones are closed while viewed
+    assert len(held) == len(open_reads) and len(store.stages._idle) == limits.direct_io_stages_kept_max
+
+
+def test_a_file_system_refusing_o_direct_is_read_through_the_page_cache(store, monkeypatch):
+    data = os.urandom(2 * MESSAGE + 100)
+    bid = put(store, data)
+    real_open = os.open
+
+    def open_refusing_direct(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_refusing_direct)
+    evict(store.block_path(bid))
+    assert transient_read(store, bid)[0] == data
+    assert cached_pages(store.block_path(bid)) > 0
+
+
+def test_a_store_without_direct_io_streams_through_the_page_cache(tmp_path):
+    s = BlockStore(str(tmp_path / "node"), sync=False)
+    try:
+        data = os.urandom(2 * MESSAGE + 100)
+        bid = put(s, data)
+        assert transient_read(s, bid)[0] == data
+    finally:
+        s.close()
