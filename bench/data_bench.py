@@ -8,7 +8,9 @@ fsync and read back in 1 MiB reads, in one run.
         [--no-malloc-tuning]
 
 Prints MB/s both ways and the ratios (issue 3 targets: writes >= 30% and
-reads >= 60% of the direct-disk figure). Cold reads come from the disk
+reads >= 60% of the direct-disk figure), and the CPU each read cost per MiB:
+this (client) process's, and the three nodes' together, which vary far less
+with the machine's load than MB/s do. Cold reads come from the disk
 (pages evicted with fadvise, no root needed); cached reads from the page
 cache. ``--local`` makes the client read node 1 first, as a task on that
 node would, with short-circuit reads of its block files. Direct and client rounds alternate and medians are shown,
@@ -23,14 +25,25 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 
 from cistern.bench.block_bench import block_files, direct_disk, evict, print_against_disk
 
 MiB = 1024 * 1024
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def through_client(client, nodes, path: str, total: int, payload: bytes, local_reader):
-    """(write_s, cold_read_s, cached_read_s) of one file through the client."""
+    """(write_s, cold_read_s, cached_read_s) of one file through the client,
+    and per read (cold, cached) the (client, nodes) CPU seconds it cost."""
     started = time.perf_counter()
     with client.open(path, "wb") as f:
         for offset in range(0, total, MiB):
@@ -38,17 +51,21 @@ def through_client(client, nodes, path: str, total: int, payload: bytes, local_r
     write_s = time.perf_counter() - started
     for node in nodes:
         evict(block_files(node["data"]))
-    reads = []
+    reads, cpu = [], []
     for _ in range(2):
+        nodes_cpu = sum(process_cpu_s(node["pid"]) for node in nodes)
+        client_cpu = time.process_time()
         started = time.perf_counter()
         got = 0
         with local_reader.open(path, "rb") as f:
             while piece := f.read(MiB):
                 got += len(piece)
         reads.append(time.perf_counter() - started)
+        cpu.append((time.process_time() - client_cpu,
+                    sum(process_cpu_s(node["pid"]) for node in nodes) - nodes_cpu))
         assert got == total, (got, total)
     client.remove(path)
-    return write_s, reads[0], reads[1]
+    return (write_s, reads[0], reads[1]), cpu
 
 
 def main(argv=None) -> int:
@@ -83,10 +100,12 @@ def main(argv=None) -> int:
                     connect(addresses, node_id="n1" if args.local else None,
                             local_data_dir=nodes[0]["data"] if args.local else None) as reader:
                 wait_nodes_live(client, [node["id"] for node in nodes], timeout_s=60.0)
-                disks, clients = [], []
+                disks, clients, cpus = [], [], []
                 for r in range(args.rounds):
                     disks.append(direct_disk(os.path.join(nodes[0]["data"], "dd.bin"), total, payload))
-                    clients.append(through_client(client, nodes, f"/bench-{r}", total, payload, reader))
+                    timings, cpu = through_client(client, nodes, f"/bench-{r}", total, payload, reader)
+                    clients.append(timings)
+                    cpus.append(cpu)
     finally:
         meta.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -95,7 +114,20 @@ def main(argv=None) -> int:
                        f"{', client malloc tuned' if tuned else ', client malloc untuned'}",
                        "client open(), 1 MiB writes/reads",
                        disks, clients, total)
+    print_read_cpu(cpus, total)
     return 0
+
+
+def print_read_cpu(cpus: list, total_bytes: int) -> None:
+    """CPU ms per MiB read through the client, this process's and the
+    nodes', median of the rounds (each round's ``[(client_s, nodes_s) cold,
+    (client_s, nodes_s) cached]``), and every round's client figure."""
+    mib = total_bytes / MiB
+    for i, name in enumerate(("read (disk)", "read (cached)")):
+        client = [r[i][0] * 1e3 / mib for r in cpus]
+        nodes = [r[i][1] * 1e3 / mib for r in cpus]
+        print(f"  CPU ms/MiB, {name:13}: client {statistics.median(client):5.2f} "
+              f"({', '.join(f'{c:.2f}' for c in client)}), nodes {statistics.median(nodes):5.2f}")
 
 
 if __name__ == "__main__":
