@@ -107,14 +107,15 @@ def check_batch(batch: pb.RequestBatch) -> str:
     return ""
 
 
-def check_request(request: pb.Request, client_id: bytes) -> tuple[int, str]:
-    """(0, '') when one request's envelope is acceptable, else (errno, message)."""
-    code = request.code
+def check_request(code: int, args: bytes, client_id: bytes) -> tuple[int, str]:
+    """(0, '') when one request's envelope (its code and argument bytes,
+    each read once from the message: every access to a protobuf bytes
+    field copies it) is acceptable, else (errno, message)."""
     if code < _FIRST_WRITE_CODE and code not in model.READ_OPS:
         return errno.ENOSYS, f"unknown operation code {code}"
-    if len(request.args) > limits.op_args_bytes_max:
-        return errno.E2BIG, f"arguments of {len(request.args)} bytes exceed op_args_bytes_max {limits.op_args_bytes_max}"
-    if not request.args or request.args[0] not in _ARRAY_HEADERS:
+    if len(args) > limits.op_args_bytes_max:
+        return errno.E2BIG, f"arguments of {len(args)} bytes exceed op_args_bytes_max {limits.op_args_bytes_max}"
+    if not args or args[0] not in _ARRAY_HEADERS:
         return errno.EINVAL, "arguments are not a msgpack list"
     if code >= _FIRST_WRITE_CODE and len(client_id) != client_id_length_bytes:
         return errno.EINVAL, f"a write needs a {client_id_length_bytes}-byte client_id"
@@ -147,15 +148,16 @@ class MetadataService(pb_grpc.MetadataServicer):
         client_id = batch.client_id
         read_seqs, reads, writes = [], [], []
         for request in batch.requests:
-            err, message = check_request(request, client_id)
+            seq, code, args = request.seq, request.code, request.args
+            err, message = check_request(code, args, client_id)
             if err:
-                on_replies([_error_reply(request.seq, err, message)], None)
+                on_replies([_error_reply(seq, err, message)], None)
                 continue
-            if request.code < _FIRST_WRITE_CODE:
-                read_seqs.append(request.seq)
-                reads.append((request.code, request.args))
+            if code < _FIRST_WRITE_CODE:
+                read_seqs.append(seq)
+                reads.append((code, args))
             else:
-                writes.append((request.seq, request.code, request.args))
+                writes.append((seq, code, args))
         if writes:
             callback = _writes_callback([seq for seq, _, _ in writes], on_replies)
             try:
