@@ -56,6 +56,11 @@ orphan_grace_s = 3600.0                    # an uncommitted block lives this lon
 direct_io_align_bytes = 4096               # O_DIRECT offsets, lengths and buffers are multiples of this
 direct_io_stage_bytes = 1 * MiB            # one staging buffer per block being written
 direct_io_stages_kept_max = 8              # idle staging buffers a store keeps for reuse
+# A block streamed to a reader comes from the disk with O_DIRECT (no page-cache
+# fill or copy) unless it is among this many blocks read lately: a block read
+# again goes through the page cache and stays there (admitted on its second
+# read, so a single pass over cold data does not evict hot data).
+direct_read_recent_blocks = 16384          # ids remembered (64 GiB of 4 MiB blocks), about 2 MiB of memory
 
 # glibc malloc in processes that move block data (see tuning.py).
 malloc_mmap_threshold_bytes = 16 * MiB

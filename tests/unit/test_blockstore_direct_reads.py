@@ -1,8 +1,9 @@
 """Transient block reads on a real disk (tmp_path): a block streamed to a
-reader comes from the disk with O_DIRECT, so it does not land in the page
-cache; the bytes and the checks (corruption, short files, ranges, the
-unaligned tail) are those of a plain read, and a file system refusing
-O_DIRECT is read through the page cache."""
+reader for the first time (lately) comes from the disk with O_DIRECT, so it
+does not land in the page cache, and a block read again does; the bytes and
+the checks (corruption, short files, ranges, the unaligned tail) are those
+of a plain read, and a file system refusing O_DIRECT is read through the
+page cache."""
 
 import ctypes
 import ctypes.util
@@ -115,14 +116,38 @@ def test_a_short_block_file_fails_a_transient_read_with_eio(store):
     assert e.value.errno == errno.EIO and "short" in e.value.message
 
 
-def test_staging_buffers_are_reused_and_a_held_view_never_breaks_giving_one_back(store):
+def test_a_block_read_again_goes_through_the_page_cache_and_stays_there(store):
     data = os.urandom(2 * MESSAGE + 100)
     bid = put(store, data)
-    for _ in range(3 * limits.direct_io_stages_kept_max):
+    path = store.block_path(bid)
+    evict(path)
+    assert transient_read(store, bid)[0] == data and cached_pages(path) == 0    # first read: O_DIRECT
+    assert transient_read(store, bid)[0] == data
+    assert cached_pages(path) == -(-len(data) // mmap.PAGESIZE)                  # second: cached, all of it
+
+
+def test_only_the_latest_blocks_read_count_as_read_lately(store, monkeypatch):
+    monkeypatch.setattr(limits, "direct_read_recent_blocks", 2)
+    data = os.urandom(MESSAGE + 100)
+    ids = [put(store, data) for _ in range(3)]
+    for bid in ids:
+        transient_read(store, bid)
+    for bid in ids:
+        evict(store.block_path(bid))
+    transient_read(store, ids[0])            # forgotten: from the disk again
+    transient_read(store, ids[2])            # remembered: through the cache
+    assert cached_pages(store.block_path(ids[0])) == 0 and cached_pages(store.block_path(ids[2])) > 0
+
+
+def test_staging_buffers_are_reused_and_a_held_view_never_breaks_giving_one_back(store):
+    data = os.urandom(2 * MESSAGE + 100)
+    ids = [put(store, data) for _ in range(3 * limits.direct_io_stages_kept_max)]
+    for bid in ids:
         assert transient_read(store, bid)[0] == data
     assert len(store.stages._idle) == 1      # one buffer, taken and given back by every read
     # Readers holding the last piece while more buffers come back than are kept.
-    open_reads = [store.read_chunks(bid, transient=True)[1] for _ in range(limits.direct_io_stages_kept_max + 2)]
+    fresh = [put(store, data) for _ in range(limits.direct_io_stages_kept_max + 2)]
+    open_reads = [store.read_chunks(bid, transient=True)[1] for bid in fresh]
     held = [next(chunks)[1] for chunks in open_reads]
     for chunks in open_reads:
         chunks.close()                        # the buffers beyond the kept ones are closed while viewed
