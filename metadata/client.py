@@ -481,36 +481,43 @@ class MetaClient:
             self._waiting -= 1
 
     def _take_batch(self) -> pb.RequestBatch | None:
-        # Called with the lock held.
-        requests = []
+        # Called with the lock held. Requests are added to the batch in
+        # place: a list of pb.Request passed to RequestBatch(requests=...)
+        # is copied, twice the protobuf work per operation.
+        message = pb.RequestBatch(client_id=self.client_id)
+        add = message.requests.add
+        n = 0
         size = 0
         stale = None
         now = time.monotonic()
         batch = [0]       # its unanswered ops, counted down by _answered
-        while self._unsent and len(requests) < limits.batch_ops_max:
-            op = self._ops.get(self._unsent[0])
+        ops, unsent = self._ops, self._unsent
+        while unsent and n < limits.batch_ops_max:
+            op = ops.get(unsent[0])
             if op is None:               # answered or expired while waiting
-                self._unsent.popleft()
+                unsent.popleft()
                 continue
             if stale is None:
                 stale = op.stale
             elif op.stale != stale:
                 break
             op_size = len(op.args) + batch_envelope_bytes
-            if requests and size + op_size > limits.batch_bytes_max:
+            if n and size + op_size > limits.batch_bytes_max:
                 break
-            self._unsent.popleft()
+            unsent.popleft()
             size += op_size
             op.sent_at = now
             op.batch = batch
-            requests.append(pb.Request(seq=op.seq, code=op.code, args=op.args))
-        if not requests:
+            add(seq=op.seq, code=op.code, args=op.args)
+            n += 1
+            last_seq = op.seq
+        if not n:
             return None
-        batch[0] = len(requests)
+        batch[0] = n
         self._batches_out += 1
-        acked_below = min(self._ops) if self._ops else requests[-1].seq + 1
-        return pb.RequestBatch(client_id=self.client_id, acked_below=acked_below,
-                               stale_ok=bool(stale), requests=requests)
+        message.acked_below = min(ops) if ops else last_seq + 1
+        message.stale_ok = bool(stale)
+        return message
 
     def _drop(self, conn: _Connection) -> None:
         with self._cond:
