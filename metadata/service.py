@@ -96,8 +96,25 @@ class ServiceStats:
                 "reply_batches": self.reply_batches, "streams_open": self.streams_open}
 
 
-def _error_reply(seq: int, err: int, message: str) -> pb.Reply:
-    return pb.Reply(seq=seq, errno=err, message=message)
+# A reply travels inside the service as a tuple (seq, errno, message, packed
+# value) and becomes a pb.Reply only when added to the ReplyBatch that
+# carries it (_reply_batch): a list of pb.Reply handed to
+# ReplyBatch(replies=...) is copied, twice the protobuf work per reply.
+
+def _error_reply(seq: int, err: int, message: str) -> tuple:
+    return (seq, err, message, b"")
+
+
+def _reply_batch(replies, **fields) -> pb.ReplyBatch:
+    """One ReplyBatch of reply tuples (see _error_reply), plus ``fields``."""
+    message = pb.ReplyBatch(**fields)
+    add = message.replies.add
+    for seq, err, text, value in replies:
+        if err:
+            add(seq=seq, errno=err, message=text)
+        else:
+            add(seq=seq, value=value)
+    return message
 
 
 def check_batch(batch: pb.RequestBatch) -> str:
@@ -137,7 +154,7 @@ class MetadataService(pb_grpc.MetadataServicer):
 
     def _submit_batch(self, batch: pb.RequestBatch, on_replies) -> int:
         """Submit every request of batch; ``on_replies(replies, not_leader_hint)``
-        is called with lists of replies, one reply per request in all (hint
+        is called with lists of reply tuples (``_error_reply``), one reply per request in all (hint
         is None unless the replica said it is not the leader). The batch's
         reads go to the replica as one group (one barrier slot, one
         callback). Returns the number of requests."""
@@ -233,12 +250,12 @@ class MetadataService(pb_grpc.MetadataServicer):
             room.set()
             if ordinary:
                 self.stats.batch_out()
-                yield pb.ReplyBatch(replies=ordinary)
+                yield _reply_batch(ordinary)
             if redirected:
                 # Apart from the ordinary replies: the client resends every
                 # operation of a not_leader batch elsewhere.
                 self.stats.batch_out()
-                yield pb.ReplyBatch(replies=redirected, not_leader=True, leader=hint)
+                yield _reply_batch(redirected, not_leader=True, leader=hint)
             if not state["reading"] and state["replied"] >= state["submitted"]:
                 return
 
@@ -263,8 +280,8 @@ class MetadataService(pb_grpc.MetadataServicer):
             context.abort(grpc_status_for(errno.ETIMEDOUT), "deadline passed before every operation completed")
         hints = [hint for _, hint in collected if hint is not None]
         self.stats.batch_out()
-        return pb.ReplyBatch(replies=[reply for reply, _ in collected],
-                             not_leader=bool(hints), leader=hints[0] if hints else "")
+        return _reply_batch([reply for reply, _ in collected],
+                            not_leader=bool(hints), leader=hints[0] if hints else "")
 
     def Status(self, request, context):
         try:
@@ -338,13 +355,13 @@ def _writes_callback(seqs: list, on_replies):
             replies = [_reply_for_exception(seqs[i], exc) for i, _ in pairs]
             on_replies([reply for reply, _ in replies], replies[0][1] if replies else None)
             return
-        pack, Reply = _packer(), pb.Reply
+        pack = _packer()
         out = []
         for i, (err, message, value) in pairs:
             if err:
-                out.append(Reply(seq=seqs[i], errno=err, message=message or os.strerror(err)))
+                out.append((seqs[i], err, message or os.strerror(err), b""))
             else:
-                out.append(Reply(seq=seqs[i], value=pack(value)))
+                out.append((seqs[i], 0, "", pack(value)))
         on_replies(out, None)
     return done
 
@@ -356,13 +373,13 @@ def _reads_callback(seqs: list, on_replies):
             replies = [_reply_for_exception(seq, exc) for seq in seqs]
             on_replies([reply for reply, _ in replies], replies[0][1] if replies else None)
             return
-        pack, Reply = _packer(), pb.Reply
+        pack = _packer()
         out = []
         for seq, (err, message, value) in zip(seqs, results):
             if err:
-                out.append(Reply(seq=seq, errno=err, message=message or os.strerror(err)))
+                out.append((seq, err, message or os.strerror(err), b""))
             else:
-                out.append(Reply(seq=seq, value=pack(value)))
+                out.append((seq, 0, "", pack(value)))
         on_replies(out, None)
     return done
 
