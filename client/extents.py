@@ -124,9 +124,13 @@ class Piece(NamedTuple):
 
 
 class Extents:
-    def __init__(self, layout, size: int, block_size_bytes: int):
+    def __init__(self, layout, size: int, block_size_bytes: int, new_buffer=bytearray):
+        """``new_buffer(n)``: a bytearray of n bytes for a new block's
+        buffer, its contents unspecified (the shell may hand out used ones:
+        only ``data[:length]`` is ever read)."""
         assert block_size_bytes > 0 and size >= 0
         self.block_size_bytes = block_size_bytes
+        self.new_buffer = new_buffer
         self.size = size
         self.items: list[Extent] = []
         self.dirty: dict[int, Extent] = {}     # id(extent) -> extent, dirty or uploading
@@ -218,7 +222,8 @@ class Extents:
             room = self.block_size_bytes
             # A large first write sizes the buffer for the whole block at
             # once: growing a bytearray by appends copies it at every step.
-            e = Extent(self.end, 0, data=bytearray(room if len(view) >= whole_buffer_write_min_bytes else 0))
+            e = Extent(self.end, 0, data=self.new_buffer(room) if len(view) >= whole_buffer_write_min_bytes
+                       else bytearray())
             self.items.append(e)
             self.dirty[id(e)] = e
         else:
@@ -275,7 +280,6 @@ class Extents:
         if self.items and self.items[-1].end > size:
             last = self.items[-1]
             if not last.stored:
-                self.make_dirty(last, None)
-                del last.data[size - last.start:]
+                self.make_dirty(last, None)   # its buffer keeps the tail, unread beyond length
             last.length = size - last.start
         self.size = size

@@ -36,12 +36,10 @@ import sys
 import threading
 import time
 
-import fuse as fusepy
-
 from cistern.core.errors import CisternError
 from cistern.core.metrics import start_metrics_server
 
-from .operations import FS_ENCODING, Metrics, Operations, Settings
+from .operations import FS_ENCODING, FUSE, Metrics, Operations, Settings
 from .statahead import window_default as statahead_window_default
 
 __all__ = ["DEFAULT_FUSE_OPTIONS", "OWN_OPTIONS", "parse_options", "check_mountpoint", "serve", "unmount",
@@ -226,7 +224,7 @@ def serve(mountpoint, cluster, options=(), metrics_address: str | None = None, *
             threading.Thread(target=_set_read_ahead, args=(mountpoint, own["read_ahead_kb"]),
                              name="cistern-read-ahead", daemon=True).start()
         try:
-            fusepy.FUSE(operations, mountpoint, foreground=True, nothreads=False, raw_fi=True,
+            FUSE(operations, mountpoint, foreground=True, nothreads=False, raw_fi=True,
                         encoding=FS_ENCODING, **fuse_options)
         except RuntimeError as e:
             raise CisternError(errno.EIO, f"libfuse could not mount {mountpoint} (status {e}; "

@@ -216,7 +216,7 @@ from cistern.client import connect
 c = connect(sys.argv[1], uid=0, gid=0, groups=[])
 f = c.open("/killed", "wb")
 f.write(b"N" * (int(sys.argv[2]) * 3 + 100))   # three full blocks uploaded, a partial one buffered
-for _, _, upload in list(f._uploads):
+for _, _, upload, _ in list(f._uploads):
     upload.result()
 print("written", flush=True)
 time.sleep(60)
