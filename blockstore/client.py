@@ -37,8 +37,8 @@ import grpc
 import xxhash
 
 from cistern.blockstore import limits
-from cistern.blockstore.pipeline import (Downstream, ReplicaResult, TransferDownstream, encode_with_data, merge_results,
-                                         results_after_failure, split_data)
+from cistern.blockstore.pipeline import (Downstream, ReplicaResult, TransferDownstream, encode_parts, encode_with_data,
+                                         merge_results, results_after_failure, split_data)
 from cistern.blockstore.proto import blockstore_pb2 as pb
 from cistern.blockstore.proto import blockstore_pb2_grpc as pb_grpc
 from cistern.blockstore.store import block_checksum, check_block_id, chunk_checksums
@@ -134,8 +134,8 @@ class BlockClient:
         deadline = time.monotonic() + timeout_s
         stream = self._transfer_stream(targets, header, view[:step], timeout_s)
         if stream is not None:
-            for message in self._data_messages(view):
-                if not stream.send(message):
+            for i in range(step, len(view), step):
+                if not stream.send(encode_parts(view[i:i + step])):   # vectored: the data is not copied
                     break
             results = stream.finish(timeout_s)
             if results[0].errno != errno.EAGAIN:

@@ -90,14 +90,16 @@ def check_targets(targets) -> str:
 _END = object()
 
 
-def first_message(header: pb.WriteHeader, first_data, targets) -> bytes:
+def first_message(header: pb.WriteHeader, first_data, targets, *, parts: bool = False):
     """The serialized first message of a write stream to targets[0]: the
-    header naming targets[1:], with ``first_data``."""
+    header naming targets[1:], with ``first_data``; with ``parts``, as
+    ``encode_parts`` gives it (not joined)."""
     forwarded = pb.WriteHeader()
     forwarded.CopyFrom(header)
     del forwarded.targets[:]
     forwarded.targets.extend(targets[1:])
-    return encode_with_data(first_data, pb.WriteChunk(header=forwarded).SerializeToString())
+    encoded = encode_parts(first_data, pb.WriteChunk(header=forwarded).SerializeToString())
+    return encoded if parts else b"".join(encoded)
 
 
 class Downstream:
@@ -174,7 +176,7 @@ class TransferDownstream:
         assert targets
         self.targets = list(targets)
         self._stream = stream
-        stream.send(first_message(header, first_data, self.targets))
+        stream.send(first_message(header, first_data, self.targets, parts=True))
         self.send = stream.send
         self.cancel = stream.cancel
 
@@ -230,10 +232,17 @@ def _read_varint(raw, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def encode_parts(data, rest: bytes = b"") -> tuple:
+    """``encode_with_data``'s message as the parts it is made of (the tag
+    and length, ``data`` itself, ``rest``), for a vectored send that copies
+    no data."""
+    return DATA_TAG + _varint(len(data)), data, rest
+
+
 def encode_with_data(data, rest: bytes = b"") -> bytes:
     """A message of field 2 = data followed by ``rest`` (the other fields,
     already serialized)."""
-    return b"".join((DATA_TAG, _varint(len(data)), data, rest))
+    return b"".join(encode_parts(data, rest))
 
 
 def split_data(raw: bytes, message_type):

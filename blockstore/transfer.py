@@ -325,6 +325,19 @@ def _send_parts(conn: socket.socket, head: bytes, data) -> None:
         conn.sendall(memoryview(data)[sent - len(head):])
 
 
+def _send_vectored(conn: socket.socket, parts) -> None:
+    """All of ``parts`` (bytes-likes), in order, by sendmsg: the kernel
+    gathers them, so nothing is joined into one buffer first."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        sent = conn.sendmsg(views)
+        while views and sent >= views[0].nbytes:
+            sent -= views[0].nbytes
+            del views[0]
+        if sent:
+            views[0] = views[0][sent:]
+
+
 def _shutdown(conn: socket.socket) -> None:
     try:
         conn.shutdown(socket.SHUT_RDWR)
@@ -507,15 +520,18 @@ class WriteStream:
         self._broken: str = ""
 
     def send(self, message) -> bool:
-        """Send one message; False (nothing sent) once the node has replied
-        early (an error) or the connection broke, so ``finish`` tells why."""
+        """Send one message (bytes-like, or a tuple of bytes-likes that
+        together make it, sent without joining them); False (nothing sent)
+        once the node has replied early (an error) or the connection broke,
+        so ``finish`` tells why."""
         if self._stopped or self._conn is None:
             return False
         if self._poll.poll(0):
             self._stopped = True
             return False
+        parts = message if type(message) is tuple else (message,)
         try:
-            _send_parts(self._conn, MESSAGE_LEN.pack(len(message)), message)
+            _send_vectored(self._conn, (MESSAGE_LEN.pack(sum(memoryview(p).nbytes for p in parts)),) + parts)
         except (socket.timeout, BlockingIOError):
             self._stopped, self._broken = True, "timed out sending"
             return False

@@ -80,3 +80,30 @@ def test_block_pieces_slice_like_the_joined_bytes():
         pieces[3]
     with pytest.raises(ValueError):
         pieces[::2]
+
+
+def test_a_message_sent_in_parts_arrives_as_the_joined_message():
+    """Vectored sends (the client's transfer writes): the parts go out in
+    order, whole, however the socket splits them."""
+    import socket
+    import threading
+
+    from cistern.blockstore.pipeline import encode_parts, encode_with_data
+    from cistern.blockstore.transfer import _send_vectored
+
+    data = memoryview(os.urandom(3 << 20))[5:]
+    header = pb.WriteChunk(header=pb.WriteHeader(block_id=b"i" * 16)).SerializeToString()
+    parts = (b"LEN!",) + encode_parts(data, header) + encode_parts(b"") + encode_parts(data[:10])
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # many partial sends
+    got = bytearray()
+    reader = threading.Thread(target=lambda: [got.extend(chunk) for chunk in iter(lambda: b.recv(1 << 16), b"")])
+    reader.start()
+    try:
+        _send_vectored(a, parts)
+    finally:
+        a.close()
+        reader.join(30)
+        b.close()
+    assert bytes(got) == b"LEN!" + encode_with_data(data, header) + encode_with_data(b"") + encode_with_data(data[:10])
+
