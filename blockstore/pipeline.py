@@ -129,9 +129,13 @@ class Downstream:
                 return
             yield item
 
-    def send(self, message: bytes) -> bool:
+    def send(self, message) -> bool:
         """Queue one serialized data message; False (and nothing queued) once the
-        downstream call has ended, so a dead next node never blocks us."""
+        downstream call has ended, so a dead next node never blocks us. A
+        message that is not bytes (a view of a buffer its producer reuses)
+        is copied: the queue keeps it past the call."""
+        if type(message) is not bytes:
+            message = bytes(message)
         while not self._future.done():
             try:
                 self._queue.put(message, timeout=queue_poll_s)
@@ -245,20 +249,23 @@ def encode_with_data(data, rest: bytes = b"") -> bytes:
     return b"".join(encode_parts(data, rest))
 
 
-def split_data(raw: bytes, message_type):
-    """(data, message) of a serialized WriteChunk or ReadChunk: data as a
-    memoryview of ``raw`` when it comes first (no copy), and message holding
-    the other fields. Raises ValueError (or protobuf's DecodeError) when raw
-    is not a valid message."""
+def split_data(raw, message_type):
+    """(data, message) of a serialized WriteChunk or ReadChunk (bytes or a
+    memoryview): data as a memoryview of ``raw`` when it comes first (no
+    copy), and message holding the other fields (copied out of raw).
+    Raises ValueError (or protobuf's DecodeError) when raw is not a valid
+    message."""
     if raw[:1] == DATA_TAG:
         length, pos = _read_varint(raw, 1)
         if pos + length > len(raw):
             raise ValueError("data field runs past the end of the message")
-        rest = message_type.FromString(raw[pos + length:]) if pos + length < len(raw) else message_type()
+        # The other fields are parsed from bytes of their own: nothing parsed
+        # may refer into raw, which may be a buffer its producer reuses.
+        rest = message_type.FromString(bytes(raw[pos + length:])) if pos + length < len(raw) else message_type()
         if rest.data:
             raise ValueError("the data field appears twice")
         return memoryview(raw)[pos:pos + length], rest
-    message = message_type.FromString(raw)
+    message = message_type.FromString(bytes(raw))
     data = message.data
     message.ClearField("data")
     return memoryview(data), message

@@ -107,3 +107,32 @@ def test_a_message_sent_in_parts_arrives_as_the_joined_message():
         b.close()
     assert bytes(got) == b"LEN!" + encode_with_data(data, header) + encode_with_data(b"") + encode_with_data(data[:10])
 
+
+def test_views_of_a_reused_receive_buffer_are_parsed_and_queued_as_copies():
+    """A node receives transfer write messages into one buffer per
+    connection: what outlives the next message (the parsed header, a
+    message queued for a gRPC downstream) must not refer into it."""
+    import queue
+
+    from cistern.blockstore.pipeline import Downstream, encode_with_data, split_data
+
+    header = pb.WriteHeader(block_id=b"i" * 16, length=3, targets=["a:1"])
+    buffer = bytearray(encode_with_data(b"abc", pb.WriteChunk(header=header).SerializeToString()))
+    data, rest = split_data(memoryview(buffer), pb.WriteChunk)
+    assert bytes(data) == b"abc"
+    buffer[:] = bytes(len(buffer))                  # the next message lands
+    assert rest.header.block_id == b"i" * 16 and list(rest.header.targets) == ["a:1"]
+
+    class Call:
+        def future(self, messages, timeout):
+            return self
+
+        def done(self):
+            return False
+
+    stream = Downstream(Call(), header, b"", ["a:1"], timeout_s=5)
+    stream._queue = queue.Queue()
+    message = bytearray(b"message one")
+    assert stream.send(memoryview(message))
+    message[:] = b"message two"
+    assert stream._queue.get_nowait() == b"message one"
