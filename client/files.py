@@ -31,7 +31,9 @@ Contract:
   order), fetches whole blocks and prefetches the next
   ``read_ahead_blocks`` in the background; any other read fetches just the
   byte range it needs (or slices a block already fetched). Memory: at most
-  ``read_ahead_blocks + 2`` blocks are held per open file.
+  ``read_ahead_blocks + 2`` blocks are held per open file, and blocks are
+  fetched ahead only while all the process's files together hold at most
+  ``limits.read_ahead_bytes_max`` (``readahead.budget``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import errno
 import io
 import threading
 
+from . import readahead
 from .extents import Extent, Extents
 
 __all__ = ["BufferPool", "File", "Opened"]
@@ -119,8 +122,9 @@ class File(io.BufferedIOBase):
         self._lock = threading.RLock()
         self._uncommitted = bool(open_mode.truncate)   # 'w' truncates with its first commit
         self._uploads: collections.deque = collections.deque()
-        self._cache: collections.OrderedDict = collections.OrderedDict()   # block id -> Future of bytes
+        self._cache = readahead.BlockCache(readahead.budget, read_ahead_blocks + 2)   # block id -> Future of bytes
         self._read_end = 0      # where the last read ended: a read starting here is sequential
+        self._ahead_done = None  # the extent whose read-ahead window is all fetched
         self._closing = False
 
     # -- io.BufferedIOBase ---------------------------------------------------
@@ -282,7 +286,7 @@ class File(io.BufferedIOBase):
             return bytes(e.data[offset:offset + length])
         cached = self._cache.get(e.block[0])
         if cached is None and sequential:
-            cached = self._fetch_ahead(e)
+            cached = self._fetch_ahead(e, demand=True)
         return cached, e.block, offset, length
 
     def _gather(self, parts: list) -> bytes:
@@ -306,21 +310,28 @@ class File(io.BufferedIOBase):
         except OSError as err:
             raise err from None
 
-    def _fetch_ahead(self, e: Extent):
-        future = self._cache.get(e.block[0])
-        if future is None:
-            future = self._cache[e.block[0]] = self._data.submit_read(e.block)
-            while len(self._cache) > read_ahead_blocks + 2:
-                self._cache.popitem(last=False)
-        return future
+    def _fetch_ahead(self, e: Extent, demand: bool = False):
+        """The Future of a stored block, fetched once per file; None when it
+        is fetched ahead (not ``demand``) and the read-ahead budget is spent."""
+        return self._cache.fetch(e.block[0], e.block[1], lambda: self._data.submit_read(e.block), demand)
 
     def _read_ahead(self, pos: int) -> None:
+        """Fetch the blocks from pos's on, ``read_ahead_blocks`` past it,
+        as the budget admits them; give back the blocks more than
+        ``read_ahead_slack_blocks`` behind it. Once a block's window is all
+        fetched, reads within that block skip this."""
         if pos >= self._x.end:
             return
         i = self._x.index(pos)
-        for e in self._x.items[i:i + read_ahead_blocks + 1]:
-            if e.stored:
-                self._fetch_ahead(e)
+        if self._x.items[i] is self._ahead_done:
+            return
+        behind = max(0, i - read_ahead_slack_blocks)
+        window = self._x.items[behind:i + read_ahead_blocks + 1]
+        self._cache.trim({e.block[0] for e in window if e.stored})
+        for e in window[i - behind:]:
+            if e.stored and self._fetch_ahead(e) is None:
+                return      # over the budget: tried again at the next read
+        self._ahead_done = self._x.items[i]
 
     def _load(self, e: Extent) -> bytes:
         """A stored extent's bytes, for a read-modify-write."""
