@@ -43,6 +43,7 @@ Contract:
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import fcntl
 import itertools
@@ -679,6 +680,8 @@ class FileAppender:
         if self._stage is None:
             _write_all(self.fd, view)
             return
+        if not self._staged:
+            view = self._write_in_place(view)
         size = len(self._stage)
         while view:
             take = min(len(view), size - self._staged)
@@ -687,6 +690,26 @@ class FileAppender:
             view = view[take:]
             if self._staged == size:
                 self._drain(size)
+
+    def _write_in_place(self, view: memoryview) -> memoryview:
+        """With nothing staged (the file's end is aligned), write the
+        aligned part of a page-aligned, writable ``view`` with O_DIRECT
+        straight from it, no staging copy; the rest is returned to be
+        staged. Anything else (bytes, an unaligned view, a refusal) is
+        returned whole. A node's transfer port receives write messages so
+        that their data lands page-aligned (``transfer._Scratch``)."""
+        align = limits.direct_io_align_bytes
+        n = len(view) - len(view) % align
+        if not n or _address(view) % align:
+            return view
+        with view[:n] as out:
+            try:
+                _write_all(self.fd, out)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                return view      # refused from this memory: staged instead
+        return view[n:]
 
     def _drain(self, n: int) -> None:
         """Write the first n (aligned) staged bytes with O_DIRECT."""
@@ -726,6 +749,15 @@ class FileAppender:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _address(view: memoryview) -> int:
+    """The address of a writable buffer's first byte; 1 (never aligned) for
+    a read-only or empty one."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    except (TypeError, ValueError):
+        return 1
 
 
 class _DirectReader:

@@ -286,6 +286,39 @@ def test_direct_io_writes_any_length_in_any_pieces(tmp_path, length, piece_bytes
         s.close()
 
 
+def test_page_aligned_pieces_are_written_from_where_they_are_and_others_staged(tmp_path):
+    """A transfer port's receive buffer puts a message's data on a page:
+    such a piece goes to the disk with O_DIRECT as it is, no staging copy;
+    an unaligned or read-only piece is staged. The file is right either way."""
+    import mmap
+
+    s = BlockStore(str(tmp_path / "node"), sync=True, direct_io=True)
+    try:
+        stage = s.stages.take()
+        stage[:] = b"\xee" * len(stage)          # the stage the writer will get: marked
+        s.stages.give(stage)
+        step = limits.message_data_max_bytes
+        data = os.urandom(3 * step + 700)
+        page = limits.direct_io_align_bytes
+        received = mmap.mmap(-1, page + len(data) + 1)
+        for offset, expect_staged in ((page, False), (page + 1, True)):
+            received[offset:offset + len(data)] = data
+            bid = os.urandom(16)
+            writer = s.begin_write(bid, len(data), block_checksum(data), chunk_checksums(data), created_s=0)
+            with writer, memoryview(received) as whole:
+                for i in range(0, len(data), step):
+                    writer.write(whole[offset + i:offset + min(i + step, len(data))])
+                writer.commit()
+            with open(s.block_path(bid), "rb") as f:
+                assert f.read() == data
+            stage = s.stages.take()
+            staged = stage[page:step] != b"\xee" * (step - page)   # the tail (700 bytes) is staged either way
+            s.stages.give(stage)
+            assert staged == expect_staged, offset
+    finally:
+        s.close()
+
+
 def test_direct_io_is_the_default_of_a_syncing_store_only(tmp_path):
     synced = BlockStore(str(tmp_path / "a"), sync=True)
     unsynced = BlockStore(str(tmp_path / "b"), sync=False)
