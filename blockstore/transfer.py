@@ -246,7 +246,7 @@ class TransferServer:
         try:
             for start, data, sums in chunks:
                 head = FRAME.pack(0, start, len(sums), len(data)) + struct.pack(f">{len(sums)}Q", *sums)
-                _send_parts(conn, head, data)
+                _send_vectored(conn, (head, data))
         except CisternError as e:
             raw = _utf8(e.message)
             conn.sendall(FRAME.pack(e.errno, 0, 0, len(raw)) + raw)
@@ -349,16 +349,6 @@ def _discard_rest(conn: socket.socket) -> None:
             pass
     except OSError:
         pass
-
-
-def _send_parts(conn: socket.socket, head: bytes, data) -> None:
-    """head then data in one sendmsg when the socket takes it all (no copy)."""
-    sent = conn.sendmsg([head, data])
-    if sent < len(head):
-        conn.sendall(head[sent:])
-        sent = len(head)
-    if sent - len(head) < len(data):
-        conn.sendall(memoryview(data)[sent - len(head):])
 
 
 def _send_vectored(conn: socket.socket, parts) -> None:

@@ -425,14 +425,7 @@ class MetaClient:
             except Exception as e:
                 _fail(op.sink, CisternError(errno.EBADMSG, f"undecodable reply value: {e}"))
                 continue
-            sink = op.sink
-            if type(sink) is Future:
-                try:
-                    sink.set_result(value)
-                except InvalidStateError:   # cancelled by its caller, or failed by close()
-                    pass
-            else:
-                _call_back(sink, value, None)
+            _succeed(op.sink, value)
 
     def _refused(self, op: _Op) -> None:
         """A delegation refused ``op``: recall it, resend ``op`` after a backoff."""
@@ -589,6 +582,17 @@ def _fail(sink, error: Exception) -> None:
             sink.set_exception(error)
         except Exception:   # raced with another resolver: the first answer stands
             pass
+
+
+def _succeed(sink, value) -> None:
+    """Resolve an operation's Future with ``value``, or call its callback."""
+    if type(sink) is not Future:
+        _call_back(sink, value, None)
+        return
+    try:
+        sink.set_result(value)
+    except InvalidStateError:   # cancelled by its caller, or failed by close()
+        pass
 
 
 def _call_back(callback, value, error) -> None:
