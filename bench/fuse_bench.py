@@ -25,7 +25,10 @@ For every process count P (``--procs``), on each mount in turn:
   ``--mib``/P MiB in ``--chunk-kib`` calls (open, write, close; then the
   file's kernel pages are dropped with fadvise and it is read back and
   checked); MB/s of all processes together. ``--seq-only`` runs only
-  these two phases.
+  these two phases. Beside each, the CPU the mount process used per GiB
+  moved (``seq-write-cpu``, ``seq-read-cpu``: user + system, all its
+  threads): a figure the load of a shared machine moves far less than
+  MB/s, so a slow round can be told from a costlier one.
 
 The whole comparison runs ``--rounds`` times (default 3), the two mounts
 taking turns at each process count, because this machine is shared and
@@ -62,6 +65,7 @@ import time
 
 from . import report, runner
 from .block_bench import evict
+from .data_bench import process_cpu_s
 from .workloads import Shape
 
 SCHEMA_ID = "cistern-bench-fuse/1"
@@ -74,8 +78,12 @@ local_nodes = 3
 settle_s = 2.0                  # > the mounts' default attr/entry timeouts: stats are not kernel cache hits
 
 # Cistern / passthrough must reach these (a benchmark report, not a test).
-TARGETS = {"creates": 0.50, "stats": 0.50, "readdir": None, "seq-write": 0.40, "seq-read": 0.60}
-UNITS = {"creates": "ops/s", "stats": "ops/s", "readdir": "s", "seq-write": "MB/s", "seq-read": "MB/s"}
+TARGETS = {"creates": 0.50, "stats": 0.50, "readdir": None, "seq-write": 0.40, "seq-read": 0.60,
+           "seq-write-cpu": None, "seq-read-cpu": None}
+UNITS = {"creates": "ops/s", "stats": "ops/s", "readdir": "s", "seq-write": "MB/s", "seq-read": "MB/s",
+         "seq-write-cpu": "CPU-s/GiB", "seq-read-cpu": "CPU-s/GiB"}
+LOWER_IS_BETTER = ("s", "CPU-s/GiB")     # units whose ratio is inverted (passthrough / Cistern)
+GiB = 1024 * MiB
 TARGET_NAMES = ("cistern", "passthrough")
 
 _NUM = (int, float)
@@ -297,9 +305,11 @@ def run_io(base: str, mode: str, procs: int, total_mib: int, chunk_bytes: int) -
 # -- one target at one process count -------------------------------------------------
 
 
-def measure(mount: str, target: str, procs: int, args, progress, round_no: int = 0) -> tuple[dict, list[dict]]:
+def measure(mount: str, target: str, procs: int, args, progress, round_no: int = 0,
+            pid: int | None = None) -> tuple[dict, list[dict]]:
     """Every phase on one mount with ``procs`` processes, as round
-    ``round_no``: (result, metrics)."""
+    ``round_no``: (result, metrics). ``pid``: the mount's process, whose
+    CPU per GiB of each sequential phase is measured too."""
     run_id = f"{target}-p{procs}-{time.time_ns() // 1000 % (1 << 40):x}"
     shape = Shape(procs, max(1, args.files // procs), depth=0, fanout=1, shared_dir=True, run_id=run_id)
     phases = []
@@ -320,9 +330,11 @@ def measure(mount: str, target: str, procs: int, args, progress, round_no: int =
     io_dir = os.path.join(mount, f"seq-{run_id}")
     os.mkdir(io_dir)
     try:
-        moved = {}
+        moved, cpu_s = {}, {}
         for mode in ("write", "read"):
+            before = process_cpu_s(pid) if pid else 0.0
             record, moved[mode] = run_io(io_dir, mode, procs, args.mib, args.chunk_kib * 1024)
+            cpu_s[mode] = process_cpu_s(pid) - before if pid else None
             phases.append(record)
     finally:
         shutil.rmtree(io_dir, ignore_errors=True)
@@ -332,6 +344,8 @@ def measure(mount: str, target: str, procs: int, args, progress, round_no: int =
     for mode in ("write", "read"):
         elapsed = by[f"seq-{mode}"]["elapsed_s"]
         values[f"seq-{mode}"] = round(moved[mode] / 1e6 / elapsed, 1) if elapsed > 0 else 0.0
+        if cpu_s[mode] is not None and moved[mode]:
+            values[f"seq-{mode}-cpu"] = round(cpu_s[mode] / (moved[mode] / GiB), 3)
     result = {"target": target, "procs": procs, "round": round_no, "fs_type": report.fs_type(mount),
               "phases": phases}
     metrics = [{"metric": m, "target": target, "procs": procs, "round": round_no, "value": v, "unit": UNITS[m]}
@@ -340,9 +354,10 @@ def measure(mount: str, target: str, procs: int, args, progress, round_no: int =
 
 
 def _ratio(metric: str, cistern: float, passthrough: float) -> float | None:
-    """Cistern / passthrough (for a time, the inverse: passthrough time /
-    Cistern time), so higher is better everywhere; None when undefined."""
-    num, den = (passthrough, cistern) if UNITS[metric] == "s" else (cistern, passthrough)
+    """Cistern / passthrough (for a time or a cost, the inverse:
+    passthrough / Cistern), so higher is better everywhere; None when
+    undefined."""
+    num, den = (passthrough, cistern) if UNITS[metric] in LOWER_IS_BETTER else (cistern, passthrough)
     return round(num / den, 4) if den else None
 
 
@@ -376,19 +391,19 @@ def table(doc: dict) -> str:
     lines = [f"cistern bench fuse: {cfg['files']} files in one directory, {cfg['mib']} MiB sequential "
              f"in {cfg['chunk_kib']} KiB calls; processes {','.join(map(str, cfg['procs']))}; "
              f"{cfg['rounds']} round(s)",
-             f"{'metric':<15} {'procs':>5} {'cistern':>12} {'passthrough':>12} {'ratio':>7} {'target':>7}"
+             f"{'metric':<23} {'procs':>5} {'cistern':>12} {'passthrough':>12} {'ratio':>7} {'target':>7}"
              f"{'':8} rounds"]
     percent = lambda r: "-" if r is None else f"{r * 100:.0f}%"   # noqa: E731
     for c in doc["compare"]:
         unit = UNITS[c["metric"]]
         want = "" if c["target_ratio"] is None else f">={c['target_ratio'] * 100:.0f}%"
         verdict = "" if c["met"] is None else ("ok" if c["met"] else "MISSED")
-        digits = 4 if unit == "s" else 1
-        lines.append(f"{c['metric'] + ' ' + unit:<15} {c['procs']:>5} {c['cistern']:>12.{digits}f} "
+        digits = {"s": 4, "CPU-s/GiB": 2}.get(unit, 1)
+        lines.append(f"{c['metric'] + ' ' + unit:<23} {c['procs']:>5} {c['cistern']:>12.{digits}f} "
                      f"{c['passthrough']:>12.{digits}f} {percent(c['ratio']):>7} {want:>7}  {verdict:<6} "
                      f"{' '.join(percent(r) for r in c['ratios'])}".rstrip())
-    lines.append("(medians over the rounds; readdir: seconds to list, its ratio is passthrough time / "
-                 "Cistern time)")
+    lines.append("(medians over the rounds; readdir: seconds to list, and -cpu: the mount process's CPU "
+                 "per GiB moved; their ratio is passthrough / Cistern)")
     for r in doc["results"]:
         for p in r["phases"]:
             if p["errors"]:
@@ -486,7 +501,8 @@ def run(args, prog: str = "cistern bench fuse") -> int:
         for round_no in range(args.rounds):
             for procs in procs_list:
                 for name in TARGET_NAMES[::-1]:        # the ceiling first, then Cistern, at each count
-                    result, found = measure(mounts[name].path, name, procs, args, progress, round_no)
+                    result, found = measure(mounts[name].path, name, procs, args, progress, round_no,
+                                            pid=mounts[name].proc.pid)
                     results.append(result)
                     metrics.extend(found)
     except KeyboardInterrupt:

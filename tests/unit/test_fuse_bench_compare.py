@@ -30,6 +30,16 @@ def test_a_time_is_compared_inverted_and_half_measured_rounds_do_not_count():
     assert c["ratios"] == [0.25] and c["ratio"] == 0.25 and c["met"] is None
 
 
+def test_a_mounts_cpu_per_gib_is_a_cost_compared_inverted_without_a_target():
+    metrics = [metric("seq-read-cpu", "passthrough", 4, 0, 1.0), metric("seq-read-cpu", "cistern", 4, 0, 1.6),
+               metric("seq-read-cpu", "passthrough", 4, 1, 0.0), metric("seq-read-cpu", "cistern", 4, 1, 2.0)]
+    [c] = fuse_bench.compare(metrics)
+    assert c["ratios"] == [0.625, 0.0] and c["met"] is None
+    table = fuse_bench.table({"config": {"files": 1, "mib": 1, "chunk_kib": 1, "procs": [4], "rounds": 2},
+                              "compare": [c], "results": []})
+    assert "seq-read-cpu CPU-s/GiB" in table and "1.80" in table and "0.50" in table
+
+
 def test_a_missed_target_is_reported_as_missed():
     metrics = [metric("seq-write", t, 4, n, v) for n, (p, m) in enumerate([(700, 230), (500, 210), (600, 220)])
                for t, v in (("passthrough", p), ("cistern", m))]
