@@ -22,7 +22,9 @@ Contract (what ``service.py`` and ``server.py`` code against)
       the first machine) owns 1-999 and ``scheduler`` owns 1000 and up. A
       machine has ``bootstrap(txn)``, ``apply(txn, time_ns, code, args) ->
       (errno, message, value)`` and ``read(txn, code, args)``; ``args`` is the
-      decoded msgpack list. The replica finds the LMDB ``Store`` in
+      decoded msgpack list. ``apply`` acts only through ``txn`` (no state
+      outside LMDB): the leader may apply an entry ahead of its commit and
+      abort that transaction (see Apply). The replica finds the LMDB ``Store`` in
       ``conf.store`` or in a machine's ``store``/``_store`` attribute.
     * Futures resolve to the operation's value, or raise ``CisternError``
       with the operation's errno. ``NotLeader(leader_rpc_address)`` (EAGAIN)
@@ -68,6 +70,18 @@ Apply (one replicated method, on every replica, in log order)
     error is logged loudly; nothing escapes into pysyncobj, which would retry
     the entry forever. An LMDB failure (disk full) does escape: the replica
     stalls on that entry, logging, rather than skip it and diverge.
+    Ahead of the commit, on the leader (``_prepare_next``): once its tick
+    has sent an entry's appends, and every committed entry is applied, the
+    leader applies the oldest batch it submitted in a write transaction it
+    keeps open while the followers fsync; at the commit, pysyncobj's apply
+    of that index only commits it. A lone write's apply (~0.1 ms) thus
+    leaves the path from the followers' acknowledgement to the reply.
+    Nothing is visible before the commit (readers use their own
+    transactions), and the guess that the batch sits at the next index is
+    checked when that index is applied: other bytes or another index (a
+    no-op entry in between), a leadership change, a snapshot import or the
+    end of the tick loop abort the transaction, so a wrong guess costs the
+    work, never the state. Only the tick thread opens write transactions.
 
 Linearizable reads: ReadIndex (Raft thesis 6.4), no log entry
     A linearizable read is queued and wakes the tick thread, which, before
@@ -590,6 +604,7 @@ class _RaftNode(SyncObj):
             if replica._read_stamp_sent != replica._read_stamp:
                 self._SyncObj__sendAppendEntries()   # one heartbeat round for the reads
             replica._check_read_rounds()
+        replica._prepare_next()
         self._cistern_journal.sync()
         commit = self._SyncObj__raftCommitIndex
         if self.last_log_index() <= commit:
@@ -834,12 +849,22 @@ def _fail_reads(groups, exc: BaseException) -> None:
 
 
 class _Batch:
-    __slots__ = ("futures", "done", "ops")
+    __slots__ = ("futures", "done", "ops", "entry")
 
     def __init__(self, futures, ops):
         self.futures = futures
         self.ops = ops
         self.done = False
+        self.entry = b""
+
+
+class _Prepared:
+    """An entry applied ahead of its commit (``Replica._prepare_next``): the
+    open write transaction and what ``_apply_in_txn`` returned in it."""
+    __slots__ = ("index", "entry", "txn", "outcome")
+
+    def __init__(self, index: int, entry: bytes, txn, outcome):
+        self.index, self.entry, self.txn, self.outcome = index, entry, txn, outcome
 
 
 class _ReadRound:
@@ -923,6 +948,12 @@ class Replica:
         self.batches = 0
         self.ticks = 0
         self.entries_applied = 0
+        self.entries_preapplied = 0                   # applied by _prepare_next before their commit
+        # Leader: batches handed to pysyncobj and not yet called back, in log
+        # order (submitters append, the tick thread removes); the oldest is
+        # what _prepare_next applies ahead of its commit into _prepared.
+        self._unapplied: collections.deque = collections.deque()
+        self._prepared: _Prepared | None = None
         self._result_packer = msgpack.Packer(use_bin_type=True)   # tick thread only (_pack_result)
 
     # -- lifecycle -------------------------------------------------------
@@ -1151,6 +1182,7 @@ class Replica:
             "members": members,
             "batches": self.batches,
             "entries_applied": self.entries_applied,
+            "entries_preapplied": self.entries_preapplied,
             "ticks": self.ticks,
             "in_flight": len(self._in_flight),
             "snapshot_generation": self.snapshot_generation,
@@ -1182,6 +1214,8 @@ class Replica:
             if now - last_metrics > 0.25:
                 last_metrics = now
                 self._update_gauges()
+        # LMDB's writer lock belongs to the thread that took it: this one.
+        self._drop_prepared()
 
     def _update_gauges(self) -> None:
         node, label = self._node, self._label
@@ -1245,6 +1279,8 @@ class Replica:
                           header.pack_array_header(len(batch.ops)), *batch.ops])
         self.batches += 1
         self._hot.batch_ops.observe(len(batch.ops))
+        batch.entry = entry
+        self._unapplied.append(batch)
         self._node.apply_entry(entry, callback=lambda res, err: self._on_committed(batch, res, err))
 
     def _on_committed(self, batch: _Batch, res, err) -> None:
@@ -1253,6 +1289,14 @@ class Replica:
         thread hop and a GIL hand-off per entry (the GIL lets the completer
         overlap nothing); see ``inline_reads_max`` for what was measured.
         Bigger ones go to the completer."""
+        unapplied = self._unapplied
+        if unapplied and unapplied[0] is batch:
+            unapplied.popleft()
+        else:
+            try:
+                unapplied.remove(batch)
+            except ValueError:
+                pass
         if len(batch.futures) <= inline_completion_max:
             try:
                 self._complete(batch, res, err)
@@ -1323,6 +1367,9 @@ class Replica:
     def _on_state_changed(self, old_state, new_state) -> None:
         """pysyncobj callback (tick thread)."""
         self._m.role.labels(self._label).set(new_state)
+        if (old_state == _ROLE_LEADER) != (new_state == _ROLE_LEADER):
+            self._drop_prepared()
+            self._unapplied.clear()
         if old_state == _ROLE_LEADER and new_state != _ROLE_LEADER:
             log.warning("replica %s: lost leadership; failing in-flight operations", self.node_id)
             # Outcome unknown: they may still commit. Clients resend with the
@@ -1441,29 +1488,28 @@ class Replica:
 
     def _apply_committed(self, index: int, entry: bytes):
         """Apply one committed entry at Raft ``index``. Returns the list of
-        results (one per op), or None when the entry was applied before."""
+        results (one per op), or None when the entry was applied before.
+        Commits the transaction ``_prepare_next`` left open when it holds
+        this very entry at this index; otherwise applies it now."""
         started = time.perf_counter()
-        poisoned: set[int] = set()
-        nested: set[int] = set()
-        while True:
-            txn = self._env.begin(write=True)
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared.index == index and prepared.entry == entry:
+            txn, outcome = prepared.txn, prepared.outcome
+            self.entries_preapplied += 1
+        else:
+            if prepared is not None:
+                prepared.txn.abort()
             try:
-                outcome = self._apply_in_txn(txn, index, entry, poisoned, nested)
-            except _MachineFault as fault:
-                txn.abort()
-                (nested if fault.undo else poisoned).add(fault.position)
-                continue
+                txn, outcome = self._apply_in_new_txn(index, entry)
             except BaseException:
-                txn.abort()
                 log.critical("replica %s: cannot apply entry %d (LMDB failure); stalling", self.node_id,
                              index, exc_info=True)
                 raise
-            if outcome is None:
-                txn.abort()
-                return None
-            results, digest, n_ops, codes = outcome
-            txn.commit()
-            break
+        if outcome is None:
+            txn.abort()
+            return None
+        results, digest, n_ops, codes = outcome
+        txn.commit()
         self._applied = (index, digest)
         self.entries_applied += 1
         hot = self._hot
@@ -1473,6 +1519,60 @@ class Replica:
             hot.ops_applied(code).inc(n)
         hot.apply_seconds.observe(time.perf_counter() - started)
         return results
+
+    def _apply_in_new_txn(self, index: int, entry: bytes):
+        """``(txn, outcome)``: entry ``index`` applied in a new write
+        transaction, left open (``outcome`` as ``_apply_in_txn``'s). Re-runs
+        the entry when an operation must be nested or fails (``_MachineFault``).
+        An LMDB failure aborts and raises."""
+        poisoned: set[int] = set()
+        nested: set[int] = set()
+        while True:
+            txn = self._env.begin(write=True)
+            try:
+                return txn, self._apply_in_txn(txn, index, entry, poisoned, nested)
+            except _MachineFault as fault:
+                txn.abort()
+                (nested if fault.undo else poisoned).add(fault.position)
+            except BaseException:
+                txn.abort()
+                raise
+
+    def _prepare_next(self) -> None:
+        """Leader, tick thread, just before the poll for the followers'
+        answers: apply the oldest batch this leader submitted and pysyncobj
+        has not applied yet in a write transaction that stays open
+        (``_prepared``), while the followers fsync. Its commit then only
+        commits that transaction (``_apply_committed``); nothing is visible
+        to readers before. Only when every committed entry is applied: the
+        entry would be the next applied, on top of exactly this LMDB state.
+        The guess (that batch is at the next index) is checked when the next
+        entry is applied: a different index or different bytes (a no-op
+        entry in between, a lost leadership) aborts it, so a wrong guess costs
+        the work, never the state."""
+        node = self._node
+        batches = self._unapplied
+        if self._prepared is not None or not batches:
+            return
+        applied = node._SyncObj__raftLastApplied
+        if applied != node._SyncObj__raftCommitIndex or node.last_log_index() <= applied:
+            return
+        index, entry = applied + 1, batches[0].entry
+        if index <= self._applied[0]:
+            return   # a replay: nothing to prepare
+        try:
+            txn, outcome = self._apply_in_new_txn(index, entry)
+        except Exception:
+            return   # LMDB failed: the real apply meets it again, and stalls loudly
+        self._prepared = _Prepared(index, entry, txn, outcome)
+
+    def _drop_prepared(self) -> None:
+        """Abort the prepared transaction, if any (tick thread: LMDB's writer
+        lock is the thread's): before anything else writes, when the
+        leadership changes, and when the tick loop ends."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.txn.abort()
 
     def _apply_in_txn(self, txn, index: int, entry: bytes, poisoned: set, nested: set):
         db = self._db
@@ -1664,6 +1764,7 @@ class Replica:
     def _import_snapshot(self, path: str, header: dict) -> None:
         import lmdb  # the store's own dependency; only needed to open the dump
 
+        self._drop_prepared()
         started = time.monotonic()
         src = lmdb.open(path, subdir=False, readonly=True, lock=False, max_dbs=64)
         try:

@@ -817,3 +817,74 @@ def test_entries_and_read_rounds_up_to_their_inline_limits_are_answered_on_the_t
     name, (results, exc) = answered_on(reads, replica_mod.inline_reads_max + 1)
     assert exc is None and len(results) == replica_mod.inline_reads_max + 1 and "-read" in name, name
     g.converge()
+
+
+def test_a_lone_write_is_applied_on_the_leader_while_the_followers_sync_and_shows_only_once_committed(group):
+    # The leader applies the entry in a write transaction it keeps open
+    # while the followers fsync; the commit then only commits it. Until
+    # then no reader sees it.
+    g = group().start_all()
+    leader = g.leader()
+    cid = os.urandom(16)
+    before = leader.status()["entries_preapplied"]
+    for seq in range(1, 11):
+        assert incr(leader, cid, seq, b"lone").result(5) == seq
+    assert leader.status()["entries_preapplied"] - before == 10
+    assert get(leader, b"lone") == 10
+    # Hold the followers' acknowledgements (their fsync) while the next
+    # write is prepared: it must stay invisible, then commit with its value.
+    release = threading.Event()
+    followers = [r for r in g.running() if r is not leader]
+    for follower in followers:
+        journal = follower._node._cistern_journal
+        real_sync = journal.sync
+        journal.sync = lambda real_sync=real_sync: (release.wait(5), real_sync())
+    pending = incr(leader, cid, 11, b"lone")
+    deadline = time.monotonic() + 5
+    while leader._prepared is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert leader._prepared is not None and not pending.done()
+    assert get(leader, b"lone", linearizable=False) == 10
+    release.set()
+    assert pending.result(5) == 11
+    assert get(leader, b"lone") == 11
+    g.converge()
+
+
+def test_an_entry_prepared_under_a_wrong_guess_is_aborted_and_the_real_one_applied(group):
+    # Should the oldest unapplied batch not be the next entry, the prepared
+    # transaction is aborted at that index: the state is the log's alone.
+    import collections
+
+    g = group().start_all()
+    leader = g.leader()
+    ghost = msgpack_entry(INCR, b"ghost")
+
+    prepared = [0]
+
+    class Ghost:
+        @property
+        def entry(self):
+            prepared[0] += 1
+            return ghost
+
+    class WrongGuess(collections.deque):
+        def __getitem__(self, i):
+            return Ghost() if i == 0 else super().__getitem__(i)
+
+    leader._unapplied = WrongGuess(leader._unapplied)
+    before = leader.status()["entries_preapplied"]
+    cid = os.urandom(16)
+    for seq in range(1, 6):
+        assert incr(leader, cid, seq, b"real").result(5) == seq
+    assert prepared[0] >= 5, "the ghost was never prepared"
+    assert leader.status()["entries_preapplied"] == before
+    assert get(leader, b"real") == 5
+    assert get(leader, b"ghost") is None
+    statuses = g.converge()
+    assert len({s["digest"] for s in statuses}) == 1
+
+
+def msgpack_entry(code: int, key: bytes) -> bytes:
+    """A Raft entry as Replica._submit builds it: [time_ns, [op, ...]]."""
+    return model.pack([time.time_ns(), [[os.urandom(16), 1, 0, code, model.encode_args(CRED, key)]]])
