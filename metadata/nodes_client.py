@@ -59,6 +59,7 @@ class NodesClient:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, pb_grpc.NodesStub] = {}    # made once per address: a stub builds a callable per method
         self._leader = self.addresses[0]
         self._next_index = 0
         self._closed = False
@@ -119,6 +120,7 @@ class NodesClient:
         with self._lock:
             self._closed = True
             channels, self._channels = list(self._channels.values()), {}
+            self._stubs = {}
         for channel in channels:
             channel.close()
 
@@ -174,7 +176,8 @@ class NodesClient:
         with self._lock:
             if self._closed:
                 raise CisternError(errno.ESHUTDOWN, "NodesClient is closed")
-            channel = self._channels.get(address)
-            if channel is None:
+            stub = self._stubs.get(address)
+            if stub is None:
                 channel = self._channels[address] = rpc.insecure_channel(address, message_bytes_max)
-        return pb_grpc.NodesStub(channel)
+                stub = self._stubs[address] = pb_grpc.NodesStub(channel)
+        return stub
