@@ -12,7 +12,11 @@ Contract:
   block or no pipeline took an upload; ENOSPC when no node has room;
   ETIMEDOUT when the metadata leader does not answer).
 * Uploads (``upload``): a block is allocated by the leader and streamed down
-  its pipeline; every node that acks has it fsynced. When a target fails,
+  its pipeline; every node that acks has it fsynced. A stream of uploads
+  takes its placements from the leader several at a time (``Placements``:
+  1, 2, 4, ... up to ``allocate_ahead_blocks`` per Allocate while they are
+  used up, each used within ``allocate_ahead_max_age_s`` of its Allocate or
+  dropped; any failed upload drops them all). When a target fails,
   the block is allocated again excluding the failed nodes and sent again
   (``upload_attempts_max`` in all); if the last attempt reaches only some of
   its targets, the block is accepted with the nodes that acked (at least
@@ -49,6 +53,7 @@ Contract:
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import logging
@@ -63,7 +68,7 @@ from cistern.metadata import limits as meta_limits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataPath", "order_replicas", "new_holder_id"]
+__all__ = ["DataPath", "Placements", "order_replicas", "new_holder_id"]
 
 MiB = 1 << 20
 block_size_default_bytes = 4 * MiB      # blockstore's default, when no node says otherwise
@@ -71,6 +76,12 @@ io_threads_max = 8                      # uploads and read-ahead in flight, per 
 upload_attempts_max = 3                 # allocations tried for one block before accepting fewer replicas
 node_table_refresh_min_s = 1.0          # the live node table is fetched at most this often on a miss
 report_errnos = frozenset((errno.EBADMSG, errno.EIO, errno.ENOENT))   # the replica's data is bad
+# Placements one Allocate fetches at most for a stream of uploads, instead
+# of one call per block (with the nodes' per-block reports, most of the
+# metads' CPU per MiB written); the leader's reservations for unused ones
+# lapse at the nodes' next heartbeat.
+allocate_ahead_blocks = 8
+allocate_ahead_max_age_s = 1.0          # a placement fetched ahead is used within this or dropped
 NODE_ENV_VAR = "CISTERN_NODE_ID"
 NODE_DATA_ENV_VAR = "CISTERN_NODE_DATA"
 
@@ -96,6 +107,47 @@ def order_replicas(node_ids, local_node: str | None, turn: int, busy: dict | Non
         if busy:
             rest.sort(key=lambda n: busy.get(n, 0))   # stable: the rotation orders the ties
     return first + rest
+
+
+class Placements:
+    """Block placements ``(block_id, targets)`` fetched ahead, per key (the
+    replication and block size asked for). ``take`` returns a fresh one or
+    None (a miss); then ``count`` says how many the Allocate should ask for:
+    1 for a key not fetched within ``max_age_s``, else twice the last
+    count (up to ``ahead_max``) when the last batch was used up, and 1
+    again once placements lapse unused. ``fetched`` queues what the
+    Allocate brought beyond the one used now. Pure (the caller passes the
+    time and holds the lock)."""
+
+    def __init__(self, ahead_max: int = allocate_ahead_blocks, max_age_s: float = allocate_ahead_max_age_s):
+        self.ahead_max, self.max_age_s = ahead_max, max_age_s
+        self._queues: dict = {}        # key -> deque of (block_id, targets, fetched at)
+        self._last: dict = {}          # key -> (count asked for, when) of its last Allocate
+
+    def take(self, key, now: float):
+        queue = self._queues.get(key)
+        while queue and now - queue[0][2] > self.max_age_s:
+            queue.popleft()
+            self._last.pop(key, None)   # lapsed unused: start again at one
+        return queue.popleft()[:2] if queue else None
+
+    def count(self, key, now: float) -> int:
+        last = self._last.get(key)
+        if last is None or now - last[1] > self.max_age_s:
+            return 1
+        return min(self.ahead_max, 2 * last[0])
+
+    def fetched(self, key, count: int, placements, now: float) -> None:
+        """An Allocate asked for ``count``; ``placements`` (the ones not
+        used at once) are queued."""
+        self._last[key] = (count, now)
+        if placements:
+            self._queues.setdefault(key, collections.deque()).extend((b, t, now) for b, t in placements)
+
+    def clear(self) -> None:
+        """Forget every placement (a node failed: they may name it)."""
+        self._queues.clear()
+        self._last.clear()
 
 
 def best_attempt(attempts: list, broken) -> list:
@@ -132,6 +184,7 @@ class DataPath:
         self._table_fetched = 0.0
         self._turn = itertools.count()
         self._busy: dict[str, int] = {}     # node id -> this connection's reads from it in flight
+        self._placements = Placements()     # allocated ahead, guarded by _lock
         self._pool: ThreadPoolExecutor | None = None
         self._leases: set = set()
         self.lease_renew_interval_s = float(meta_limits.lease_renew_interval_s)
@@ -265,6 +318,8 @@ class DataPath:
                 attempts.append([block_id, len(data), checksum, acked])
             if not failed:
                 break
+            with self._lock:
+                self._placements.clear()
             log.info("block %s: %s failed (%s); allocating again without them", block_id.hex(), broken,
                      "; ".join(r.message for r in results if not r.ok)[:300])
             exclude.update(broken)
@@ -275,17 +330,33 @@ class DataPath:
         return best_attempt(attempts, exclude)
 
     def _allocate(self, replication, exclude):
+        """(block_id, targets) for one upload: fetched ahead unless some
+        nodes are to be excluded (a retry)."""
+        size = self.block_size_bytes()
+        key = (replication or 0, size)
+        count = 1
+        if not exclude:
+            with self._lock:
+                now = time.monotonic()
+                taken = self._placements.take(key, now)
+                count = self._placements.count(key, now)
+            if taken is not None:
+                return taken
         try:
-            allocated = self.nodes.allocate(1, replication=replication or 0, writer_node=self.node_id,
-                                            exclude=sorted(exclude), block_size_bytes=self.block_size_bytes())
+            allocated = self.nodes.allocate(count, replication=replication or 0, writer_node=self.node_id,
+                                            exclude=sorted(exclude), block_size_bytes=size)
         except CisternError as e:
             raise to_oserror(e.errno, f"allocate: {e.message}") from None
-        if not allocated or not allocated[0][1]:
+        allocated = [(block_id, targets) for block_id, targets in allocated if targets]
+        if not allocated:
             raise to_oserror(errno.ENOSPC, "allocate: no live storage node")
-        block_id, targets = allocated[0]
-        for node_id, address in targets:
-            self._learn(node_id, address)
-        return block_id, targets
+        for _, targets in allocated:
+            for node_id, address in targets:
+                self._learn(node_id, address)
+        if not exclude:
+            with self._lock:
+                self._placements.fetched(key, count, allocated[1:], time.monotonic())
+        return allocated[0]
 
     # -- reads -------------------------------------------------------------------
 

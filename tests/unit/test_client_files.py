@@ -734,3 +734,52 @@ def test_read_ahead_over_real_nodes_fails_over_past_a_dead_node_and_bytes_corrup
         path.close()
         for s in servers:
             s.stop()
+
+
+def test_placements_are_fetched_one_then_twice_as_many_while_used_up_and_start_over_when_they_lapse():
+    from cistern.client.blocks import Placements
+
+    p = Placements(ahead_max=8, max_age_s=1.0)
+    key = (3, BS)
+    counts = []
+    now = 0.0
+    for i in range(20):
+        now += 0.01
+        if p.take(key, now) is None:
+            n = p.count(key, now)
+            counts.append(n)
+            p.fetched(key, n, [(bytes([i, j]), ["t"]) for j in range(1, n)], now)
+    assert counts == [1, 2, 4, 8, 8]
+    assert p.take(key, now + 2.0) is None and p.count(key, now + 2.0) == 1   # lapsed unused: one again
+    p.fetched(key, 4, [(b"a", ["t"]), (b"b", ["t"])], now)
+    assert p.take(key, now) == (b"a", ["t"])
+    p.clear()
+    assert p.take(key, now) is None and p.count(key, now) == 1
+
+
+class CountingNodes(FakeNodes):
+    """Allocate hands out as many placements as asked for."""
+
+    def allocate(self, count, *, replication=3, writer_node=None, exclude=(), block_size_bytes=None):
+        self.allocations.append((count, sorted(exclude)))
+        targets = [(k, v) for k, v in self.live.items() if k not in exclude][:3]
+        return [(os.urandom(16), targets) for _ in range(count)]
+
+
+def test_a_stream_of_uploads_takes_its_placements_several_per_allocate_and_a_failure_drops_them():
+    nodes = CountingNodes({"n1": "h1", "n2": "h2", "n3": "h3", "n4": "h4"})
+    blocks = FakeBlocks()
+    path = DataPath(["m:1"], nodes=nodes, blocks=blocks, block_size_bytes=BS)
+    ids = [path.upload(b"payload %d" % i, 3)[0] for i in range(20)]
+    assert len(set(ids)) == 20
+    assert nodes.allocations == [(1, []), (2, []), (4, []), (8, []), (8, [])]
+    nodes.allocations.clear()
+    blocks.down.add("h1")
+    block = path.upload(b"payload", 3)                # a placement fetched ahead, naming n1
+    assert "n1" not in block[3]
+    assert nodes.allocations == [(1, ["n1"])]
+    blocks.down.clear()
+    nodes.allocations.clear()
+    path.upload(b"payload", 3)
+    assert nodes.allocations == [(1, [])]             # the two left from the last batch are gone
+    path.close()
