@@ -332,9 +332,10 @@ def measure(mount: str, target: str, procs: int, args, progress, round_no: int =
     try:
         moved, cpu_s = {}, {}
         for mode in ("write", "read"):
-            before = process_cpu_s(pid) if pid else 0.0
+            before = _mount_cpu_s(pid)
             record, moved[mode] = run_io(io_dir, mode, procs, args.mib, args.chunk_kib * 1024)
-            cpu_s[mode] = process_cpu_s(pid) - before if pid else None
+            after = _mount_cpu_s(pid)
+            cpu_s[mode] = None if before is None or after is None else after - before
             phases.append(record)
     finally:
         shutil.rmtree(io_dir, ignore_errors=True)
@@ -351,6 +352,15 @@ def measure(mount: str, target: str, procs: int, args, progress, round_no: int =
     metrics = [{"metric": m, "target": target, "procs": procs, "round": round_no, "value": v, "unit": UNITS[m]}
                for m, v in values.items()]
     return result, metrics
+
+
+def _mount_cpu_s(pid: int | None) -> float | None:
+    """The mount process's CPU seconds so far; None without a pid or when
+    it has exited (its failed operations are reported as errors)."""
+    try:
+        return process_cpu_s(pid) if pid else None
+    except OSError:
+        return None
 
 
 def _ratio(metric: str, cistern: float, passthrough: float) -> float | None:

@@ -3,6 +3,8 @@ the rounds' Cistern/passthrough ratios, each ratio taken from two figures
 measured back to back (the machine is shared, so a ratio of medians could
 pair a fast minute on one side with a slow one on the other)."""
 
+import os
+
 from cistern.bench import fuse_bench
 
 
@@ -45,3 +47,13 @@ def test_a_missed_target_is_reported_as_missed():
                for t, v in (("passthrough", p), ("cistern", m))]
     [c] = fuse_bench.compare(metrics)
     assert c["ratio"] == round(220 / 600, 4) and c["met"] is False
+
+
+def test_the_cpu_of_a_mount_that_is_gone_is_not_measured_and_not_an_error():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert fuse_bench._mount_cpu_s(proc.pid) is None and fuse_bench._mount_cpu_s(None) is None
+    assert fuse_bench._mount_cpu_s(os.getpid()) > 0
