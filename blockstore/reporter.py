@@ -423,8 +423,7 @@ class Reporter:
             self._busy.discard(action.block_id)
 
     def _delete(self, action: DeleteBlocks) -> None:
-        for block_id in action.block_ids:
-            self.store.delete(block_id)
+        self.store.delete_many(action.block_ids)
         self.stats["deleted"] += len(action.block_ids)
         # Every id, present or not: the leader waits for this confirmation.
         self.blocks_deleted(action.block_ids)

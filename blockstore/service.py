@@ -29,7 +29,7 @@ from cistern.blockstore.pipeline import (Downstream, ReplicaResult, TransferDown
                                          split_data)
 from cistern.blockstore.proto import blockstore_pb2 as pb
 from cistern.blockstore.proto import blockstore_pb2_grpc as pb_grpc
-from cistern.blockstore.store import BlockStore, check_block_id
+from cistern.blockstore.store import BlockStore
 from cistern.core.errors import CisternError, grpc_status_for
 
 log = logging.getLogger(__name__)
@@ -300,8 +300,7 @@ class BlockService(pb_grpc.BlockServicer):
         if len(request.block_ids) > limits.delete_ids_max:
             context.abort(grpc_status_for(errno.E2BIG), f"more than {limits.delete_ids_max} ids in one Delete")
         try:
-            ids = [check_block_id(b) for b in request.block_ids]   # all valid, or none deleted
-            deleted = [b for b in ids if self.store.delete(b)]
+            deleted = self.store.delete_many(request.block_ids)   # all valid, or none deleted
         except CisternError as e:
             context.abort(grpc_status_for(e.errno), e.message)
         if deleted:

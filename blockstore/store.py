@@ -465,11 +465,19 @@ class BlockStore:
         """Forget a block and remove its file; False when it was not there.
         Idempotent. The index entry goes first, so a crash in between leaves
         an unindexed file that the next open removes."""
-        info = self._drop_entry(check_block_id(block_id))
-        if info is None:
-            return False
-        _unlink_quietly(self.block_path(info.block_id))
-        return True
+        return bool(self.delete_many([block_id]))
+
+    def delete_many(self, block_ids) -> list[bytes]:
+        """``delete`` for several blocks with one index commit and one index
+        sync (not one per block: a removed 512 MiB file made each node sync
+        its index 128 times, while the next file's writes waited on the
+        same disk's flushes); the ids that were there. EINVAL, and nothing
+        deleted, when any id is not valid."""
+        ids = [check_block_id(b) for b in block_ids]
+        dropped = self._drop_entries(ids)
+        for info in dropped:
+            _unlink_quietly(self.block_path(info.block_id))
+        return [info.block_id for info in dropped]
 
     def quarantine(self, block_id) -> str | None:
         """Move a (corrupt) block's file aside into quarantine/ and forget it;
@@ -486,19 +494,28 @@ class BlockStore:
         return target
 
     def _drop_entry(self, block_id: bytes) -> BlockInfo | None:
+        dropped = self._drop_entries([block_id])
+        return dropped[0] if dropped else None
+
+    def _drop_entries(self, block_ids) -> list[BlockInfo]:
+        """Remove the final index entries of ``block_ids`` (others are left
+        alone) in one transaction, synced; the entries removed."""
+        dropped = []
         with self.env.begin(write=True, db=self.db) as txn:
-            raw = txn.get(block_id)
-            if raw is None:
-                return None
-            info = decode_entry(block_id, bytes(raw))
-            if info.state != STATE_FINAL:
-                return None
-            txn.delete(block_id)
-        self._sync_index()
+            for block_id in block_ids:
+                raw = txn.get(block_id)
+                if raw is None:
+                    continue
+                info = decode_entry(block_id, bytes(raw))
+                if info.state == STATE_FINAL:
+                    txn.delete(block_id)
+                    dropped.append(info)
+        if dropped:
+            self._sync_index()
         with self._lock:
-            self.block_count -= 1
-            self.used_bytes -= info.length
-        return info
+            self.block_count -= len(dropped)
+            self.used_bytes -= sum(info.length for info in dropped)
+        return dropped
 
     # -- capacity -------------------------------------------------------------------
 

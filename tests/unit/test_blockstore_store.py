@@ -71,6 +71,32 @@ def test_delete_forgets_the_block_and_is_idempotent(store):
     assert store.capacity()["used_bytes"] == 0
 
 
+def test_delete_many_forgets_the_blocks_present_with_one_index_sync(tmp_path, monkeypatch):
+    store = BlockStore(str(tmp_path / "node"), sync=True)
+    try:
+        ids = [os.urandom(16) for _ in range(5)]
+        for bid in ids:
+            store.put(bid, block(CHUNK + 7), created_s=0)
+        syncs = []
+        monkeypatch.setattr(store, "_sync_index", lambda: syncs.append(1))
+        absent = os.urandom(16)
+        assert store.delete_many(ids[:4] + [absent]) == ids[:4]
+        assert syncs == [1]                                  # one index sync for all four
+        assert store.list() == [(ids[4], CHUNK + 7)] and len(block_files(store)) == 1
+        assert store.capacity()["block_count"] == 1 and store.capacity()["used_bytes"] == CHUNK + 7
+        with pytest.raises(CisternError) as e:
+            store.delete_many([ids[4], b"short"])            # all valid, or none deleted
+        assert e.value.errno == errno.EINVAL and store.list() == [(ids[4], CHUNK + 7)]
+        assert store.delete_many([absent]) == [] and syncs == [1]   # nothing dropped: nothing synced
+    finally:
+        store.close()
+    reopened = BlockStore(str(tmp_path / "node"), sync=True)
+    try:
+        assert reopened.list() == [(ids[4], CHUNK + 7)] and not any(reopened.recovered.values())
+    finally:
+        reopened.close()
+
+
 def test_a_wrong_sub_chunk_checksum_is_refused_and_leaves_nothing(store):
     data = block(3 * CHUNK)
     sums = chunk_checksums(data)

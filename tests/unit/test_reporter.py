@@ -135,9 +135,9 @@ class FakeStore:
         return {"capacity_bytes": 1 << 30, "free_bytes": 1 << 29, "used_bytes": sum(self.blocks.values()),
                 "block_count": len(self.blocks)}
 
-    def delete(self, block_id):
-        self.deleted.append(block_id)
-        return self.blocks.pop(block_id, None) is not None
+    def delete_many(self, block_ids):
+        self.deleted.extend(block_ids)
+        return [b for b in block_ids if self.blocks.pop(b, None) is not None]
 
 
 class FakeBlocks:
