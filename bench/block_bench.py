@@ -77,6 +77,70 @@ def direct_disk(path: str, total_bytes: int, payload: bytes) -> tuple[float, flo
     return write_s, cold_s, warm_s
 
 
+def direct_replicas(directory: str, total_bytes: int, payload: bytes, *, writers: int = 3,
+                    file_bytes: int = 4 * MiB) -> float:
+    """Seconds to write ``total_bytes`` as ``file_bytes`` files from
+    ``writers`` threads at once, each file with O_DIRECT in 1 MiB writes
+    and fsynced: what the nodes' block writes ask of the disk (one node per
+    writer, no network, no checksums), so ``replicas x`` the client's write
+    rate against it shows how much of the disk the replicated writes use.
+    ``payload`` holds at least ``file_bytes``. Falls back to buffered writes where O_DIRECT is refused (tmpfs). The
+    files are removed."""
+    import mmap
+    import threading
+
+    os.makedirs(directory, exist_ok=True)
+    files_n = -(-total_bytes // file_bytes)
+    failures = []
+
+    def writer(k: int) -> None:
+        buf = mmap.mmap(-1, file_bytes)          # page-aligned, as O_DIRECT needs
+        buf[:] = payload[:file_bytes]
+        view = memoryview(buf)
+        try:
+            for i in range(k, files_n, writers):
+                path = os.path.join(directory, f"{k}.{i}")
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+                except OSError:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    for at in range(0, file_bytes, MiB):
+                        os.pwrite(fd, view[at:at + MiB], at)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            failures.append(e)
+        finally:
+            view.release()
+            buf.close()
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(directory, ignore_errors=True)
+    if failures:
+        raise failures[0]
+    return elapsed
+
+
+def print_replica_ceiling(ceilings: list, measured: list, total_bytes: int, replicas: int = 3) -> None:
+    """The line after ``print_against_disk``: the disk's rate for the
+    replicas' writes (``direct_replicas`` seconds per round) and the share
+    of it the client's writes used (``replicas`` x its rate; ``measured``:
+    the rounds' ``(write_s, ...)``), medians of the rounds."""
+    mb = total_bytes / 1e6
+    ceiling = mb / statistics.median(ceilings)
+    used = replicas * mb / statistics.median(r[0] for r in measured)
+    print(f"  {'disk, O_DIRECT 4 MiB files x' + str(replicas) + ' writers':36} {ceiling:8.0f}"
+          f"   ({replicas} replicas x the client's write: {used:.0f} MB/s, {used / ceiling:.0%} of it)")
+
+
 def through_blocks(cluster, total_bytes: int, block_bytes: int, payload: bytes, inflight: int):
     """Write every block down a 3-node pipeline, then read each back from its
     first replica, from the disk (its block files evicted first) and again
@@ -145,15 +209,18 @@ def main(argv=None) -> int:
     try:
         with NodeCluster(workdir, n=3, block_size_bytes=block_bytes, log_level="WARNING",
                          extra_args=["--no-scrub"]) as cluster:
-            disks, blks = [], []
+            disks, blks, ceilings = [], [], []
             for _ in range(args.rounds):
                 # Alternating rounds share whatever else the machine is doing.
                 disks.append(direct_disk(os.path.join(cluster.nodes[0]["data"], "dd.bin"), total, payload))
+                ceilings.append(direct_replicas(os.path.join(cluster.nodes[0]["data"], "odirect"), total, payload,
+                                                file_bytes=block_bytes))
                 blks.append(through_blocks(cluster, total, block_bytes, payload, args.inflight))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_against_disk(f"{args.mib} MiB, {args.block_mib} MiB blocks, 3 replicas on one machine's disk, "
                        f"{args.inflight} block(s) in flight", "BlockClient, 3-node pipeline", disks, blks, total)
+    print_replica_ceiling(ceilings, blks, total)
     return 0
 
 

@@ -15,3 +15,29 @@ def test_evict_skips_a_block_file_deleted_after_it_was_listed(tmp_path):
     (blocks / "gone").unlink()
     evict(listed)
     assert (blocks / "kept").read_bytes() == b"x" * 8192
+
+
+def test_the_replicas_disk_ceiling_writes_every_byte_and_leaves_nothing(tmp_path, monkeypatch):
+    import os
+
+    from cistern.bench import block_bench
+
+    MiB = 1 << 20
+    written = []
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(block_bench.os, "pwrite", lambda fd, data, at: written.append(len(data)) or
+                        real_pwrite(fd, data, at))
+    target = tmp_path / "odirect"
+    seconds = block_bench.direct_replicas(str(target), 5 * MiB, os.urandom(MiB), writers=3, file_bytes=MiB)
+    assert seconds > 0 and sum(written) == 5 * MiB      # five 1 MiB files over three writers
+    assert not target.exists()
+
+
+def test_the_replicas_ceiling_line_shows_the_share_the_client_used(capsys):
+    from cistern.bench.block_bench import print_replica_ceiling
+
+    total = 100_000_000
+    # The disk wrote 100 MB in 0.1 s (1,000 MB/s); the client 100 MB in 1 s, x3 replicas: 300 MB/s.
+    print_replica_ceiling([0.1, 0.2, 0.05], [(1.0, 9, 9), (2.0, 9, 9), (0.5, 9, 9)], total)
+    line = capsys.readouterr().out
+    assert "1000" in line and "300 MB/s, 30% of it" in line
