@@ -72,13 +72,6 @@ class ReporterConf:
     rpc_timeout_s: float = 5.0                 # one call to the leader, through elections
     report_blocks_per_message_max: int = 20_000  # ~0.5 MiB of (id, length) per message
     incremental_delay_s: float = 0.01          # let a burst of events share one report
-    # Incremental reports go at most this often: under a stream of writes a
-    # node stores a 4 MiB block every 10-15 ms, and one report per block (a
-    # gRPC call here and on the leader) was a quarter of a node's Python
-    # and, with one Allocate per block, most of the metads' CPU per MiB
-    # written. A lone event still goes after ``incremental_delay_s``.
-    # Capped at a quarter of the heartbeat interval (see ``_wait_until``).
-    incremental_interval_s: float = 0.25
     instruction_workers_max: int = 4           # Copies and Deletes carried out at once
     copy_timeout_s: float = limits.copy_call_timeout_s
     retry_backoff_max_s: float = 2.0           # after a failed call to the leader
@@ -88,7 +81,6 @@ class ReporterConf:
         assert self.report_blocks_per_message_max >= 1
         assert self.instruction_workers_max >= 1
         assert 0 <= self.incremental_delay_s < self.heartbeat_interval_s
-        assert self.incremental_interval_s >= 0
 
 
 # -- the pure parts -------------------------------------------------------------------
@@ -213,7 +205,6 @@ class Reporter:
         self._need_full = True                       # on start, after the first heartbeat
         self._registered = False
         self._interval_s = self.conf.heartbeat_interval_s
-        self._last_incremental = float("-inf")      # monotonic time of the last incremental report
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -301,13 +292,8 @@ class Reporter:
                 if remaining <= 0:
                     return
                 self._cond.wait(remaining)
-        # A burst of writes (a pipeline, a multi-block file) shares one report,
-        # and a stream of them one report per incremental_interval_s (at
-        # most a quarter of the heartbeat interval: the leader's grace for
-        # unreported replicas is three heartbeats).
-        interval = min(self.conf.incremental_interval_s, self._interval_s / 4)
-        since = time.monotonic() - self._last_incremental
-        self._stop.wait(max(self.conf.incremental_delay_s, interval - since))
+        # A burst of writes (a pipeline, a multi-block file) shares one report.
+        self._stop.wait(self.conf.incremental_delay_s)
 
     def _heartbeat(self) -> None:
         capacity = self.store.capacity()
@@ -362,7 +348,6 @@ class Reporter:
                     self._pending.restore(added, removed)
                 raise
             self.stats["incremental_reports"] += 1
-            self._last_incremental = time.monotonic()
             if reply.send_full_report:
                 # Not taken: the full report that follows covers these events.
                 self._need_full = True

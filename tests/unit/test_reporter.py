@@ -253,36 +253,3 @@ def test_stop_is_idempotent_and_quick(node):
     reporter.stop()
     reporter.stop()
     assert time.monotonic() - started < 2
-
-
-class SlowBeatLeader(FakeLeader):
-    """A leader that asks for a heartbeat every 2 s (the reporter's
-    incremental interval is capped at a quarter of it)."""
-
-    def heartbeat(self, *args, **kwargs):
-        reply = super().heartbeat(*args, **kwargs)
-        reply.heartbeat_interval_s = 2.0
-        return reply
-
-
-def test_a_stream_of_stored_blocks_shares_reports_at_most_one_per_interval():
-    """A writer storing a block every 10 ms costs the leader one report call
-    per ``incremental_interval_s``, not one per block, and loses none."""
-    leader = SlowBeatLeader()
-    reporter = Reporter("n1", "127.0.0.1:9", ["meta:1"], FakeStore({}), FakeBlocks(FakeStore({})),
-                        conf=ReporterConf(heartbeat_interval_s=2.0, incremental_delay_s=0.001,
-                                          incremental_interval_s=0.2), nodes_client=leader)
-    reporter.start()
-    try:
-        wait_for(lambda: len(leader.reports()) >= 1)             # the (empty) full report
-        started = time.monotonic()
-        for i in range(40):
-            reporter.block_stored(bid(100 + i), 10)
-            time.sleep(0.01)
-        elapsed = time.monotonic() - started
-        incremental = lambda: [r for r in leader.reports() if r[0] == "report" and not r[1]]   # noqa: E731
-        wait_for(lambda: sum(len(r[3]) for r in incremental()) == 40)
-        assert sorted(b for r in incremental() for b, _ in r[3]) == [bid(100 + i) for i in range(40)]
-        assert len(incremental()) <= elapsed / 0.2 + 2
-    finally:
-        reporter.stop()
