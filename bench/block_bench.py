@@ -84,8 +84,8 @@ def direct_replicas(directory: str, total_bytes: int, payload: bytes, *, writers
     and fsynced: what the nodes' block writes ask of the disk (one node per
     writer, no network, no checksums), so ``replicas x`` the client's write
     rate against it shows how much of the disk the replicated writes use.
-    ``payload`` holds at least ``file_bytes``. Falls back to buffered writes where O_DIRECT is refused (tmpfs). The
-    files are removed."""
+    ``payload`` holds at least ``file_bytes``. Falls back to buffered
+    writes where O_DIRECT is refused (tmpfs). The files are removed."""
     import mmap
     import threading
 

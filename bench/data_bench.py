@@ -57,19 +57,20 @@ def through_client(client, nodes, metads, path: str, total: int, payload: bytes,
     the (client, nodes, metads) CPU seconds the write cost (``metads``: the
     metadata replicas' pids); and per read (cold, cached) the (client,
     nodes) CPU seconds it cost."""
-    before = (time.process_time(), processes_cpu_s(n["pid"] for n in nodes), processes_cpu_s(metads))
+    node_pids = [node["pid"] for node in nodes]
+    before = (time.process_time(), processes_cpu_s(node_pids), processes_cpu_s(metads))
     started = time.perf_counter()
     with client.open(path, "wb") as f:
         for offset in range(0, total, MiB):
             f.write(payload[offset % len(payload):offset % len(payload) + MiB])
     write_s = time.perf_counter() - started
-    after = (time.process_time(), processes_cpu_s(n["pid"] for n in nodes), processes_cpu_s(metads))
+    after = (time.process_time(), processes_cpu_s(node_pids), processes_cpu_s(metads))
     write_cpu = tuple(b - a for a, b in zip(before, after))
     for node in nodes:
         evict(block_files(node["data"]))
     reads, cpu = [], []
     for _ in range(2):
-        nodes_cpu = sum(process_cpu_s(node["pid"]) for node in nodes)
+        nodes_cpu = processes_cpu_s(node_pids)
         client_cpu = time.process_time()
         started = time.perf_counter()
         got = 0
@@ -78,7 +79,7 @@ def through_client(client, nodes, metads, path: str, total: int, payload: bytes,
                 got += len(piece)
         reads.append(time.perf_counter() - started)
         cpu.append((time.process_time() - client_cpu,
-                    sum(process_cpu_s(node["pid"]) for node in nodes) - nodes_cpu))
+                    processes_cpu_s(node_pids) - nodes_cpu))
         assert got == total, (got, total)
     client.remove(path)
     return (write_s, reads[0], reads[1]), write_cpu, cpu
