@@ -163,10 +163,10 @@ class BlockStore:
                              max_dbs=2, max_readers=limits.index_readers_max, sync=False,
                              metasync=False)
         self.db = self.env.open_db(_DB_BLOCKS)
-        self._lock = threading.Lock()      # guards _writing, _read_lately and the counters
+        self._lock = threading.Lock()      # guards _writing and the counters
         self._writing: set[bytes] = set()
         self._tmp_seq = itertools.count()
-        self._read_lately: collections.OrderedDict = collections.OrderedDict()   # block id -> None, oldest first
+        self._read_lately = RecentReads()
         self.block_count = 0
         self.used_bytes = 0
         self.checksum_failures = 0
@@ -365,7 +365,7 @@ class BlockStore:
             start, stop = aligned_range(offset, end - offset)
             stop = min(stop, info.length)
             if (transient and stop - start > message_bytes and self.stages is not None
-                    and message_bytes <= self.stages.stage_bytes and self._first_read_lately(info.block_id)):
+                    and message_bytes <= self.stages.stage_bytes and self._read_lately.first(info.block_id)):
                 direct = _DirectReader.open(self.block_path(info.block_id), fd, self.stages)
             if direct is None and stop - start > message_bytes:
                 # Let the kernel read the rest ahead while the first piece is
@@ -391,18 +391,6 @@ class BlockStore:
             if direct is not None:
                 direct.close()
             os.close(fd)
-
-    def _first_read_lately(self, block_id: bytes) -> bool:
-        """Whether a long read of the block is its first among the last
-        ``limits.direct_read_recent_blocks`` blocks read so (recording it)."""
-        with self._lock:
-            if block_id in self._read_lately:
-                self._read_lately.move_to_end(block_id)
-                return False
-            self._read_lately[block_id] = None
-            if len(self._read_lately) > limits.direct_read_recent_blocks:
-                self._read_lately.popitem(last=False)
-            return True
 
     def _verify_chunks(self, info: BlockInfo, first: int, data: bytes, sums) -> None:
         for i, (actual, expected) in enumerate(zip(chunk_checksums(data), sums)):
@@ -775,6 +763,69 @@ def _address(view: memoryview) -> int:
         return ctypes.addressof(ctypes.c_char.from_buffer(view))
     except (TypeError, ValueError):
         return 1
+
+
+class RecentReads:
+    """The ids of the blocks read lately with the cold-read policy, at most
+    ``limits.direct_read_recent_blocks`` (the least recent forgotten first).
+    ``first`` tells whether a read is a block's first lately: read it from
+    the disk with O_DIRECT (no page cache fill); a repeat goes through the
+    page cache, which then keeps the block. Thread-safe."""
+
+    def __init__(self):
+        self._ids: collections.OrderedDict = collections.OrderedDict()   # block id -> None, oldest first
+        self._lock = threading.Lock()
+
+    def first(self, block_id: bytes) -> bool:
+        """Whether this read of ``block_id`` is its first lately (recording it)."""
+        with self._lock:
+            if block_id in self._ids:
+                self._ids.move_to_end(block_id)
+                return False
+            self._ids[block_id] = None
+            if len(self._ids) > limits.direct_read_recent_blocks:
+                self._ids.popitem(last=False)
+            return True
+
+
+def read_file_direct(path: str, max_bytes: int) -> memoryview | None:
+    """Up to ``max_bytes`` of the file at ``path`` (fewer only at its end),
+    read from the disk with O_DIRECT into a fresh page-aligned buffer: a
+    view of a bytearray, which it keeps alive. The read neither fills the
+    page cache nor copies out of it (the kernel writes back dirty pages of
+    the file first, so the bytes are current). None where the file system
+    refuses O_DIRECT (EINVAL): read it through the page cache instead.
+    OSError as ``os.open`` and ``os.preadv`` raise it otherwise.
+
+    Why: a whole-block read through the page cache costs a page-cache fill
+    plus a copy out of it, and on this project's VM every fresh page-cache
+    page is a costly first touch of guest memory; see ARCHITECTURE."""
+    align = limits.direct_io_align_bytes
+    want = -(-max_bytes // align) * align
+    buf = bytearray(want + align)
+    skip = -_address(memoryview(buf)) % align
+    view = memoryview(buf)[skip:skip + want]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            return None
+        raise
+    got = 0
+    try:
+        while got < want:
+            try:
+                more = os.preadv(fd, [view[got:]], got)
+            except OSError as e:
+                if e.errno == errno.EINVAL and got == 0:     # refused at read time
+                    return None
+                raise
+            got += more
+            if more == 0 or got % align:     # the end of the file
+                break
+    finally:
+        os.close(fd)
+    return view[:min(got, max_bytes)]
 
 
 class _DirectReader:

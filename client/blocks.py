@@ -174,6 +174,11 @@ class DataPath:
         self._local_dirs = dict(local_data_dirs or {})        # node id -> data dir on this host
         if self.node_id and self.local_data_dir:
             self._local_dirs[self.node_id] = self.local_data_dir
+        self._read_lately = None            # RecentReads of the local block files
+        if self._local_dirs:
+            from cistern.blockstore.store import RecentReads
+
+            self._read_lately = RecentReads()
         self.timeout_s = timeout_s
         self._block_size = block_size_bytes
         self._renew = renew
@@ -413,19 +418,29 @@ class DataPath:
         raise to_oserror(errno.EIO, f"block {bytes(block_id).hex()}: no replica could be read: "
                                     + "; ".join(failures)[:500])
 
-    @staticmethod
-    def _read_local(data_dir: str, block_id: bytes, block_length: int, checksum: bytes) -> bytes | None:
-        """The block straight from a local node's block file, or None."""
-        from cistern.blockstore.store import block_checksum, block_file
+    def _read_local(self, data_dir: str, block_id: bytes, block_length: int, checksum: bytes):
+        """The block straight from a local node's block file (bytes, or a
+        ``BlockPieces`` of one aligned buffer), or None. As the node reads
+        for a stream (``BlockStore.read_chunks``), a block's first read
+        lately comes from the disk with O_DIRECT and a repeat through the
+        page cache, which then keeps it: one pass over a large file does not
+        fill the page cache with a second copy of what the reader (the
+        mount's page cache, a task's buffer) already holds. Measured through
+        the mount: see ARCHITECTURE, "Short-circuit reads"."""
+        from cistern.blockstore.client import BlockPieces
+        from cistern.blockstore.store import block_checksum, block_file, read_file_direct
 
+        path = block_file(data_dir, block_id)
         try:
-            with open(block_file(data_dir, block_id), "rb") as f:
-                data = f.read(block_length + 1)
+            data = read_file_direct(path, block_length + 1) if self._read_lately.first(block_id) else None
+            if data is None:
+                with open(path, "rb") as f:
+                    data = f.read(block_length + 1)
         except OSError:
             return None
         if len(data) != block_length or block_checksum(data) != checksum:
             return None
-        return data
+        return data if type(data) is bytes else BlockPieces([data])
 
     def _read_one(self, address, block_id, block_length, checksum, offset, length) -> bytes:
         if length is None:

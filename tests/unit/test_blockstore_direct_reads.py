@@ -178,3 +178,75 @@ def test_a_store_without_direct_io_streams_through_the_page_cache(tmp_path):
         assert transient_read(s, bid)[0] == data
     finally:
         s.close()
+
+
+# -- whole blocks read straight from a local node's files (short-circuit) ------
+
+@pytest.mark.parametrize("length", [1, 4096, 3 * 4096 + 7, (1 << 20) + 1])
+def test_read_file_direct_returns_the_files_bytes_without_caching_them(tmp_path, length):
+    from cistern.blockstore.store import read_file_direct
+
+    data = os.urandom(length)
+    path = tmp_path / "f"
+    with open(path, "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())             # as block files are: no dirty page stays cached
+    evict(str(path))
+    assert bytes(read_file_direct(str(path), length + 1)) == data        # short at the end of the file
+    assert bytes(read_file_direct(str(path), length - 1 or 1)) == data[:length - 1 or 1]
+    if length > 4096:                    # a file of one page may keep it cached (seen on ext4 here)
+        assert cached_pages(str(path)) == 0
+
+
+def test_read_file_direct_answers_none_where_o_direct_is_refused(tmp_path, monkeypatch):
+    from cistern.blockstore.store import read_file_direct
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 5000)
+    real_open = os.open
+
+    def open_refusing_direct(p, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(p, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_refusing_direct)
+    assert read_file_direct(str(path), 5001) is None
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError):
+        read_file_direct(str(tmp_path / "missing"), 10)
+
+
+def test_a_clients_first_local_read_of_a_block_skips_the_page_cache_and_a_repeat_keeps_it(store):
+    """``DataPath`` reading whole blocks from a node's files on its host, as
+    the mount beside a node does: the first read of a block lately comes
+    with O_DIRECT (no second copy of the data in the page cache), a repeat
+    through the page cache; the bytes are verified either way, and a file
+    that does not match its checksum is not served (the service is asked)."""
+    from cistern.client.blocks import DataPath
+
+    class NoService:
+        def close(self):
+            pass
+
+    data = os.urandom(3 * MESSAGE + 4096 + 9)
+    bid = put(store, data)
+    path = store.block_path(bid)
+    evict(path)
+    reader = DataPath(["m:1"], nodes=NoService(), blocks=NoService(), node_id="n1", local_data_dir=store.data_dir)
+    reader.address = lambda node_id: None                 # no node serves it: local files only
+    reader.refresh_nodes = lambda force=False: None
+    try:
+        block = [bid, len(data), block_checksum(data), ["n2", "n1"]]
+        assert reader.read(block) == data and cached_pages(path) == 0
+        whole = reader.read_whole(block)
+        assert whole[10:20] == data[10:20] and cached_pages(path) == -(-len(data) // mmap.PAGESIZE)
+        other = put(store, data[::-1])
+        with open(store.block_path(other), "r+b") as f:     # a flipped byte on disk
+            f.seek(5)
+            f.write(b"\x00" if data[::-1][5] else b"\x01")
+        with pytest.raises(OSError) as e:
+            reader.read([other, len(data), block_checksum(data[::-1]), ["n1"]])
+        assert e.value.errno == errno.EIO                    # no replica could be read: not the bad bytes
+    finally:
+        reader.close()
