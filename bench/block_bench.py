@@ -6,7 +6,9 @@ and read back, in one run.
     .venv/bin/python -m cistern.bench.block_bench --mib 256 [--inflight 1] [--block-mib 4] [--rounds 3]
 
 Prints MB/s both ways and the ratio (issue 3 targets: writes >= 30% and reads
->= 60% of the direct-disk figure). Each side is read twice: first from the
+>= 60% of the direct-disk figure), and the CPU the writes cost per MiB, this
+(client) process's and the three nodes', as ``data_bench`` does: on a shared
+2-core host the two benchmarks are compared by it, not by MB/s alone. Each side is read twice: first from the
 disk (its pages evicted with fadvise, no root needed), then from the page
 cache. Block reads stream over the nodes' transfer ports (gRPC is the
 fallback; see blockstore/transfer.py).
@@ -23,6 +25,30 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 MiB = 1024 * 1024
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes_cpu_s(pids) -> float:
+    """CPU seconds the processes ``pids`` have used so far, together."""
+    return sum(process_cpu_s(pid) for pid in pids)
+
+
+def print_write_cpu(cpus: list, total_bytes: int, names=("client", "nodes", "metads")) -> None:
+    """CPU ms per MiB written, median of the rounds (each round's CPU
+    seconds per process group, in the order of ``names``): each group's
+    and their sum, and every round's sum."""
+    mib = total_bytes / MiB
+    per = [[c * 1e3 / mib for c in r] for r in cpus]
+    sums = [sum(r) for r in per]
+    groups = ", ".join(f"{name} {statistics.median(r[i] for r in per):5.2f}" for i, name in enumerate(names))
+    print(f"  CPU ms/MiB, {'write':13}: {groups}; "
+          f"all {statistics.median(sums):5.2f} ({', '.join(f'{s:.2f}' for s in sums)})")
 
 
 def evict(paths) -> None:
@@ -144,7 +170,8 @@ def print_replica_ceiling(ceilings: list, measured: list, total_bytes: int, repl
 def through_blocks(cluster, total_bytes: int, block_bytes: int, payload: bytes, inflight: int):
     """Write every block down a 3-node pipeline, then read each back from its
     first replica, from the disk (its block files evicted first) and again
-    from the page cache; (write_s, cold_read_s, warm_read_s)."""
+    from the page cache; (write_s, cold_read_s, warm_read_s) and the
+    (client, nodes) CPU seconds the write cost."""
     from cistern.blockstore.client import BlockClient
 
     client = BlockClient()
@@ -160,10 +187,13 @@ def through_blocks(cluster, total_bytes: int, block_bytes: int, payload: bytes, 
     def read(i):
         assert len(client.read_block(targets[0], ids[i])) == block_bytes
 
+    node_pids = [node["pid"] for node in cluster.nodes]
     with ThreadPoolExecutor(inflight) as pool:
+        before = (time.process_time(), processes_cpu_s(node_pids))
         started = time.perf_counter()
         list(pool.map(write, range(len(ids))))
         write_s = time.perf_counter() - started
+        write_cpu = tuple(b - a for a, b in zip(before, (time.process_time(), processes_cpu_s(node_pids))))
         read_s = []
         evict(block_files(cluster.nodes[0]["data"]))
         for _ in range(2):
@@ -172,7 +202,7 @@ def through_blocks(cluster, total_bytes: int, block_bytes: int, payload: bytes, 
             read_s.append(time.perf_counter() - started)
     assert client.read_block(targets[2], ids[-1]) == blocks[-1]
     client.close()
-    return write_s, read_s[0], read_s[1]
+    return (write_s, read_s[0], read_s[1]), write_cpu
 
 
 def print_against_disk(title: str, label: str, disks: list, measured: list, total_bytes: int) -> None:
@@ -209,18 +239,21 @@ def main(argv=None) -> int:
     try:
         with NodeCluster(workdir, n=3, block_size_bytes=block_bytes, log_level="WARNING",
                          extra_args=["--no-scrub"]) as cluster:
-            disks, blks, ceilings = [], [], []
+            disks, blks, ceilings, write_cpus = [], [], [], []
             for _ in range(args.rounds):
                 # Alternating rounds share whatever else the machine is doing.
                 disks.append(direct_disk(os.path.join(cluster.nodes[0]["data"], "dd.bin"), total, payload))
                 ceilings.append(direct_replicas(os.path.join(cluster.nodes[0]["data"], "odirect"), total, payload,
                                                 file_bytes=block_bytes))
-                blks.append(through_blocks(cluster, total, block_bytes, payload, args.inflight))
+                timings, write_cpu = through_blocks(cluster, total, block_bytes, payload, args.inflight)
+                blks.append(timings)
+                write_cpus.append(write_cpu)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_against_disk(f"{args.mib} MiB, {args.block_mib} MiB blocks, 3 replicas on one machine's disk, "
                        f"{args.inflight} block(s) in flight", "BlockClient, 3-node pipeline", disks, blks, total)
     print_replica_ceiling(ceilings, blks, total)
+    print_write_cpu(write_cpus, total, names=("client", "nodes"))
     return 0
 
 

@@ -35,21 +35,10 @@ import tempfile
 import time
 
 from cistern.bench.block_bench import (block_files, direct_disk, direct_replicas, evict, print_against_disk,
-                                       print_replica_ceiling)
+                                       print_replica_ceiling, print_write_cpu, processes_cpu_s)
+from cistern.bench.block_bench import process_cpu_s  # noqa: F401  (fuse_bench takes it from here)
 
 MiB = 1024 * 1024
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def processes_cpu_s(pids) -> float:
-    """CPU seconds the processes ``pids`` have used so far, together."""
-    return sum(process_cpu_s(pid) for pid in pids)
 
 
 def through_client(client, nodes, metads, path: str, total: int, payload: bytes, local_reader):
@@ -140,18 +129,6 @@ def main(argv=None) -> int:
     print_write_cpu(write_cpus, total)
     print_read_cpu(cpus, total)
     return 0
-
-
-def print_write_cpu(cpus: list, total_bytes: int) -> None:
-    """CPU ms per MiB written through the client, median of the rounds
-    (each round's ``(client_s, nodes_s, metads_s)``): this process's, the
-    nodes', the metads' and their sum, and every round's sum."""
-    mib = total_bytes / MiB
-    per = [[c * 1e3 / mib for c in r] for r in cpus]
-    sums = [sum(r) for r in per]
-    client, nodes, metads = (statistics.median(r[i] for r in per) for i in range(3))
-    print(f"  CPU ms/MiB, {'write':13}: client {client:5.2f}, nodes {nodes:5.2f}, metads {metads:5.2f}; "
-          f"all {statistics.median(sums):5.2f} ({', '.join(f'{s:.2f}' for s in sums)})")
 
 
 def print_read_cpu(cpus: list, total_bytes: int) -> None:

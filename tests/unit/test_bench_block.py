@@ -41,3 +41,15 @@ def test_the_replicas_ceiling_line_shows_the_share_the_client_used(capsys):
     print_replica_ceiling([0.1, 0.2, 0.05], [(1.0, 9, 9), (2.0, 9, 9), (0.5, 9, 9)], total)
     line = capsys.readouterr().out
     assert "1000" in line and "300 MB/s, 30% of it" in line
+
+
+def test_the_write_cpu_line_names_each_process_group_per_mib(capsys):
+    from cistern.bench.block_bench import print_write_cpu
+
+    MiB = 1 << 20
+    # Two rounds of 100 MiB: (client, nodes) CPU seconds 0.05 + 0.4 and 0.07 + 0.5.
+    print_write_cpu([(0.05, 0.4), (0.07, 0.5)], 100 * MiB, names=("client", "nodes"))
+    line = capsys.readouterr().out
+    assert "client  0.60, nodes  4.50; all  5.10 (4.50, 5.70)" in line and "metads" not in line
+    print_write_cpu([(0.1, 0.4, 0.05)], 100 * MiB)        # data_bench's three groups
+    assert "client  1.00, nodes  4.00, metads  0.50; all  5.50" in capsys.readouterr().out
