@@ -798,8 +798,9 @@ def read_file_direct(path: str, max_bytes: int) -> memoryview | None:
     OSError as ``os.open`` and ``os.preadv`` raise it otherwise.
 
     Why: a whole-block read through the page cache costs a page-cache fill
-    plus a copy out of it, and on this project's VM every fresh page-cache
-    page is a costly first touch of guest memory; see ARCHITECTURE."""
+    plus a copy out of it, and on a virtual machine that hands free memory
+    back to its host (ours) a fresh page-cache page is also a slow first
+    touch; see ARCHITECTURE, "Fresh memory on this host"."""
     align = limits.direct_io_align_bytes
     want = -(-max_bytes // align) * align
     buf = bytearray(want + align)

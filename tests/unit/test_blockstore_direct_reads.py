@@ -154,9 +154,8 @@ def test_staging_buffers_are_reused_and_a_held_view_never_breaks_giving_one_back
     assert len(held) == len(open_reads) and len(store.stages._idle) == limits.direct_io_stages_kept_max
 
 
-def test_a_file_system_refusing_o_direct_is_read_through_the_page_cache(store, monkeypatch):
-    data = os.urandom(2 * MESSAGE + 100)
-    bid = put(store, data)
+def refuse_o_direct(monkeypatch) -> None:
+    """Make ``os.open`` refuse O_DIRECT as tmpfs and some FUSE file systems do."""
     real_open = os.open
 
     def open_refusing_direct(path, flags, *args):
@@ -165,6 +164,12 @@ def test_a_file_system_refusing_o_direct_is_read_through_the_page_cache(store, m
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", open_refusing_direct)
+
+
+def test_a_file_system_refusing_o_direct_is_read_through_the_page_cache(store, monkeypatch):
+    data = os.urandom(2 * MESSAGE + 100)
+    bid = put(store, data)
+    refuse_o_direct(monkeypatch)
     evict(store.block_path(bid))
     assert transient_read(store, bid)[0] == data
     assert cached_pages(store.block_path(bid)) > 0
@@ -203,14 +208,7 @@ def test_read_file_direct_answers_none_where_o_direct_is_refused(tmp_path, monke
 
     path = tmp_path / "f"
     path.write_bytes(b"x" * 5000)
-    real_open = os.open
-
-    def open_refusing_direct(p, flags, *args):
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(p, flags, *args)
-
-    monkeypatch.setattr(os, "open", open_refusing_direct)
+    refuse_o_direct(monkeypatch)
     assert read_file_direct(str(path), 5001) is None
     monkeypatch.undo()
     with pytest.raises(FileNotFoundError):
