@@ -138,13 +138,8 @@ Durability (pysyncobj does not fsync)
       (``_before_poll``, after the tick's sends, while the followers sync
       theirs, and before it polls for their answers), and pysyncobj counts
       the leader in the majority only when computing the commit index at the
-      start of a tick. The leader starts that sync's writeback
-      (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which waits for nothing)
-      before it applies the entry ahead of its commit, so the disk writes
-      its pages under the apply, and the fdatasync after it only waits
-      for the rest: the ack of the first follower used to wait for the
-      leader's own fsync. Durability is the fdatasync's, unchanged.
-      Measured cost (bench/raft_bench.py, 3 processes, one shared virtual disk with ~0.47 ms fdatasync): one-at-a-time p50
+      start of a tick. Measured cost (bench/raft_bench.py, 3 processes, one
+      shared virtual disk with ~0.47 ms fdatasync): one-at-a-time p50
       ~0.9-1.05 ms -> ~1.9 ms; throughput with 4096 in flight ~20-26k -> ~19k
       ops/s.
     * Wake-ups, not ticks (``_RaftNode._before_poll``, pysyncobj's on-tick
@@ -242,7 +237,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import ctypes
 import dataclasses
 import errno
 import logging
@@ -501,7 +495,6 @@ class _DurableJournal(FileJournal):
         self._gen = 0
         self._synced_gen = 0
         self.syncs = 0
-        self.writebacks = 0        # start_sync calls that started a writeback
         if durable:
             self._FileJournal__metaStorer = _DurableMetaStorer(journal_file + ".meta")
 
@@ -521,15 +514,6 @@ class _DurableJournal(FileJournal):
         super().deleteEntriesTo(entryTo)
         self._gen += 1
         self.sync()
-
-    def start_sync(self) -> None:
-        """Start writing every write so far to disk and return at once
-        (``sync_file_range(SYNC_FILE_RANGE_WRITE)``: no wait, no flush, no
-        metadata). Durable only once ``sync()`` returns; this only lets the
-        disk start early, e.g. while the tick thread applies an entry."""
-        if self._durable and self._gen > self._synced_gen and _sync_file_range is not None:
-            _sync_file_range(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-            self.writebacks += 1
 
     def sync(self) -> None:
         """Every write so far is on disk when this returns."""
@@ -604,11 +588,7 @@ class _RaftNode(SyncObj):
         The leader's own entries must be synced before it counts itself: it
         syncs them here, after this tick sent its appends (so the followers'
         syncs run meanwhile) and before it polls for their answers; a lone
-        member, which sends nothing, syncs here too. Its writeback starts
-        before the apply ahead of the commit (``_prepare_next``) and the
-        fdatasync follows it, so the disk and the apply overlap (lone
-        creates, same cluster, alternating 200 ms slots: p50 2.05 -> 1.89,
-        2.22 -> 1.95, 2.67 -> 2.33 ms). And pysyncobj advances the commit
+        member, which sends nothing, syncs here too. And pysyncobj advances the commit
         index only at the start of a tick: when a majority (counting this
         leader) already holds the next entry -- always so for a lone member
         -- nothing would wake the poll, and the entry would wait out the
@@ -624,10 +604,8 @@ class _RaftNode(SyncObj):
             if replica._read_stamp_sent != replica._read_stamp:
                 self._SyncObj__sendAppendEntries()   # one heartbeat round for the reads
             replica._check_read_rounds()
-        journal = self._cistern_journal
-        journal.start_sync()        # the disk writes the new entries while the leader applies ahead
         replica._prepare_next()
-        journal.sync()
+        self._cistern_journal.sync()
         commit = self._SyncObj__raftCommitIndex
         if self.last_log_index() <= commit:
             return
@@ -744,24 +722,6 @@ class _RaftNode(SyncObj):
 
 
 # -- helpers -------------------------------------------------------------------
-
-_SYNC_FILE_RANGE_WRITE = 2   # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
-
-
-def _libc_sync_file_range():
-    """libc's ``sync_file_range`` (Linux; the os module has none), or None.
-    ctypes drops the GIL around the call."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _libc_sync_file_range()
-
 
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)

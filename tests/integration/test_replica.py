@@ -725,46 +725,6 @@ def test_the_leader_syncs_its_own_journal_on_its_tick_thread_before_each_ack(gro
     g.converge()
 
 
-def test_the_leader_starts_its_journals_writeback_before_it_applies_ahead_and_fsyncs_after(group):
-    # The leader's own fsync used to start only after its apply ahead of
-    # the commit, and the first follower's acknowledgement waited for it:
-    # the writeback now starts first (no wait), the apply runs under it,
-    # and the fdatasync that makes the entry durable follows.
-    g = group().start_all()
-    leader = g.leader()
-    journal = leader._node._cistern_journal
-    events: list[str] = []
-    real_start, real_sync, real_prepare = journal.start_sync, journal.sync, leader._prepare_next
-
-    def start_sync():
-        if journal._gen > journal._synced_gen:
-            events.append("writeback")
-        real_start()
-
-    def sync():
-        if journal._gen > journal._synced_gen:
-            events.append("fdatasync")
-        real_sync()
-
-    def prepare():
-        before = leader._prepared
-        real_prepare()
-        if before is None and leader._prepared is not None:
-            events.append("apply ahead")
-
-    journal.start_sync, journal.sync, leader._prepare_next = start_sync, sync, prepare
-    writebacks = journal.writebacks
-    cid = os.urandom(16)
-    for seq in range(1, 11):
-        assert incr(leader, cid, seq, b"wb").result(5) == seq
-    applied_ahead = [i for i, e in enumerate(events) if e == "apply ahead"]
-    assert len(applied_ahead) >= 10, events
-    for i in applied_ahead:
-        assert events[i - 1:i + 2] == ["writeback", "apply ahead", "fdatasync"], events
-    assert journal.writebacks - writebacks >= 10
-    g.converge()
-
-
 def test_one_write_at_a_time_sends_no_extra_append_round_after_it_commits(group, monkeypatch):
     # pysyncobj follows every apply with an append round that only carries
     # the new commit index; the next append or heartbeat carries it anyway.
