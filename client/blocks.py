@@ -39,6 +39,8 @@ Contract:
   replica and its data directory is known (``local_data_dir`` of
   ``node_id``, default ``$CISTERN_NODE_DATA``, and ``local_data_dirs``, e.g.
   the loopback nodes of a local cluster's cluster.json), a whole-block read opens the block file directly
+  (a block's first read lately with O_DIRECT, a repeat through the page
+  cache: ``_read_local``)
   and checks it against the layout's xxh3-128; a missing or mismatching file
   falls back to the node's block service (which re-verifies, quarantines
   and reports a corrupt copy itself). Ranged reads always go through the
@@ -426,7 +428,7 @@ class DataPath:
         page cache, which then keeps it: one pass over a large file does not
         fill the page cache with a second copy of what the reader (the
         mount's page cache, a task's buffer) already holds. Measured through
-        the mount: see ARCHITECTURE, "Short-circuit reads"."""
+        the mount: see ARCHITECTURE, "Short-circuit local reads"."""
         from cistern.blockstore.client import BlockPieces
         from cistern.blockstore.store import block_checksum, block_file, read_file_direct
 
