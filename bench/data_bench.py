@@ -36,7 +36,6 @@ import time
 
 from cistern.bench.block_bench import (block_files, direct_disk, direct_replicas, evict, print_against_disk,
                                        print_replica_ceiling, print_write_cpu, processes_cpu_s)
-from cistern.bench.block_bench import process_cpu_s  # noqa: F401  (fuse_bench takes it from here)
 
 MiB = 1024 * 1024
 

@@ -65,7 +65,7 @@ import time
 
 from . import report, runner
 from .block_bench import evict
-from .data_bench import process_cpu_s
+from .block_bench import process_cpu_s
 from .workloads import Shape
 
 SCHEMA_ID = "cistern-bench-fuse/1"
