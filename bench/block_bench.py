@@ -17,10 +17,12 @@ fallback; see blockstore/transfer.py).
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -112,9 +114,6 @@ def direct_replicas(directory: str, total_bytes: int, payload: bytes, *, writers
     rate against it shows how much of the disk the replicated writes use.
     ``payload`` holds at least ``file_bytes``. Falls back to buffered
     writes where O_DIRECT is refused (tmpfs). The files are removed."""
-    import mmap
-    import threading
-
     os.makedirs(directory, exist_ok=True)
     files_n = -(-total_bytes // file_bytes)
     failures = []

@@ -808,25 +808,36 @@ def read_file_direct(path: str, max_bytes: int) -> memoryview | None:
     view = memoryview(buf)[skip:skip + want]
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            return view[:_preadv_direct(fd, view, max_bytes, 0)]
+        finally:
+            os.close(fd)
     except OSError as e:
-        if e.errno == errno.EINVAL:
+        if e.errno == errno.EINVAL:          # O_DIRECT refused, at open or at read
             return None
         raise
+
+
+def _preadv_direct(direct_fd: int, view: memoryview, n: int, at: int, fallback_fd: int | None = None) -> int:
+    """Read up to ``n`` bytes at ``at`` into ``view`` (page-aligned, whole
+    pages past ``n``) through ``direct_fd`` (opened with O_DIRECT), until
+    ``n`` or the end of the file; the bytes read. Where O_DIRECT is refused
+    at read time (EINVAL) the rest comes through ``fallback_fd``, or,
+    without one, the EINVAL is raised. OSError as ``os.preadv`` raises it."""
+    align = limits.direct_io_align_bytes
+    want = -(-n // align) * align       # O_DIRECT reads whole pages (the buffer has them)
     got = 0
-    try:
-        while got < want:
-            try:
-                more = os.preadv(fd, [view[got:]], got)
-            except OSError as e:
-                if e.errno == errno.EINVAL and got == 0:     # refused at read time
-                    return None
+    while got < n:
+        try:
+            more = os.preadv(direct_fd, [view[got:want]], at + got)
+        except OSError as e:
+            if e.errno != errno.EINVAL or fallback_fd is None:
                 raise
-            got += more
-            if more == 0 or got % align:     # the end of the file
-                break
-    finally:
-        os.close(fd)
-    return view[:min(got, max_bytes)]
+            more = os.preadv(fallback_fd, [view[got:n]], at + got)
+        got += more
+        if more == 0 or got % align:    # the end of the file
+            break
+    return min(got, n)
 
 
 class _DirectReader:
@@ -857,21 +868,7 @@ class _DirectReader:
     def pread(self, n: int, at: int) -> memoryview:
         """Up to n bytes at ``at`` (fewer only at the end of the file);
         OSError as ``os.pread`` raises it."""
-        align = limits.direct_io_align_bytes
-        view = self._view
-        want = -(-n // align) * align       # O_DIRECT reads whole pages (the buffer has them)
-        got = 0
-        while got < n:
-            try:
-                more = os.preadv(self._direct_fd, [view[got:want]], at + got)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                more = os.preadv(self._fd, [view[got:n]], at + got)   # O_DIRECT refused at read
-            got += more
-            if more == 0 or got % align:    # the end of the file
-                break
-        return view[:min(got, n)]
+        return self._view[:_preadv_direct(self._direct_fd, self._view, n, at, fallback_fd=self._fd)]
 
     def close(self) -> None:
         self._view.release()
