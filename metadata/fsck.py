@@ -6,8 +6,12 @@ one ``FileReport`` per file with a problem, a summary of counts, ``complete``
 (the registry is settled, so an absent report means an absent copy) and the
 ``at_risk`` verdict the command's exit status follows.
 
-Per block, ``good`` = live holders minus corrupt replicas, ``r`` = the
-file's replication factor:
+Per block, ``good`` = live holders minus corrupt replicas, plus the
+replicas the layout records on live nodes that have not reported them yet
+and are not proven absent (``NodeRegistry.unreported``: a write's block
+reports reach the leader up to a report interval after its commit, so a
+late report is not an absent copy; a replica the node's reports have shown
+gone is), ``r`` = the file's replication factor:
 
 * ``missing``: no good copy (data lost unless a dead node comes back);
 * ``corrupt``: at least one reported corrupt replica;
@@ -17,7 +21,8 @@ At risk: any missing block, or any block with fewer good copies than
 ``min(r, 2)`` (one more failure loses it). A cluster with fewer live nodes
 than ``r`` is under-replicated but not at risk as long as every block has
 two good copies; an incomplete registry (just after a leader change) makes
-the result provisional, which the caller shows.
+the result provisional, which the caller shows. The summary's
+``unreported`` counts the replicas taken as good before their reports.
 """
 
 from __future__ import annotations
@@ -61,9 +66,11 @@ class FsckResult:
     complete: bool
 
 
-def _block_problem(index: int, block, r: int, registry: NodeRegistry):
+def _block_problem(index: int, block, r: int, registry: NodeRegistry, summary: dict):
     corrupt = registry.corrupt(block.block_id)
-    good = registry.holders(block.block_id) - corrupt
+    unreported = registry.unreported(block.block_id, block.recorded)
+    summary["unreported"] += len(unreported)
+    good = (registry.holders(block.block_id) - corrupt) | unreported
     states = []
     if not good:
         states.append("missing")
@@ -84,12 +91,12 @@ def check(files: Iterable[FileBlocks], registry: NodeRegistry, *,
           replication_default: int = limits.replication_default) -> FsckResult:
     reports = []
     summary = {"files": 0, "blocks": 0, "files_with_problems": 0, "at_risk_files": 0,
-               **{state: 0 for state in STATES}}
+               **{state: 0 for state in STATES}, "unreported": 0}
     for f in files:
         r = f.replication or replication_default
         problems, file_risky = [], False
         for index, block in enumerate(f.blocks):
-            problem, risky = _block_problem(index, block, r, registry)
+            problem, risky = _block_problem(index, block, r, registry, summary)
             file_risky = file_risky or risky
             if problem is not None:
                 problems.append(problem)

@@ -41,6 +41,12 @@ Rules:
   before treating the replica as absent, and ``proven_absent`` tells when
   the node's heartbeats prove its report is not merely late (a slow report
   once cost a fresh block two of its three recorded replicas).
+  ``unreported`` names, for fsck, the recorded replicas that may still be
+  present on those grounds (a late report is not an absent copy). A note
+  lasts while it is asked about (``unconfirmed_since``, ``proven_absent``):
+  it is forgotten when the node reports the block or is lost, or once no
+  query touched it for ``dead_after_s`` (its block left the layouts), so a
+  proof of absence holds for as long as the layout still names the replica.
 * A full report may span messages: the first has ``full=True``, every one
   but the last ``more=True``; the node is fully reported after the last.
 * ``queue_delete`` removes the replica from the holdings at once (so the
@@ -131,8 +137,9 @@ class NodeRegistry:
         self._lost: set[str] = set()                   # declared lost, not heard from since
         self._quiet_until = quiet_until
         self._now = float("-inf")                      # the latest time any event carried
-        # (block, recorded node) -> (first noticed, the node's heartbeats received by then)
-        self._unconfirmed: dict[tuple[bytes, str], tuple[float, int]] = {}
+        # (block, recorded node) -> [first noticed, the node's heartbeats
+        # received by then, the latest event time when it was last asked about]
+        self._unconfirmed: dict[tuple[bytes, str], list] = {}
 
     # -- events in ------------------------------------------------------------
 
@@ -213,8 +220,8 @@ class NodeRegistry:
         the events since the last tick (NodeReturned, NodeLost)."""
         events, self._events = self._events, []
         self._now = max(self._now, now)
-        for key, (since, _) in list(self._unconfirmed.items()):
-            if now - since > self.dead_after_s:
+        for key, (_, _, asked) in list(self._unconfirmed.items()):
+            if now - asked > self.dead_after_s:
                 del self._unconfirmed[key]
         for node in sorted(self._nodes.values(), key=lambda n: n.node_id):
             if now - node.last_seen > self.dead_after_s:
@@ -269,10 +276,10 @@ class NodeRegistry:
 
     def note_unconfirmed(self, block_id: bytes, node_id: str, now: float) -> None:
         node = self._nodes.get(node_id)
-        self._unconfirmed.setdefault((block_id, node_id), (now, node.beats if node is not None else 0))
+        self._unconfirmed.setdefault((block_id, node_id), [now, node.beats if node is not None else 0, now])
 
     def unconfirmed_since(self, block_id: bytes, node_id: str) -> float | None:
-        noted = self._unconfirmed.get((block_id, node_id))
+        noted = self._noted(block_id, node_id)
         return None if noted is None else noted[0]
 
     def proven_absent(self, block_id: bytes, node_id: str) -> bool:
@@ -283,9 +290,21 @@ class NodeRegistry:
         left once the node had the leader's reply to that one. The reporter
         sends heartbeats and reports from one thread, so nothing pending then
         means the block's report, had there been one, was taken already."""
-        noted = self._unconfirmed.get((block_id, node_id))
+        noted = self._noted(block_id, node_id)
         node = self._nodes.get(node_id)
         return noted is not None and node is not None and node.clean_beat >= noted[1] + 2
+
+    def unreported(self, block_id: bytes, recorded: Iterable[str]) -> frozenset:
+        """The nodes of ``recorded`` (a layout's replica list) that may hold
+        ``block_id`` though they have not reported it: live, not a reported
+        holder, not told to delete it, and not ``proven_absent``. A block
+        whose write was just committed is in this state until its nodes'
+        incremental reports arrive; a replica a node's reports have shown
+        gone (noted by the planner, then two clean heartbeats) is not."""
+        holders, deleting = self._holders.get(block_id, ()), self._deleting.get(block_id, ())
+        return frozenset(n for n in recorded
+                         if n not in holders and n not in deleting and self._is_live(n)
+                         and not self.proven_absent(block_id, n))
 
     def address(self, node_id: str) -> str:
         node = self._nodes.get(node_id)
@@ -328,6 +347,17 @@ class NodeRegistry:
         return list(self._holders)
 
     # -- internals -------------------------------------------------------------------
+
+    def _noted(self, block_id: bytes, node_id: str) -> list | None:
+        """The note on an unconfirmed replica, kept alive by this use."""
+        noted = self._unconfirmed.get((block_id, node_id))
+        if noted is not None:
+            noted[2] = max(noted[2], self._now)
+        return noted
+
+    def _is_live(self, node_id: str) -> bool:
+        node = self._nodes.get(node_id)
+        return node is not None and node.heard
 
     def _take_instructions(self, node: NodeInfo) -> list:
         out: list = []

@@ -185,12 +185,14 @@ def test_fsck_healthy_namespace_is_not_at_risk():
     result = fsck.check([file(5, [(1, []), (2, [])])], reg)
     assert result.files == [] and not result.at_risk and result.complete
     assert result.summary == {"files": 1, "blocks": 2, "files_with_problems": 0, "at_risk_files": 0,
-                              "missing": 0, "corrupt": 0, "under": 0, "over": 0, "live_nodes": 3}
+                              "missing": 0, "corrupt": 0, "under": 0, "over": 0, "unreported": 0,
+                              "live_nodes": 3}
 
 
 def test_fsck_reports_each_kind_of_problem():
     reg = cluster({"n1": [1, 2, 3], "n2": [1, 3, 4], "n3": [3]})
     reg.report_corrupt(bid(1), "n2")
+    prove_absent(reg, bid(2), "n2", 1.0)     # n2's heartbeats show its copy of block 2 is gone
     files = [file(5, [(1, ["n1", "n2"]), (2, ["n1", "n2"])], replication=2),
              file(6, [(3, [])], replication=2), file(7, [(9, ["n4"])]), file(8, [(4, [])], replication=1)]
     result = fsck.check(files, reg)
@@ -210,6 +212,53 @@ def test_fsck_two_good_copies_of_three_is_under_replicated_not_at_risk():
     result = fsck.check([file(5, [(1, [])])], reg)
     assert not result.at_risk and result.summary["under"] == 1
     assert [(r.ino, r.at_risk) for r in result.files] == [(5, False)]
+
+
+def prove_absent(reg, block_id, node_id, now):
+    """What the healing planner and two clean heartbeats do for a recorded
+    replica its node does not report (NodeRegistry.proven_absent)."""
+    reg.note_unconfirmed(block_id, node_id, now)
+    beat(reg, node_id, now + 0.1, reports_pending=0)
+    beat(reg, node_id, now + 0.2, reports_pending=0)
+    assert reg.proven_absent(block_id, node_id)
+
+
+def test_fsck_counts_a_just_committed_block_whose_reports_are_late_as_present():
+    # The layout names n1, n2, n3; their incremental reports have not reached
+    # the leader yet (block 1 none of them, block 2 one of three).
+    reg = cluster({"n1": [2], "n2": [], "n3": []})
+    f = file(5, [(1, ["n1", "n2", "n3"]), (2, ["n1", "n2", "n3"])])
+    result = fsck.check([f], reg)
+    assert result.files == [] and not result.at_risk and result.complete
+    assert result.summary["missing"] == 0 and result.summary["unreported"] == 5
+    # Before the planner notes them, and until two clean heartbeats after
+    # that, a silent node proves nothing.
+    reg.note_unconfirmed(bid(1), "n1", 1.0)
+    beat(reg, "n1", 1.1, reports_pending=0)
+    assert fsck.check([f], reg).files == []
+    # Once each node has shown it lacks block 1, it is missing; a node
+    # declared lost counts for nothing either (block 2: n1 and n2 are left).
+    beat(reg, "n1", 1.2, reports_pending=0)
+    prove_absent(reg, bid(1), "n2", 2.0)
+    for node_id in ("n1", "n2"):
+        beat(reg, node_id, 9.0, reports_pending=0)
+    assert reg.tick(10.5) == [NodeLost("n3")]
+    result = fsck.check([f], reg)
+    assert result.at_risk and result.summary["unreported"] == 1      # n2's copy of block 2
+    assert [(p.index, p.states, p.good_nodes) for p in result.files[0].problems] == [
+        (0, ("missing",), ()), (1, ("under",), ("n1", "n2"))]
+    # The proof lasts while the layout names the replica (the planner and
+    # fsck keep asking), not just dead_after_s after the planner noted it.
+    for now in (15.0, 20.0, 25.0, 30.0):
+        for node_id in ("n1", "n2"):
+            beat(reg, node_id, now, reports_pending=0)
+        reg.tick(now)
+        assert fsck.check([f], reg).summary["missing"] == 1
+    # Unasked for dead_after_s (the file is gone), the notes are forgotten.
+    for node_id in ("n1", "n2"):
+        beat(reg, node_id, 39.0, reports_pending=0)
+    reg.tick(41.0)
+    assert reg.unconfirmed_since(bid(1), "n1") is None
 
 
 def test_fsck_is_provisional_until_the_registry_settles():
