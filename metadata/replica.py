@@ -127,10 +127,15 @@ Linearizable reads: ReadIndex (Raft thesis 6.4), no log entry
     one and acknowledge a write: neither may answer a read stale.
 
 Durability (pysyncobj does not fsync)
-    * Journal: ``FileJournal`` writes through mmap and never syncs. We replace
-      it (right after ``SyncObj.__init__``, before the first tick, since we run
-      the tick loop ourselves with ``autoTick=False``) by ``_DurableJournal``,
-      a subclass that counts its writes and fdatasyncs on demand. The
+    * Journal: ``FileJournal`` writes through mmap and never syncs, and
+      each add rewrites its first page in a file grown sparse, so a sync of
+      it writes two pages and block allocations. pysyncobj gets no journal
+      file (``journalFile=None``); right after ``SyncObj.__init__``, before
+      the first tick (we run the tick loop ourselves, ``autoTick=False``),
+      ``_RaftNode`` swaps its MemoryJournal for ``_DurableJournal``, our
+      ``RecordLog`` (``journal.py``: one ``pwrite`` per record over zeros
+      written ahead, checksummed records, atomic compaction) behind
+      pysyncobj's journal interface, which fdatasyncs on demand. The
       transport subclass ``_DurableTransport`` syncs the journal before any
       message but ``append_entries`` leaves, so a follower's ``next_node_idx``
       acknowledgment always follows its fsync. The leader's ``append_entries``
@@ -155,10 +160,10 @@ Durability (pysyncobj does not fsync)
       ``_DurableMetaStorer`` writes the same bytes (pysyncobj's own ``dumps``)
       to a temp file, fsyncs it, renames it over, and fsyncs the directory,
       before ``setCurrentTerm`` returns (i.e. before a vote is sent).
-    * Residual risk, not fixed: ``FileJournal.deleteEntriesTo`` (log
-      compaction) rewrites the journal in place; a crash in the middle loses
-      the entries after the snapshot on that replica (a minority loses
-      nothing the leader cannot resend).
+    * Compaction (``deleteEntriesTo``) writes the kept entries to a new
+      file and renames it over the log, synced: a crash keeps the old log or
+      the new one (FileJournal rewrote its file in place, so a crash in the
+      middle lost the entries after the snapshot on that replica).
     * LMDB: the store may be opened with ``sync=False``: the journal is the
       durable record, apply is idempotent, and the snapshot path syncs LMDB
       before pysyncobj drops journal entries.
@@ -256,13 +261,14 @@ from pysyncobj import pickle as _pysyncobj_pickle
 from pysyncobj import tcp_connection as _pysyncobj_tcp
 from pysyncobj.syncobj import SyncObjException
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
-from pysyncobj.journal import FileJournal, MetaStorer
+from pysyncobj.journal import FileJournal, Journal, MetaStorer
 from pysyncobj.monotonic import monotonic as _raft_monotonic   # pysyncobj's clock, not time.monotonic
 from pysyncobj.pickle import dumps as _pysyncobj_dumps
 from pysyncobj.transport import TCPTransport
 
 from cistern.core.errors import CisternError, NotLeader
 from cistern.metadata import limits, model, store
+from cistern.metadata.journal import RecordLog
 from cistern.metadata import sessions as sessions_mod
 
 log = logging.getLogger(__name__)
@@ -316,7 +322,7 @@ class ReplicaConf:
       entries never takes pysyncobj's chunked "transmission" path (whose
       last-chunk test compares against the command's length, not the
       pickled entry's). ``logCompactionBatchSize`` 1 MiB snapshot chunks.
-    * ``logCompactionMinEntries`` 20000 / ``MinTime`` 900 s: FileJournal
+    * ``logCompactionMinEntries`` 20000 / ``MinTime`` 900 s: the log (``journal.py``)
       keeps every entry in RAM as well, and a restart replays (and skips)
       what follows the last snapshot; tests set them small.
     * ``commandsWaitLeader=False``: with no leader a command fails at once
@@ -471,62 +477,97 @@ class _DurableMetaStorer(MetaStorer):
         _fsync_dir(os.path.dirname(path) or ".")
 
 
-class _DurableJournal(FileJournal):
-    """pysyncobj's FileJournal, made durable on demand.
+class _DurableJournal(Journal):
+    """pysyncobj's journal interface over ``RecordLog`` (``journal.py``: a
+    record is one ``pwrite`` over zeros, ``sync()`` one fdatasync that
+    writes nothing but the record's pages), with the term, vote and commit
+    index in pysyncobj's ``.meta`` file as FileJournal keeps them: the term
+    and vote written durably before ``setCurrentTerm`` returns
+    (``_DurableMetaStorer``), the commit index once a second (a hint: it is
+    re-learnt from the leader).
 
-    Every add/delete/clear bumps a write generation; ``sync()`` makes all
-    writes so far durable before returning (a no-op when nothing was written
-    since the last one). Durability is fdatasync of the journal's file: on
-    Linux pages written through a shared mapping are dirty page-cache pages,
-    which fdatasync writes (msync(MS_SYNC) is the same vfs_fsync_range); a
-    dup of the descriptor stays valid even if ResizableFile reopens the file.
+    ``sync()`` makes all writes so far durable before returning (a no-op
+    when nothing was written since the last one). Only the tick thread
+    syncs (and ``stop`` after it ended): there is no syncer thread. One used
+    to run the leader's sync in parallel with the tick's poll; handing each
+    sync to it and back cost more (two wake-ups and GIL hand-offs per entry
+    on every replica, ~50 us fdatasync here) than the overlap saved, and the
+    tick waited for it anyway.
 
-    Only the tick thread syncs (and ``stop`` after it ended): there is no
-    syncer thread. One used to run the leader's sync in parallel with the
-    tick's poll; handing each sync to it and back cost more (two wake-ups
-    and GIL hand-offs per entry on every replica, ~50 us fdatasync here)
-    than the overlap saved, and the tick waited for it anyway.
+    A replica whose ``raft/journal`` is still pysyncobj's FileJournal (data
+    written before the log existed) has its entries copied into the log,
+    synced, before that file is removed.
     """
 
-    def __init__(self, journal_file: str, durable: bool):
-        super().__init__(journal_file)
-        self._durable = durable
-        self._fd = os.open(journal_file, os.O_RDWR)
-        self._gen = 0
-        self._synced_gen = 0
-        self.syncs = 0
-        if durable:
-            self._FileJournal__metaStorer = _DurableMetaStorer(journal_file + ".meta")
+    def __init__(self, log_path: str, meta_path: str, durable: bool, legacy_path: str | None = None):
+        if legacy_path and os.path.exists(legacy_path) and not os.path.exists(log_path):
+            old = FileJournal(legacy_path)
+            entries = [old[i] for i in range(len(old))]
+            old._destroy()
+            RecordLog(log_path, durable=durable, entries=entries).close()
+            os.remove(legacy_path)
+            _fsync_dir(os.path.dirname(legacy_path) or ".")
+        self._log = RecordLog(log_path, durable=durable)
+        self._meta_storer = (_DurableMetaStorer if durable else MetaStorer)(meta_path)
+        self._meta = self._meta_storer.getMeta()
+        self._meta_saved = True
 
-    def add(self, command, idx, term):
-        super().add(command, idx, term)
-        self._gen += 1
-
-    def clear(self):
-        super().clear()
-        self._gen += 1
-
-    def deleteEntriesFrom(self, entryFrom):
-        super().deleteEntriesFrom(entryFrom)
-        self._gen += 1
-
-    def deleteEntriesTo(self, entryTo):
-        super().deleteEntriesTo(entryTo)
-        self._gen += 1
-        self.sync()
+    @property
+    def syncs(self) -> int:
+        return self._log.syncs
 
     def sync(self) -> None:
         """Every write so far is on disk when this returns."""
-        gen = self._gen
-        if self._durable and gen > self._synced_gen:
-            os.fdatasync(self._fd)
-            self.syncs += 1
-            self._synced_gen = gen
+        self._log.sync()
+
+    def add(self, command, idx, term):
+        self._log.add(command, idx, term)
+
+    def clear(self):
+        self._log.clear()
+
+    def deleteEntriesFrom(self, entryFrom):
+        self._log.delete_from(entryFrom)
+
+    def deleteEntriesTo(self, entryTo):
+        self._log.delete_to(entryTo)
+
+    def __getitem__(self, item):
+        return self._log.entries[item]
+
+    def __len__(self):
+        return len(self._log.entries)
 
     def _destroy(self):
-        self.sync()
-        super()._destroy()
-        os.close(self._fd)
+        self._log.close()
+        self._store_meta()
+
+    def setRaftCommitIndex(self, raftCommitIndex):
+        self._meta["raftCommitIndex"] = raftCommitIndex
+        self._meta_saved = False
+
+    def getRaftCommitIndex(self):
+        return self._meta.get("raftCommitIndex", 1)
+
+    def setCurrentTerm(self, term, votedForNodeId):
+        self._meta["currentTerm"] = term
+        self._meta["votedForNodeId"] = votedForNodeId
+        self._meta_saved = False
+        self._store_meta()         # before any vote or message of the new term leaves
+
+    def getCurrentTerm(self):
+        return self._meta.get("currentTerm", 0)
+
+    def getVotedForNodeId(self):
+        return self._meta.get("votedForNodeId")
+
+    def onOneSecondTimer(self):
+        self._store_meta()
+
+    def _store_meta(self):
+        if not self._meta_saved:
+            self._meta_storer.storeMeta(self._meta)
+            self._meta_saved = True
 
 
 class _DurableTransport(TCPTransport):
@@ -564,19 +605,26 @@ class _RaftNode(SyncObj):
     """The SyncObj: one replicated method, plus two documented reaches into
     pysyncobj internals (the applied counter, the message handler)."""
 
-    def __init__(self, replica: "Replica", self_address, other_addresses, conf: SyncObjConf, durable: bool):
+    def __init__(self, replica: "Replica", self_address, other_addresses, conf: SyncObjConf, durable: bool,
+                 paths: dict):
         self._cistern_replica = replica
         self._cistern_journal = None
         self._cistern_echo = None        # follower: read round of the append being answered
         self._cistern_acked = {}         # leader: node -> highest read round it answered
         super().__init__(self_address, other_addresses, conf, transportClass=_DurableTransport)
-        # autoTick is off, so nothing has ticked yet: swap the journal for the
-        # durable subclass over the same file (SyncObj.__init__ already read
-        # term, vote and commit index from it; the file holds the same values).
-        plain = self._SyncObj__raftLog
-        plain._destroy()
-        journal = _DurableJournal(conf.journalFile, durable)
+        # conf.journalFile is None, so pysyncobj made a MemoryJournal holding
+        # its first no-op entry, and autoTick is off, so nothing has ticked
+        # yet: swap in the durable log, then restore what SyncObj.__init__
+        # restores from a journal (Raft's persistent term and vote, and the
+        # commit index hint) from ours.
+        memory = self._SyncObj__raftLog
+        journal = _DurableJournal(paths["log"], paths["meta"], durable, paths.get("legacy"))
+        if len(journal) == 0:
+            journal.add(*memory[0])
         self._SyncObj__raftLog = journal
+        self._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2])
+        self._SyncObj__votedForNodeId = journal.getVotedForNodeId()
+        self._SyncObj__raftCommitIndex = journal.getRaftCommitIndex()
         self._cistern_journal = journal
         self._cistern_woken_at = -1
         self.addOnTickCallback(self._before_poll)
@@ -918,7 +966,12 @@ class Replica:
         self._label = node_id
         self._hot = _BoundMetrics(self._m, node_id)
         self._raft_dir = os.path.join(data_dir, "raft")
-        self._journal_path = os.path.join(self._raft_dir, "journal")
+        # The Raft log (journal.py); pysyncobj's meta file beside it, still
+        # named after the FileJournal that replicas before the log used (and
+        # whose entries move into the log on the first start).
+        self._journal_paths = {"log": os.path.join(self._raft_dir, "log"),
+                               "meta": os.path.join(self._raft_dir, "journal.meta"),
+                               "legacy": os.path.join(self._raft_dir, "journal")}
         self._dump_path = os.path.join(self._raft_dir, "snapshot")
         self._node: _RaftNode | None = None
         self._applied = (0, DIGEST_ZERO)          # (index, digest), replaced atomically
@@ -969,7 +1022,7 @@ class Replica:
         self._startup_dump = os.path.exists(self._dump_path)
         try:
             self._node = _RaftNode(self, self.raft_address, list(self._peers), self._syncobj_conf(),
-                                   self.conf.durable)
+                                   self.conf.durable, self._journal_paths)
         except SyncObjException as e:
             raise CisternError(errno.EADDRINUSE, f"cannot bind raft address {self.raft_address}: {e}") from None
         self._running = True
@@ -1000,7 +1053,7 @@ class Replica:
             logCompactionMinEntries=c.log_compaction_min_entries,
             logCompactionMinTime=c.log_compaction_min_time_s,
             commandsWaitLeader=False,
-            journalFile=self._journal_path,
+            journalFile=None,                  # a MemoryJournal, swapped for ours (_RaftNode)
             fullDumpFile=self._dump_path,
             serializer=self._serialize,
             serializeChecker=self._check_serializing,

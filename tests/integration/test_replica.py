@@ -450,7 +450,7 @@ def test_journal_and_vote_file_are_fsynced_before_acknowledging(group, monkeypat
         incr(leader, b"d" * 16, seq, b"k").result(5)
     # every acknowledged entry was synced on a follower before it answered
     assert follower.status()["journal_syncs"] - syncs_before >= 10
-    assert any(p.endswith("/raft/journal") for p in synced)
+    assert any(p.endswith("/raft/log") for p in synced)
     g.converge()
 
 
@@ -521,7 +521,8 @@ def test_an_install_snapshot_message_cannot_commit_a_deposed_leaders_stale_entri
     replica = Replica("m0", f"127.0.0.1:{free_port()}", {"m1": f"127.0.0.1:{free_port()}"},
                       str(tmp_path), {"namespace": Counters(store)}, conf=ReplicaConf(registry=CollectorRegistry()))
     os.makedirs(replica._raft_dir, exist_ok=True)
-    node = _RaftNode(replica, replica.raft_address, list(replica._peers), replica._syncobj_conf(), True)
+    node = _RaftNode(replica, replica.raft_address, list(replica._peers), replica._syncobj_conf(), True,
+                     replica._journal_paths)
     try:
         journal = node._SyncObj__raftLog
         for index in range(2, 6):              # stale entries of term 1, never committed
@@ -706,7 +707,7 @@ def test_the_leader_syncs_its_own_journal_on_its_tick_thread_before_each_ack(gro
     # write is acknowledged only after the leader's own copy is on disk.
     g = group().start_all()
     leader = g.leader()
-    journal = os.path.join(leader.data_dir, "raft", "journal")
+    journal = os.path.join(leader.data_dir, "raft", "log")
     syncs: list[tuple[str, str]] = []
     real_fdatasync = os.fdatasync
 
