@@ -10,9 +10,13 @@ Protocol, as the leader expects it (metadata/nodes_service.py):
 2. A full block report on start (after the first heartbeat registers the
    node) and whenever a reply says ``send_full_report``; a large one is split
    (first message ``full``, all but the last ``more``).
-3. Incremental reports: ``added`` as soon as a block becomes final (the
-   service calls ``block_stored`` after Write or Copy), ``removed`` for
-   every deletion or quarantine.
+3. Incremental reports: ``added`` once a block becomes final (the service
+   calls ``block_stored`` after Write or Copy), ``removed`` for every
+   deletion or quarantine; a lone event goes after ``incremental_delay_s``,
+   a stream of them in one report per ``incremental_interval_s`` (so a
+   just-committed block may reach the leader that much later: fsck and
+   healing count a recorded but unreported replica on a live node as
+   present until heartbeats prove it absent, metadata/nodes.py).
 4. REPLICATE: the block service's Copy from the source, then report it
    added; on failure the id rides the next heartbeat's ``failed_block_ids``.
 5. DELETE: delete every id (missing is fine) and report all of them removed
@@ -72,6 +76,13 @@ class ReporterConf:
     rpc_timeout_s: float = 5.0                 # one call to the leader, through elections
     report_blocks_per_message_max: int = 20_000  # ~0.5 MiB of (id, length) per message
     incremental_delay_s: float = 0.01          # let a burst of events share one report
+    # Incremental reports go at most this often: under a stream of writes a
+    # node stores a 4 MiB block every 10-15 ms, and one report per block (a
+    # gRPC call here and on the leader) was a quarter of a node's Python
+    # and, with one Allocate per block, most of the metads' CPU per MiB
+    # written. A lone event still goes after ``incremental_delay_s``.
+    # Capped at a quarter of the heartbeat interval (see ``_wait_until``).
+    incremental_interval_s: float = 0.25
     instruction_workers_max: int = 4           # Copies and Deletes carried out at once
     copy_timeout_s: float = limits.copy_call_timeout_s
     retry_backoff_max_s: float = 2.0           # after a failed call to the leader
@@ -81,6 +92,7 @@ class ReporterConf:
         assert self.report_blocks_per_message_max >= 1
         assert self.instruction_workers_max >= 1
         assert 0 <= self.incremental_delay_s < self.heartbeat_interval_s
+        assert self.incremental_interval_s >= 0
 
 
 # -- the pure parts -------------------------------------------------------------------
@@ -205,6 +217,7 @@ class Reporter:
         self._need_full = True                       # on start, after the first heartbeat
         self._registered = False
         self._interval_s = self.conf.heartbeat_interval_s
+        self._last_incremental = float("-inf")      # monotonic time of the last incremental report
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -292,8 +305,21 @@ class Reporter:
                 if remaining <= 0:
                     return
                 self._cond.wait(remaining)
-        # A burst of writes (a pipeline, a multi-block file) shares one report.
+        # A burst of writes (a pipeline, a multi-block file) shares one report,
         self._stop.wait(self.conf.incremental_delay_s)
+        # and a stream of them one report per incremental_interval_s (at most
+        # a quarter of the heartbeat interval: the leader's grace for
+        # unreported replicas is three heartbeats). A bad replica, a full
+        # report owed or a heartbeat due ends the wait.
+        interval = min(self.conf.incremental_interval_s, self._interval_s / 4)
+        deadline = min(self._last_incremental + interval, next_beat)
+        with self._cond:
+            while not self._stop.is_set() and not self._bad and not self._need_full \
+                    and self._pending and self._registered:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
 
     def _heartbeat(self) -> None:
         capacity = self.store.capacity()
@@ -348,6 +374,7 @@ class Reporter:
                     self._pending.restore(added, removed)
                 raise
             self.stats["incremental_reports"] += 1
+            self._last_incremental = time.monotonic()
             if reply.send_full_report:
                 # Not taken: the full report that follows covers these events.
                 self._need_full = True

@@ -253,3 +253,63 @@ def test_stop_is_idempotent_and_quick(node):
     reporter.stop()
     reporter.stop()
     assert time.monotonic() - started < 2
+
+
+class SlowBeatLeader(FakeLeader):
+    """A leader that asks for a heartbeat every ``interval_s`` (the
+    reporter's incremental interval is capped at a quarter of it)."""
+
+    def __init__(self, interval_s: float = 2.0):
+        super().__init__()
+        self.interval_s = interval_s
+
+    def heartbeat(self, *args, **kwargs):
+        reply = super().heartbeat(*args, **kwargs)
+        reply.heartbeat_interval_s = self.interval_s
+        return reply
+
+
+def test_a_stream_of_stored_blocks_shares_reports_at_most_one_per_interval():
+    """A writer storing a block every 10 ms costs the leader one report call
+    per ``incremental_interval_s``, not one per block, and loses none."""
+    leader = SlowBeatLeader()
+    reporter = Reporter("n1", "127.0.0.1:9", ["meta:1"], FakeStore({}), FakeBlocks(FakeStore({})),
+                        conf=ReporterConf(heartbeat_interval_s=2.0, incremental_delay_s=0.001,
+                                          incremental_interval_s=0.2), nodes_client=leader)
+    reporter.start()
+    try:
+        wait_for(lambda: len(leader.reports()) >= 1)             # the (empty) full report
+        started = time.monotonic()
+        for i in range(40):
+            reporter.block_stored(bid(100 + i), 10)
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+        incremental = lambda: [r for r in leader.reports() if r[0] == "report" and not r[1]]   # noqa: E731
+        wait_for(lambda: sum(len(r[3]) for r in incremental()) == 40)
+        assert sorted(b for r in incremental() for b, _ in r[3]) == [bid(100 + i) for i in range(40)]
+        assert len(incremental()) <= elapsed / 0.2 + 2
+    finally:
+        reporter.stop()
+
+
+def test_a_bad_replica_found_amid_a_stream_of_reports_is_not_held_for_the_interval():
+    """Reports of stored blocks wait for the interval (here 2 s); a corrupt
+    replica goes to the leader at once, so a reader's retry finds it marked."""
+    leader = SlowBeatLeader(interval_s=8.0)
+    reporter = Reporter("n1", "127.0.0.1:9", ["meta:1"], FakeStore({}), FakeBlocks(FakeStore({})),
+                        conf=ReporterConf(heartbeat_interval_s=8.0, incremental_delay_s=0.001,
+                                          incremental_interval_s=10.0), nodes_client=leader)
+    reporter.start()
+    try:
+        wait_for(lambda: len(leader.reports()) >= 1)             # the (empty) full report
+        reporter.block_stored(bid(1), 10)
+        wait_for(lambda: ("report", False, False, [(bid(1), 10)], []) in leader.reports())
+        reporter.block_stored(bid(2), 10)                         # held until 2 s after the last report
+        time.sleep(0.2)
+        started = time.monotonic()
+        reporter.block_corrupt(bid(1), "block 01 fails its whole-block checksum")
+        wait_for(lambda: ("bad", bid(1), "n1", "n1") in leader.reports())
+        assert time.monotonic() - started < 1.0
+        wait_for(lambda: ("report", False, False, [(bid(2), 10)], [bid(1)]) in leader.reports())
+    finally:
+        reporter.stop()
