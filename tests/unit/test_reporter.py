@@ -4,6 +4,7 @@ protocol against a fake leader, store and block client (no sockets)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 import time
@@ -269,16 +270,26 @@ class SlowBeatLeader(FakeLeader):
         return reply
 
 
-def test_a_stream_of_stored_blocks_shares_reports_at_most_one_per_interval():
-    """A writer storing a block every 10 ms costs the leader one report call
-    per ``incremental_interval_s``, not one per block, and loses none."""
-    leader = SlowBeatLeader()
+@contextlib.contextmanager
+def slow_beat_reporter(heartbeat_interval_s: float, incremental_interval_s: float):
+    """A started reporter (empty store) whose leader asks for heartbeats
+    every ``heartbeat_interval_s``, once its full report is in: (leader, reporter)."""
+    leader = SlowBeatLeader(heartbeat_interval_s)
     reporter = Reporter("n1", "127.0.0.1:9", ["meta:1"], FakeStore({}), FakeBlocks(FakeStore({})),
-                        conf=ReporterConf(heartbeat_interval_s=2.0, incremental_delay_s=0.001,
-                                          incremental_interval_s=0.2), nodes_client=leader)
+                        conf=ReporterConf(heartbeat_interval_s=heartbeat_interval_s, incremental_delay_s=0.001,
+                                          incremental_interval_s=incremental_interval_s), nodes_client=leader)
     reporter.start()
     try:
         wait_for(lambda: len(leader.reports()) >= 1)             # the (empty) full report
+        yield leader, reporter
+    finally:
+        reporter.stop()
+
+
+def test_a_stream_of_stored_blocks_shares_reports_at_most_one_per_interval():
+    """A writer storing a block every 10 ms costs the leader one report call
+    per ``incremental_interval_s``, not one per block, and loses none."""
+    with slow_beat_reporter(2.0, 0.2) as (leader, reporter):
         started = time.monotonic()
         for i in range(40):
             reporter.block_stored(bid(100 + i), 10)
@@ -288,20 +299,13 @@ def test_a_stream_of_stored_blocks_shares_reports_at_most_one_per_interval():
         wait_for(lambda: sum(len(r[3]) for r in incremental()) == 40)
         assert sorted(b for r in incremental() for b, _ in r[3]) == [bid(100 + i) for i in range(40)]
         assert len(incremental()) <= elapsed / 0.2 + 2
-    finally:
-        reporter.stop()
 
 
 def test_a_bad_replica_found_amid_a_stream_of_reports_is_not_held_for_the_interval():
-    """Reports of stored blocks wait for the interval (here 2 s); a corrupt
-    replica goes to the leader at once, so a reader's retry finds it marked."""
-    leader = SlowBeatLeader(interval_s=8.0)
-    reporter = Reporter("n1", "127.0.0.1:9", ["meta:1"], FakeStore({}), FakeBlocks(FakeStore({})),
-                        conf=ReporterConf(heartbeat_interval_s=8.0, incremental_delay_s=0.001,
-                                          incremental_interval_s=10.0), nodes_client=leader)
-    reporter.start()
-    try:
-        wait_for(lambda: len(leader.reports()) >= 1)             # the (empty) full report
+    """Reports of stored blocks wait for the interval (here 2 s, a quarter
+    of the heartbeat interval); a corrupt replica goes to the leader at
+    once, so a reader's retry finds it marked."""
+    with slow_beat_reporter(8.0, 10.0) as (leader, reporter):
         reporter.block_stored(bid(1), 10)
         wait_for(lambda: ("report", False, False, [(bid(1), 10)], []) in leader.reports())
         reporter.block_stored(bid(2), 10)                         # held until 2 s after the last report
@@ -311,5 +315,3 @@ def test_a_bad_replica_found_amid_a_stream_of_reports_is_not_held_for_the_interv
         wait_for(lambda: ("bad", bid(1), "n1", "n1") in leader.reports())
         assert time.monotonic() - started < 1.0
         wait_for(lambda: ("report", False, False, [(bid(2), 10)], [bid(1)]) in leader.reports())
-    finally:
-        reporter.stop()
