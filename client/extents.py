@@ -29,6 +29,11 @@ Rules the shell relies on:
 * An extent is *complete* when it can no longer grow: it is not the last,
   or it holds a full block. The shell uploads complete dirty extents once
   the write position has left them, and everything at flush.
+* A write that brings a whole new block of a ``bytes`` object (immutable)
+  keeps that block by reference, a read-only view, instead of copying it
+  into a buffer (``cistern fs put`` writes block-sized pieces); the view
+  keeps the caller's object alive until the block is uploaded, and any
+  change to the extent copies it first (``make_dirty``).
 """
 
 from __future__ import annotations
@@ -78,7 +83,8 @@ def parse_mode(mode, encoding=None, errors=None, newline=None, buffering: int = 
 
 class Extent:
     """One piece of the file: ``block`` (stored) or ``data`` (dirty: a
-    bytearray; uploading: the same, with ``upload`` set by the shell). The
+    bytearray, or a read-only view of a caller's ``bytes`` holding a whole
+    block; uploading: the same, with ``upload`` set by the shell). The
     file's bytes are ``data[:length]``; a buffer may be longer (room for
     the rest of its block)."""
 
@@ -220,6 +226,12 @@ class Extents:
         room = self.block_size_bytes - last.length if last is not None else 0
         if last is None or room <= 0:
             room = self.block_size_bytes
+            if len(view) >= room and isinstance(view.obj, bytes):
+                # Immutable: the whole block is kept by reference, not copied.
+                e = Extent(self.end, room, data=view[:room])
+                self.items.append(e)
+                self.dirty[id(e)] = e
+                return room
             # A large first write sizes the buffer for the whole block at
             # once: growing a bytearray by appends copies it at every step.
             e = Extent(self.end, 0, data=self.new_buffer(room) if len(view) >= whole_buffer_write_min_bytes
@@ -236,8 +248,10 @@ class Extents:
 
     def make_dirty(self, e: Extent, load) -> None:
         """A stored or uploading extent becomes a dirty buffer (a new block
-        to be)."""
+        to be); a dirty one holding a caller's bytes, a buffer of its own."""
         if e.dirty:
+            if not isinstance(e.data, bytearray):
+                e.data = bytearray(filled(e))
             return
         if e.stored:
             data = bytearray(load(e))

@@ -427,8 +427,9 @@ class File(io.BufferedIOBase):
     def _recycle(self, e: Extent, buffer) -> None:
         """The upload that read ``buffer`` has finished: reuse a whole block's
         buffer unless the extent still holds it (uploaded, failed and
-        copied, or rewritten meanwhile: it does not)."""
-        if e.data is not buffer and len(buffer) == self._x.block_size_bytes:
+        copied, or rewritten meanwhile: it does not); a caller's bytes kept
+        by reference (extents.py) is no buffer of ours."""
+        if e.data is not buffer and len(buffer) == self._x.block_size_bytes and isinstance(buffer, bytearray):
             block_buffers.give(buffer)
 
     def _fail_pending(self) -> None:

@@ -783,3 +783,28 @@ def test_a_stream_of_uploads_takes_its_placements_several_per_allocate_and_a_fai
     path.upload(b"payload", 3)
     assert nodes.allocations == [(1, [])]             # the two left from the last batch are gone
     path.close()
+
+
+def test_a_whole_block_of_bytes_is_kept_by_reference_and_copied_before_any_change():
+    source = b"a" * 16 + b"b" * 16 + b"c" * 3
+    x = Extents([], 0, BS)
+    x.write(0, source, no_load)
+    first, second, tail = x.items
+    assert first.data.obj is source and second.data.obj is source   # views of the caller's bytes
+    assert isinstance(tail.data, bytearray)                          # a part of a block is copied
+    x.write(17, b"Z", no_load)                                       # a dirty view is copied to change it
+    assert isinstance(second.data, bytearray) and bytes(second.data) == b"bZ" + b"b" * 14
+    payload = x.uploading(first, object())
+    assert payload.obj is source                                     # uploaded from the caller's bytes
+    x.write(1, b"Y", no_load)                                        # as before: a change while uploading copies
+    assert bytes(first.data) == b"aY" + b"a" * 14 and bytes(payload) == b"a" * 16
+    y = Extents([], 0, BS)
+    y.write(0, bytearray(b"m" * 16), no_load)                        # a mutable buffer is always copied
+    assert isinstance(y.items[0].data, bytearray)
+    y.write(0, memoryview(source)[16:32], no_load)                   # a view of bytes over a dirty block
+    y.write(16, memoryview(source)[:16], no_load)
+    assert y.items[1].data.obj is source
+    y.truncate(20)                                                   # kept through a truncate, copied to grow
+    y.write(20, b"q", no_load)
+    assert bytes(y.items[1].data[:y.items[1].length]) == b"a" * 4 + b"q"
+    assert source == b"a" * 16 + b"b" * 16 + b"c" * 3

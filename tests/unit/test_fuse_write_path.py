@@ -1,7 +1,8 @@
 """The write path's copies, without a mount: the mount's ``FUSE`` binding
 hands ``write`` a view of libfuse's buffer (no copy) and answers the
 kernel's per-write ``security.capability`` question itself; ``File.pwrite``
-copies what it is given before returning (the view dies with the callback);
+copies what it is given before returning (the view dies with the callback;
+only a whole block of immutable ``bytes`` is kept by reference instead);
 uploaded blocks' buffers are reused, never while an extent still holds one."""
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def test_uploaded_block_buffers_are_reused_and_never_while_held(monkeypatch):
     f = _file(data)
     blocks = [bytes([65 + i]) * BS for i in range(files.uploads_in_flight_max + 3)]
     for i, block in enumerate(blocks):
-        f.pwrite(block, i * BS)
+        f.pwrite(bytearray(block), i * BS)       # a mutable buffer, as the mount's: copied
     f.flush()
     assert data.uploaded == blocks
     assert f.pread(len(blocks) * BS, 0) == b"".join(blocks)
@@ -113,7 +114,7 @@ def test_uploaded_block_buffers_are_reused_and_never_while_held(monkeypatch):
     # A second file writes into the reused buffers: both files read right.
     reused = set(map(id, pool._idle))
     g = _file(data)
-    g.pwrite(b"q" * BS, 0)
+    g.pwrite(bytearray(b"q" * BS), 0)
     assert id(g._x.items[0].data) in reused
     g.pwrite(b"r" * 10, BS)
     g.flush()
@@ -136,7 +137,7 @@ def test_a_failed_upload_keeps_its_bytes_in_a_copy_while_its_buffer_is_reused(mo
 
     data.submit_upload = fail_once
     f = _file(data)
-    f.pwrite(b"k" * BS, 0)
+    f.pwrite(bytearray(b"k" * BS), 0)
     try:
         f.flush()
         raise AssertionError("the failed upload was not reported")
@@ -147,3 +148,23 @@ def test_a_failed_upload_keeps_its_bytes_in_a_copy_while_its_buffer_is_reused(mo
     assert f.pread(BS, 0) == b"k" * BS           # the extent kept its bytes in a copy
     f.flush()
     assert data.uploaded == [b"k" * BS]
+
+
+def test_a_whole_block_of_bytes_is_uploaded_from_the_callers_object_and_never_pooled(monkeypatch):
+    """``bytes`` cannot change, so a whole block of it (cistern fs put
+    writes block-sized pieces) is uploaded from the caller's object, not
+    copied into a buffer, and never handed to the buffer pool."""
+    pool = BufferPool(idle_max=4)
+    monkeypatch.setattr(files, "block_buffers", pool)
+    data = _Data()
+    payloads = []
+    real = data.submit_upload
+    data.submit_upload = lambda payload, replication: payloads.append(payload) or real(payload, replication)
+    f = _file(data)
+    source = b"a" * BS + b"b" * BS + b"c" * 10
+    f.write(source)
+    f.flush()
+    assert data.uploaded == [b"a" * BS, b"b" * BS, b"c" * 10]
+    assert [getattr(p, "obj", None) is source for p in payloads] == [True, True, False]
+    assert list(pool._idle) == []          # the caller's views are no buffers (the short tail's is no block's)
+    assert f.pread(2 * BS + 10, 0) == source
