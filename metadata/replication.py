@@ -14,7 +14,8 @@ registry; ``apply_plan`` (still pure) queues the instructions.
 Per block, with ``r`` its file's replication factor, ``good`` the live
 holders minus corrupt ones, ``pending`` replications in flight to it:
 
-* no good copy: *missing*; nothing can be done (a corrupt copy is kept).
+* no good copy: *missing* (unless a recorded copy is unconfirmed, below);
+  nothing can be done (a corrupt copy is kept).
 * ``good + pending < want`` where ``want = min(r, good + pending + room)``
   (``room``: ready nodes without any copy of it and with space; so only 2
   live nodes means 2 copies and no impossible instruction):
@@ -147,12 +148,13 @@ def _plan_block(plan: Plan, block: BlockRecord, r: int, registry: NodeRegistry,
     bid = block.block_id
     holders, corrupt, deleting = registry.holders(bid), registry.corrupt(bid), registry.deleting(bid)
     good = holders - corrupt
-    pending = registry.pending_targets(bid) | _unconfirmed(plan, block, holders, deleting, registry, grace)
+    unconfirmed = _unconfirmed(plan, block, holders, deleting, registry, grace)
+    pending = registry.pending_targets(bid) | unconfirmed
     busy = holders | pending | deleting
     room = [c for c in candidates if c.node_id not in busy and c.free_bytes >= block.length]
     want = min(r, len(good) + len(pending) + len(room))
     if not good:
-        plan.missing += 1
+        plan.missing += not unconfirmed     # copies whose reports may be on the way are not missing yet
     elif len(good) + len(pending) < want:
         plan.under_replicated += 1
         _replicate(plan, bid, good, want - len(good) - len(pending), room, block.length, registry, budget)

@@ -322,6 +322,21 @@ def test_a_report_later_than_the_grace_costs_no_replica():
     assert plan.replicate == [("n3", Replicate(bid(1), "n1", "n1:7000"))]   # a fresh copy
 
 
+def test_a_block_whose_reports_are_late_is_not_counted_missing_until_its_nodes_prove_it_absent():
+    # cistern status shows the last pass's missing count: a file just
+    # committed, none of whose nodes has reported its block yet, is not "missing".
+    reg = cluster({"n1": [], "n2": [], "n3": []})
+    f = file(5, [(1, ["n1", "n2", "n3"])])
+    plan = plan_files([f], reg, now=0.0, report_grace_s=0.6)
+    assert (plan.missing, plan.replicate, plan.updates) == (0, [], [])
+    apply_plan(plan, reg, 0.0)
+    for t in (0.5, 1.0):
+        for node_id in ("n1", "n2", "n3"):
+            beat(reg, node_id, t, reports_pending=0)
+    assert plan_files([f], reg, now=1.0, report_grace_s=0.6).missing == 1     # proven gone everywhere
+    assert plan_files([f], reg).missing == 1                                 # and without grace at all
+
+
 def test_a_new_registry_is_not_settled_during_its_quiet_period():
     reg = NodeRegistry(dead_after_s=10.0, quiet_until=1.0)
     assert not reg.settled()                  # empty, but nodes had no time to heartbeat yet
