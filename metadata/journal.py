@@ -45,7 +45,7 @@ import struct
 
 import xxhash
 
-__all__ = ["RecordLog", "CorruptLog"]
+__all__ = ["RecordLog", "CorruptLog", "fsync_dir"]
 
 MAGIC = b"CSTNWAL1"
 header_bytes = 4096
@@ -73,7 +73,8 @@ def _write_zeros(fd: int, start: int, end: int) -> None:
         start += os.pwrite(fd, memoryview(zeros)[:end - start], start)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """fsync a directory: a rename or create in it is durable once this returns."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -120,7 +121,7 @@ class RecordLog:
             _write_zeros(fd, end, zeroed_to)
             os.fsync(fd)
             os.replace(tmp, path)
-            _fsync_dir(os.path.dirname(path) or ".")
+            fsync_dir(os.path.dirname(path) or ".")
         except BaseException:
             os.close(fd)
             raise

@@ -268,7 +268,7 @@ from pysyncobj.transport import TCPTransport
 
 from cistern.core.errors import CisternError, NotLeader
 from cistern.metadata import limits, model, store
-from cistern.metadata.journal import RecordLog
+from cistern.metadata.journal import RecordLog, fsync_dir
 from cistern.metadata import sessions as sessions_mod
 
 log = logging.getLogger(__name__)
@@ -474,7 +474,7 @@ class _DurableMetaStorer(MetaStorer):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path) or ".")
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 class _DurableJournal(Journal):
@@ -506,7 +506,7 @@ class _DurableJournal(Journal):
             old._destroy()
             RecordLog(log_path, durable=durable, entries=entries).close()
             os.remove(legacy_path)
-            _fsync_dir(os.path.dirname(legacy_path) or ".")
+            fsync_dir(os.path.dirname(legacy_path) or ".")
         self._log = RecordLog(log_path, durable=durable)
         self._meta_storer = (_DurableMetaStorer if durable else MetaStorer)(meta_path)
         self._meta = self._meta_storer.getMeta()
@@ -770,14 +770,6 @@ class _RaftNode(SyncObj):
 
 
 # -- helpers -------------------------------------------------------------------
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _looks_like_address(s) -> bool:
     host, sep, port = str(s).rpartition(":")
@@ -1780,7 +1772,7 @@ class Replica:
                 job.state = SERIALIZER_STATE.FAILED
                 return
             os.replace(partial, self._dump_path)
-            _fsync_dir(self._raft_dir)
+            fsync_dir(self._raft_dir)
             log.info("replica %s: snapshot at applied index %d written", self.node_id, header["applied"])
             job.state = SERIALIZER_STATE.SUCCESS
         except Exception:
