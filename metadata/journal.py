@@ -40,6 +40,7 @@ Contracts
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -52,6 +53,7 @@ header_bytes = 4096
 grow_bytes_min = 1 << 20            # zeros written ahead of the tail, first step
 grow_bytes_max = 8 << 20            # ... and at most per step (a step stalls the tick: ~5-10 ms)
 _RECORD = struct.Struct(">IQQQ")
+_CHECKED = struct.Struct(">QQ")     # index, term: hashed before the command
 _WRITE_CHUNK = 1 << 20
 
 
@@ -59,12 +61,18 @@ class CorruptLog(Exception):
     """The file is not a log of this format."""
 
 
-def _record(command: bytes, index: int, term: int) -> bytes:
+def _digest(command, index: int, term: int) -> int:
+    h = xxhash.xxh3_64(_CHECKED.pack(index, term))
+    h.update(command)
+    return h.intdigest()
+
+
+def _record_head(command: bytes, index: int, term: int) -> bytes:
+    """The header of the record holding ``command`` (written before it: no
+    copy of the command, which may be a batch of megabytes)."""
     if not command:
         raise ValueError("a log entry's command cannot be empty (a zero length ends the log)")
-    head = struct.pack(">QQ", index, term)
-    digest = xxhash.xxh3_64_intdigest(head + command)
-    return _RECORD.pack(len(command), digest, index, term) + command
+    return _RECORD.pack(len(command), _digest(command, index, term), index, term)
 
 
 def _write_zeros(fd: int, start: int, end: int) -> None:
@@ -111,10 +119,9 @@ class RecordLog:
             parts = [MAGIC.ljust(header_bytes, b"\0")]
             offsets, end = [], header_bytes
             for command, index, term in entries:
-                record = _record(command, index, term)
                 offsets.append(end)
-                parts.append(record)
-                end += len(record)
+                parts += (_record_head(command, index, term), command)
+                end += _RECORD.size + len(command)
             data = b"".join(parts)
             zeroed_to = end + max(grow_bytes_min, min(end, grow_bytes_max))
             os.pwrite(fd, data, 0)
@@ -146,10 +153,10 @@ class RecordLog:
                 break
             if prev is not None and index != prev + 1:
                 break
-            command = bytes(view[body:body + length])
-            if xxhash.xxh3_64_intdigest(struct.pack(">QQ", index, term) + command) != digest:
+            command = view[body:body + length]
+            if _digest(command, index, term) != digest:
                 break
-            self.entries.append((command, index, term))
+            self.entries.append((bytes(command), index, term))
             self._offsets.append(off)
             prev = index
             off = body + length
@@ -167,13 +174,16 @@ class RecordLog:
     # -- pysyncobj's journal operations --------------------------------------
 
     def add(self, command: bytes, index: int, term: int) -> None:
-        record = _record(command, index, term)
-        end = self._end + len(record)
+        head = _record_head(command, index, term)
+        end = self._end + len(head) + len(command)
         if end > self._zeroed_to:
             grow = max(end - self._zeroed_to, min(max(self._zeroed_to, grow_bytes_min), grow_bytes_max))
             _write_zeros(self._fd, self._zeroed_to, self._zeroed_to + grow)
             self._zeroed_to += grow
-        os.pwrite(self._fd, record, self._end)
+        if os.pwritev(self._fd, (head, command), self._end) != end - self._end:
+            # A regular file writes short only when the disk is full; the
+            # partial record fails its checksum on the next open.
+            raise OSError(errno.ENOSPC, f"{self.path}: short write of a log record")
         self.entries.append((command, index, term))
         self._offsets.append(self._end)
         self._end = end

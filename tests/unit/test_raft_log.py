@@ -12,6 +12,10 @@ def entries(n, start=1, term=1, size=20):
     return [(bytes([i % 251 + 1]) * size, i, term) for i in range(start, start + n)]
 
 
+def record(command, index, term):
+    return journal_mod._record_head(command, index, term) + command
+
+
 def reopened(path):
     log = RecordLog(path)
     try:
@@ -63,11 +67,11 @@ def test_a_torn_append_is_dropped_and_its_remains_zeroed(tmp_path):
     log.close()
     # A crash tore the next append of two records: the first's middle page
     # never reached the disk, the second did.
-    sixth = bytearray(journal_mod._record(b"y" * 500, 6, 1))
+    sixth = bytearray(record(b"y" * 500, 6, 1))
     sixth[200:300] = bytes(100)
     with open(path, "r+b") as f:
         f.seek(end)
-        f.write(bytes(sixth) + journal_mod._record(b"w" * 50, 7, 1))
+        f.write(bytes(sixth) + record(b"w" * 50, 7, 1))
     log = RecordLog(path)
     assert log.entries == entries(5)
     # A new sixth record of the same size where the torn one began: the torn
