@@ -1,5 +1,6 @@
 """The Raft log on disk (metadata/journal.py) and its pysyncobj adapter."""
 
+import errno
 import os
 
 import pytest
@@ -157,3 +158,19 @@ def test_a_pysyncobj_journal_moves_into_the_log_with_its_term_and_vote(tmp_path)
     assert len(j) == 8 and j[-1] == (b"next", 8, 4)
     assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (4, None)
     j._destroy()
+
+
+def test_a_short_write_raises_and_the_log_stays_as_the_file_is(tmp_path, monkeypatch):
+    path = str(tmp_path / "log")
+    log = RecordLog(path)
+    log.add(b"a" * 10, 1, 1)
+    real = os.pwritev
+    monkeypatch.setattr(os, "pwritev", lambda fd, bufs, off: real(fd, [bytes(bufs[0])[:5]], off))
+    with pytest.raises(OSError) as e:
+        log.add(b"b" * 10, 2, 1)
+    assert e.value.errno == errno.ENOSPC
+    assert log.entries == [(b"a" * 10, 1, 1)]
+    monkeypatch.setattr(os, "pwritev", real)
+    log.add(b"c" * 10, 2, 1)                 # the next add overwrites the partial record
+    log.close()
+    assert reopened(path) == [(b"a" * 10, 1, 1), (b"c" * 10, 2, 1)]
