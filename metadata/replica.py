@@ -500,11 +500,14 @@ class _DurableJournal(Journal):
     """
 
     def __init__(self, log_path: str, meta_path: str, durable: bool, legacy_path: str | None = None):
-        if legacy_path and os.path.exists(legacy_path) and not os.path.exists(log_path):
-            old = FileJournal(legacy_path)
-            entries = [old[i] for i in range(len(old))]
-            old._destroy()
-            RecordLog(log_path, durable=durable, entries=entries).close()
+        if legacy_path and os.path.exists(legacy_path):
+            if not os.path.exists(log_path):
+                old = FileJournal(legacy_path)
+                entries = [old[i] for i in range(len(old))]
+                old._destroy()
+                RecordLog(log_path, durable=durable, entries=entries).close()
+            # (A log beside it was made from it: the rename that created the
+            # log is synced before the old file goes.)
             os.remove(legacy_path)
             fsync_dir(os.path.dirname(legacy_path) or ".")
         self._log = RecordLog(log_path, durable=durable)

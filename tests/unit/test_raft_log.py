@@ -174,3 +174,20 @@ def test_a_short_write_raises_and_the_log_stays_as_the_file_is(tmp_path, monkeyp
     log.add(b"c" * 10, 2, 1)                 # the next add overwrites the partial record
     log.close()
     assert reopened(path) == [(b"a" * 10, 1, 1), (b"c" * 10, 2, 1)]
+
+
+def test_a_migration_cut_short_after_the_log_was_written_finishes_on_the_next_start(tmp_path):
+    from pysyncobj.journal import FileJournal
+
+    from cistern.metadata.replica import _DurableJournal
+
+    legacy = str(tmp_path / "journal")
+    old = FileJournal(legacy)
+    for e in entries(3):
+        old.add(*e)
+    old._destroy()
+    RecordLog(str(tmp_path / "log"), entries=entries(3)).close()   # crashed before removing the old file
+    j = _DurableJournal(str(tmp_path / "log"), legacy + ".meta", True, legacy)
+    assert [j[i] for i in range(len(j))] == entries(3)
+    assert not os.path.exists(legacy)
+    j._destroy()
