@@ -64,8 +64,7 @@ import tempfile
 import time
 
 from . import report, runner
-from .block_bench import evict
-from .block_bench import process_cpu_s
+from .block_bench import evict, process_cpu_s
 from .workloads import Shape
 
 SCHEMA_ID = "cistern-bench-fuse/1"

@@ -298,13 +298,10 @@ class Reporter:
             self._wait_until(next_beat)
 
     def _wait_until(self, next_beat: float) -> None:
-        with self._cond:
-            while not self._stop.is_set() and not self._bad and not (self._pending and self._registered) \
-                    and not (self._need_full and self._registered):
-                remaining = next_beat - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._cond.wait(remaining)
+        # Nothing to send before the heartbeat?
+        if not self._wait(lambda: not self._bad and not (self._registered and (self._pending or self._need_full)),
+                          next_beat):
+            return
         # A burst of writes (a pipeline, a multi-block file) shares one report,
         self._stop.wait(self.conf.incremental_delay_s)
         # and a stream of them one report per incremental_interval_s (at most
@@ -312,14 +309,19 @@ class Reporter:
         # unreported replicas is three heartbeats). A bad replica, a full
         # report owed or a heartbeat due ends the wait.
         interval = min(self.conf.incremental_interval_s, self._interval_s / 4)
-        deadline = min(self._last_incremental + interval, next_beat)
+        self._wait(lambda: not self._bad and not self._need_full and self._pending and self._registered,
+                   min(self._last_incremental + interval, next_beat))
+
+    def _wait(self, waiting, deadline: float) -> bool:
+        """Wait on the condition while ``waiting()`` holds and the reporter
+        runs; False when ``deadline`` (monotonic) came first."""
         with self._cond:
-            while not self._stop.is_set() and not self._bad and not self._need_full \
-                    and self._pending and self._registered:
+            while not self._stop.is_set() and waiting():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return
+                    return False
                 self._cond.wait(remaining)
+        return True
 
     def _heartbeat(self) -> None:
         capacity = self.store.capacity()

@@ -136,17 +136,26 @@ def test_an_empty_command_and_a_foreign_file_are_refused(tmp_path):
         RecordLog(str(tmp_path / "other"))
 
 
-def test_a_pysyncobj_journal_moves_into_the_log_with_its_term_and_vote(tmp_path):
+def pysyncobj_journal(tmp_path, logged, term_vote=None):
+    """A pysyncobj FileJournal at tmp_path/journal holding ``logged`` (and
+    the term and vote, if given), closed; (its path, the durable journal
+    class that migrates it)."""
     from pysyncobj.journal import FileJournal
 
     from cistern.metadata.replica import _DurableJournal
 
     legacy = str(tmp_path / "journal")
     old = FileJournal(legacy)
-    for e in entries(7):
+    for e in logged:
         old.add(*e)
-    old.setCurrentTerm(3, "127.0.0.1:1")
+    if term_vote is not None:
+        old.setCurrentTerm(*term_vote)
     old._destroy()
+    return legacy, _DurableJournal
+
+
+def test_a_pysyncobj_journal_moves_into_the_log_with_its_term_and_vote(tmp_path):
+    legacy, _DurableJournal = pysyncobj_journal(tmp_path, entries(7), (3, "127.0.0.1:1"))
     j = _DurableJournal(str(tmp_path / "log"), legacy + ".meta", True, legacy)
     assert [j[i] for i in range(len(j))] == entries(7)
     assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (3, "127.0.0.1:1")
@@ -177,15 +186,7 @@ def test_a_short_write_raises_and_the_log_stays_as_the_file_is(tmp_path, monkeyp
 
 
 def test_a_migration_cut_short_after_the_log_was_written_finishes_on_the_next_start(tmp_path):
-    from pysyncobj.journal import FileJournal
-
-    from cistern.metadata.replica import _DurableJournal
-
-    legacy = str(tmp_path / "journal")
-    old = FileJournal(legacy)
-    for e in entries(3):
-        old.add(*e)
-    old._destroy()
+    legacy, _DurableJournal = pysyncobj_journal(tmp_path, entries(3))
     RecordLog(str(tmp_path / "log"), entries=entries(3)).close()   # crashed before removing the old file
     j = _DurableJournal(str(tmp_path / "log"), legacy + ".meta", True, legacy)
     assert [j[i] for i in range(len(j))] == entries(3)
