@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from cistern.core import cluster as cluster_spec
+from cistern.core.errors import CisternError, Unavailable
 
 fsck_timeout_s = 60.0
 
@@ -58,6 +59,11 @@ def run(args) -> int:
 
     spec = cluster_spec.resolve(args.cluster)
     with NodesClient(list(spec.meta_addresses), timeout_s=fsck_timeout_s) as nodes:
-        report = report_dict(nodes.fsck(args.path))
+        try:
+            report = report_dict(nodes.fsck(args.path))
+        except Unavailable:
+            raise
+        except CisternError as e:   # about the path: name it, as `cistern fs` does
+            raise CisternError(e.errno, f"{args.path}: {e.message}") from None
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 1 if report["at_risk"] else 0

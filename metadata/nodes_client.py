@@ -145,8 +145,10 @@ class NodesClient:
                 reply = getattr(self._stub(address), method)(request, timeout=min(remaining, attempt_timeout_max_s))
             except grpc.RpcError as e:
                 if e.code() not in _RETRIED:
-                    raise CisternError(errno_for_grpc_status(e.code()), f"{address}: {method}: "
-                                                                        f"{e.code().name}: {e.details()}") from None
+                    # The leader's definite answer: its message is for the
+                    # user (the address and status name only when it has none).
+                    raise CisternError(errno_for_grpc_status(e.code()),
+                                       e.details() or f"{address}: {method}: {e.code().name}") from None
                 last = f"{address}: {e.code().name}"
                 address, hops = self._next_address(address), hops + 1
             else:

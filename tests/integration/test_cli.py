@@ -125,6 +125,7 @@ def test_fs_errors_are_one_line_with_a_nonzero_exit(up):
         (("fs", "mkdir", "/no/such/parent"), "No such file or directory"),
         (("fs", "rm", "/missing"), "No such file or directory"),
         (("fs", "mkdir", "/" + "x" * 300), "File name too long"),
+        (("fsck", "/no/such/file"), "/no/such/file: "),
     ]
     for args, reason in cases:
         result = cistern(*args, cluster=c)
@@ -132,6 +133,8 @@ def test_fs_errors_are_one_line_with_a_nonzero_exit(up):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and reason in lines[0], (args, result.stderr)
         assert "Traceback" not in result.stderr
+        assert "No such file or directory" in lines[0] or "too long" in lines[0], lines
+        assert "NOT_FOUND" not in lines[0] and "127.0.0.1" not in lines[0], lines
     assert cistern("fs", "mkdir", "/d", cluster=c).returncode == 0
     assert cistern("fs", "touch", "/d/f", cluster=c).returncode == 0
     result = cistern("fs", "rm", "/d", cluster=c)
