@@ -144,14 +144,51 @@ def test_staging_buffers_are_reused_and_a_held_view_never_breaks_giving_one_back
     ids = [put(store, data) for _ in range(3 * limits.direct_io_stages_kept_max)]
     for bid in ids:
         assert transient_read(store, bid)[0] == data
-    assert len(store.stages._idle) == 1      # one buffer, taken and given back by every read
+    assert len(store._read_stages._idle) == 1      # one buffer, taken and given back by every read
     # Readers holding the last piece while more buffers come back than are kept.
     fresh = [put(store, data) for _ in range(limits.direct_io_stages_kept_max + 2)]
     open_reads = [store.read_chunks(bid, transient=True)[1] for bid in fresh]
     held = [next(chunks)[1] for chunks in open_reads]
     for chunks in open_reads:
         chunks.close()                        # the buffers beyond the kept ones are closed while viewed
-    assert len(held) == len(open_reads) and len(store.stages._idle) == limits.direct_io_stages_kept_max
+    assert len(held) == len(open_reads) and len(store._read_stages._idle) == limits.direct_io_stages_kept_max
+
+
+def vm_flags(address: int) -> set:
+    """The VmFlags of this process's mapping holding ``address`` (smaps)."""
+    found = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                found = lo <= address < hi
+            elif found and head == "VmFlags:":
+                return set(line.split()[1:])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_a_cold_streamed_read_fills_a_huge_page_stage_per_disk_read(store, monkeypatch):
+    """Pinning 4 KiB pages for O_DIRECT was most of a cold read's kernel
+    CPU: the stage is one transparent huge page (advised), and each disk
+    read fills all of it, two messages' worth."""
+    data = os.urandom(4 * MESSAGE + 100)
+    bid = put(store, data)
+    real_preadv, reads = os.preadv, []
+
+    def counting_preadv(fd, buffers, offset, *args):
+        reads.append((offset, sum(len(b) for b in buffers)))
+        return real_preadv(fd, buffers, offset, *args)
+
+    monkeypatch.setattr(os, "preadv", counting_preadv)
+    got, starts = transient_read(store, bid)
+    assert got == data and starts == list(range(0, len(data), MESSAGE))
+    stage_bytes = limits.direct_read_stage_bytes
+    assert stage_bytes == 2 * MESSAGE
+    assert reads == [(0, stage_bytes), (stage_bytes, stage_bytes), (2 * stage_bytes, 4096)]
+    (stage,) = store._read_stages._idle
+    with memoryview(stage) as view:
+        assert "hg" in vm_flags(ctypes.addressof(ctypes.c_char.from_buffer(view)))   # MADV_HUGEPAGE
 
 
 def refuse_o_direct(monkeypatch) -> None:
