@@ -209,31 +209,36 @@ class BlockClient:
         for at, piece in self._pieces(address, block_id, offset, length, timeout_s):
             yield at, bytes(piece)
 
-    def _pieces(self, address: str, block_id, offset: int, length: int | None, timeout_s: float):
+    def _pieces(self, address: str, block_id, offset: int, length: int | None, timeout_s: float,
+                node_verifies: bool = True):
         block_id = check_block_id(block_id)
         request = pb.ReadRequest(block_id=block_id, offset=offset)
         if length is not None:
             request.length = length
         end = None if length is None else offset + length
-        for data, msg in self._replies(address, block_id, request, timeout_s):
+        for data, msg in self._replies(address, block_id, request, timeout_s, node_verifies):
             lo = max(offset, msg.offset)
             hi = msg.offset + len(data) if end is None else min(end, msg.offset + len(data))
             if hi > lo:
                 yield lo, data[lo - msg.offset:hi - msg.offset]
 
-    def _replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float):
+    def _replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float,
+                 node_verifies: bool = True):
         """(data memoryview, the reply's other fields) per verified reply."""
-        for data, msg in self._unverified_replies(address, block_id, request, timeout_s):
+        for data, msg in self._unverified_replies(address, block_id, request, timeout_s, node_verifies):
             _verify_chunk(address, block_id, msg, data)
             yield data, msg
 
-    def _unverified_replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float):
+    def _unverified_replies(self, address: str, block_id: bytes, request: pb.ReadRequest, timeout_s: float,
+                            node_verifies: bool = True):
         """The replies as they arrive: over the node's transfer port when it
-        has one, else (or when the port fails before any data) through gRPC."""
+        has one, else (or when the port fails before any data) through gRPC
+        (where the node always verifies what it sends)."""
         target = self._transfer_target(address)
         if target is not None:
             length = request.length if request.HasField("length") else None
-            frames = self._transfer.read(target, address, block_id, request.offset, length, timeout_s)
+            frames = self._transfer.read(target, address, block_id, request.offset, length, timeout_s,
+                                         node_verifies=node_verifies)
             try:
                 first = next(frames)     # at least one: an empty range still brings the block's length
             except TransferUnavailable as e:
@@ -281,19 +286,31 @@ class BlockClient:
         return address.rpartition(":")[0].strip("[]"), known[0]
 
     def read_block(self, address: str, block_id, offset: int = 0, length: int | None = None, *,
-                   checksum: bytes | None = None, timeout_s: float = limits.read_call_timeout_s) -> bytes:
+                   checksum: bytes | None = None, timeout_s: float = limits.read_call_timeout_s,
+                   node_verifies: bool = True) -> bytes:
         """The verified bytes [offset, offset+length) of a block (to its end
         when length is None). When ``checksum`` (the layout's xxh3-128) is
-        given for a whole-block read, the block must match it too."""
+        given for a whole-block read, the block must match it too.
+        ``node_verifies``: as for ``read_pieces``."""
         if checksum is not None and offset == 0 and length is None:
-            return bytes(self.read_pieces(address, block_id, checksum=checksum, timeout_s=timeout_s)[0])
-        return b"".join(piece for _, piece in self._pieces(address, block_id, offset, length, timeout_s))
+            return bytes(self.read_pieces(address, block_id, checksum=checksum, timeout_s=timeout_s,
+                                          node_verifies=node_verifies)[0])
+        return b"".join(piece for _, piece in self._pieces(address, block_id, offset, length, timeout_s,
+                                                           node_verifies))
 
     def read_pieces(self, address: str, block_id, *, checksum: bytes | None = None,
-                    timeout_s: float = limits.read_call_timeout_s):
+                    timeout_s: float = limits.read_call_timeout_s, node_verifies: bool = True):
         """A whole block as (``BlockPieces``, xxh3-128, sub-chunk checksums),
         verified per sub-chunk against what the node's index says, without
         joining the messages it came in.
+
+        ``node_verifies`` False tells a node's transfer port not to check
+        the bytes it sends (they are checked here all the same): for a
+        caller that reports a replica failing here to the metadata leader,
+        which replaces it (``DataPath``); the node then neither counts nor
+        quarantines it. True (the default, and always through gRPC): a
+        corrupt block fails on the node too, which quarantines and reports
+        it (a node's Copy, which has no leader to tell, relies on that).
 
         With ``checksum`` (the layout's xxh3-128) the node's index entry must
         be that block, and every byte has been checked against that entry's
@@ -307,7 +324,8 @@ class BlockClient:
         views, sums = [], []
         length, actual, received = 0, b"", 0
         hasher = None if checksum is not None else xxhash.xxh3_128()
-        for data, msg in self._replies(address, block_id, pb.ReadRequest(block_id=block_id), timeout_s):
+        for data, msg in self._replies(address, block_id, pb.ReadRequest(block_id=block_id), timeout_s,
+                                       node_verifies):
             if msg.block_checksum:
                 length, actual = msg.block_length, msg.block_checksum
             if msg.offset != received:   # every byte once, in order

@@ -262,14 +262,16 @@ class BlockService(pb_grpc.BlockServicer):
             yield pb.ReadChunk(offset=at, block_length=info.length,
                                block_checksum=info.checksum).SerializeToString()
 
-    def read_range(self, block_id, offset: int, length: int | None):
+    def read_range(self, block_id, offset: int, length: int | None, *, verify: bool = True):
         """What both read streams (gRPC ``Read`` and the transfer port) send:
-        (info, iterator of verified (start, data, sums)) as
-        ``BlockStore.read_chunks``, counted in the stats; a block the
+        (info, iterator of (start, data, sums)) as ``BlockStore.read_chunks``
+        (verified unless ``verify`` is False: a transfer reader that checks
+        every sub-chunk against the sums sent along and reports a bad
+        replica to the leader itself), counted in the stats; a block the
         iterator finds corrupt (EBADMSG, EIO) is quarantined and reported
         before the error is raised. Transient: a piece's data is valid only
         until the next is asked for (both streams send it first)."""
-        info, chunks = self.store.read_chunks(block_id, offset, length, transient=True)
+        info, chunks = self.store.read_chunks(block_id, offset, length, transient=True, verify=verify)
         return info, self._counted(info, chunks)
 
     def _counted(self, info, chunks):

@@ -14,8 +14,10 @@ reach it reads through gRPC.
 Wire format (all integers big-endian), one request at a time per connection,
 the connection reused for the next request after a clean end:
 
-* request: ``REQUEST`` = magic ``b"CBR1"``, flags (bit 0: length given),
-  16-byte block id, offset, length.
+* request: ``REQUEST`` = magic ``b"CBR1"``, flags (bit 0: length given;
+  bit 1: the reader verifies, so the node sends the bytes unchecked; a
+  node that does not know the bit checks them anyway), 16-byte block id,
+  offset, length.
 * reply head: ``HEAD`` = magic ``b"CBF1"``, errno (0 or the node's error),
   the block's length and xxh3-128; a non-zero errno is followed by a
   message (``u32`` length + UTF-8) and the node closes the connection.
@@ -74,6 +76,7 @@ HEAD = struct.Struct(">4siQ16s")
 FRAME = struct.Struct(">iQII")
 MESSAGE_LEN = struct.Struct(">I")
 _FLAG_LENGTH = 1
+_FLAG_READER_VERIFIES = 2
 message_max_bytes = 4096          # an error message is cut to this
 
 
@@ -132,8 +135,9 @@ class CallDeadline:
 # -- node side -------------------------------------------------------------------------------
 
 class TransferServer:
-    """Serves ``read_range(block_id, offset, length)`` (``BlockService``'s:
-    (info, iterator of verified (start, data, sums)), raising CisternError)
+    """Serves ``read_range(block_id, offset, length, verify=)``
+    (``BlockService``'s: (info, iterator of (start, data, sums), verified
+    unless the request says the reader verifies), raising CisternError)
     and, when given, ``write(messages, context)`` (``BlockService``'s: the
     serialized WriteReply for an iterator of raw WriteChunk messages,
     raising CisternError; ``context`` has ``time_remaining()``)
@@ -216,7 +220,8 @@ class TransferServer:
             while magic := _recv_bytes(conn, MAGIC_LEN, eof_ok=True):
                 if magic == REQUEST_MAGIC:
                     _, flags, block_id, offset, length = REQUEST.unpack(magic + _recv_bytes(conn, REQUEST.size - MAGIC_LEN))
-                    if not self._answer(conn, block_id, offset, length if flags & _FLAG_LENGTH else None):
+                    if not self._answer(conn, block_id, offset, length if flags & _FLAG_LENGTH else None,
+                                        verify=not flags & _FLAG_READER_VERIFIES):
                         return
                 elif magic == WRITE_MAGIC and self._write is not None:
                     _, timeout_ms = WRITE.unpack(magic + _recv_bytes(conn, WRITE.size - MAGIC_LEN))
@@ -235,10 +240,11 @@ class TransferServer:
                 self._conns.discard(conn)
             conn.close()
 
-    def _answer(self, conn: socket.socket, block_id: bytes, offset: int, length: int | None) -> bool:
+    def _answer(self, conn: socket.socket, block_id: bytes, offset: int, length: int | None, *,
+                verify: bool) -> bool:
         """Send one reply; False when the connection must close."""
         try:
-            info, chunks = self._read_range(block_id, offset, length)
+            info, chunks = self._read_range(block_id, offset, length, verify=verify)
         except CisternError as e:
             conn.sendall(_error_head(e.errno, e.message))
             return False
@@ -424,16 +430,17 @@ class TransferClient:
         conn.close()
 
     def read(self, target: tuple, name: str, block_id: bytes, offset: int, length: int | None,
-             timeout_s: float):
+             timeout_s: float, *, node_verifies: bool = True):
         """Iterate over (data, Frame) of one read, as the node sent them
-        (verification is the caller's). Raises TransferUnavailable when
+        (verification is the caller's; with ``node_verifies`` False the
+        node skips its own check of what it sends). Raises TransferUnavailable when
         nothing arrived from a transfer server (connect or first reply
         failed), CisternError otherwise (the node's errors as the gRPC path
         would report them, ETIMEDOUT, EAGAIN for a broken connection,
         EBADMSG for a malformed stream); ``name`` (the node's address)
         starts every message."""
-        request = REQUEST.pack(REQUEST_MAGIC, _FLAG_LENGTH if length is not None else 0, block_id,
-                               offset, length or 0)
+        flags = (_FLAG_LENGTH if length is not None else 0) | (0 if node_verifies else _FLAG_READER_VERIFIES)
+        request = REQUEST.pack(REQUEST_MAGIC, flags, block_id, offset, length or 0)
         deadline = time.monotonic() + timeout_s
         conn, head = self._start(target, name, request, deadline)
         clean = False

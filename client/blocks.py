@@ -30,7 +30,8 @@ Contract:
   among equals, so read-ahead keeps several nodes' disks and CPUs busy at
   once and concurrent readers spread out. Bytes are verified per
   64 KiB sub-chunk by ``BlockClient`` (and whole blocks against the layout's
-  xxh3-128). Any error moves on to the next replica; a replica that answered
+  xxh3-128); the node is asked not to check them too (``node_verifies``).
+  Any error moves on to the next replica; a replica that answered
   with bad or missing data (EBADMSG, EIO, ENOENT) is reported to the leader
   as bad (in the background); an unreachable node is not reported (the
   leader notices dead nodes by their heartbeats). When every replica fails,
@@ -42,9 +43,9 @@ Contract:
   (a block's first read lately with O_DIRECT, a repeat through the page
   cache: ``_read_local``)
   and checks it against the layout's xxh3-128; a missing or mismatching file
-  falls back to the node's block service (which re-verifies, quarantines
-  and reports a corrupt copy itself). Ranged reads always go through the
-  service, which verifies each 64 KiB sub-chunk.
+  falls back to the node's block service (whose copy, if corrupt, then
+  fails the per-sub-chunk checks and is reported). Ranged reads always go
+  through the service, and each 64 KiB sub-chunk is verified.
 * Leases: ``hold_lease``/``drop_lease`` keep the set of files this
   connection holds write leases on (one writer per file per connection:
   ``Client.open`` refuses a second with EBUSY, as another client would be); while it is not empty a renewer thread sends one
@@ -445,12 +446,14 @@ class DataPath:
         return data if type(data) is bytes else BlockPieces([data])
 
     def _read_one(self, address, block_id, block_length, checksum, offset, length) -> bytes:
+        # The node need not check what it sends: every sub-chunk is checked
+        # here, and a replica failing that is reported (_read).
         if length is None:
-            data = self.blocks.read_pieces(address, block_id, checksum=checksum or None)[0]
+            data = self.blocks.read_pieces(address, block_id, checksum=checksum or None, node_verifies=False)[0]
             if len(data) != block_length:
                 raise CisternError(errno.EBADMSG, f"{address}: block is {len(data)} bytes, not {block_length}")
             return data
-        data = self.blocks.read_block(address, block_id, offset, length)
+        data = self.blocks.read_block(address, block_id, offset, length, node_verifies=False)
         if len(data) != length:
             raise CisternError(errno.EBADMSG, f"{address}: short read ({len(data)} of {length} bytes)")
         return data

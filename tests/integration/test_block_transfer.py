@@ -77,6 +77,39 @@ def test_a_corrupt_block_fails_over_the_transfer_port_and_is_quarantined(cluster
         assert e.value.errno == errno.ENOENT
 
 
+def test_a_reader_that_verifies_gets_unchecked_bytes_and_the_node_keeps_the_block(cluster):
+    """``node_verifies=False`` (a client that checks every sub-chunk and
+    reports a bad replica to the leader): the node sends the bytes without
+    hashing them, the client still refuses the corrupt sub-chunk, and the
+    node neither counts nor quarantines it (the leader's healing replaces
+    it once told); a default read still fails on the node, which
+    quarantines it."""
+    n1, n2 = cluster.addresses
+    block_id, data = os.urandom(16), os.urandom(40 * CHUNK)
+    with BlockClient() as client:
+        client.write_block([n1, n2], block_id, data)
+        name = block_id.hex()
+        with open(os.path.join(cluster.nodes[1]["data"], "blocks", name[:2], name), "r+b") as f:
+            f.seek(33 * CHUNK + 7)
+            f.write(b"\x00\xff")
+        failures = client.stat(n2)["checksum_failures"]
+        for read in (lambda: client.read_pieces(n2, block_id, node_verifies=False),
+                     lambda: client.read_block(n2, block_id, 33 * CHUNK, 10, node_verifies=False)):
+            with pytest.raises(CisternError) as e:
+                read()
+            assert e.value.errno == errno.EBADMSG and "sub-chunk 33 arrived corrupt" in e.value.message
+        assert client.transfer_reads >= 2
+        assert client.read_block(n2, block_id, 0, 33 * CHUNK, node_verifies=False) == data[:33 * CHUNK]
+        assert client.info(n2, block_id)["length"] == len(data)       # still there
+        assert client.stat(n2)["checksum_failures"] == failures
+        with pytest.raises(CisternError) as e:
+            client.read_pieces(n2, block_id)
+        assert e.value.errno == errno.EIO and "sub-chunk 33" in e.value.message
+        with pytest.raises(CisternError) as e:
+            client.info(n2, block_id)      # quarantined
+        assert e.value.errno == errno.ENOENT
+
+
 def test_an_unreachable_transfer_port_falls_back_to_grpc_and_is_asked_again(cluster):
     n1 = cluster.addresses[0]
     block_id, data = os.urandom(16), os.urandom(2 * CHUNK)
@@ -122,7 +155,7 @@ def test_the_client_verifies_what_arrives_over_the_transfer_port(cluster):
     class Info:
         length, checksum = len(data), bytes(16)
 
-    server = transfer.TransferServer(lambda block_id, offset, length: (Info, iter([(0, data, sums)])),
+    server = transfer.TransferServer(lambda block_id, offset, length, verify: (Info, iter([(0, data, sums)])),
                                      "127.0.0.1").start()
     try:
         n1 = cluster.addresses[0]

@@ -107,6 +107,29 @@ def test_a_corrupt_sub_chunk_fails_a_transient_read(store):
     assert "sub-chunk 17" in e.value.message
 
 
+def test_an_unverified_transient_read_sends_the_stored_bytes_but_still_checks_the_length(store):
+    """``verify=False`` (the reader checks every sub-chunk against the sums
+    sent along): a corrupt byte goes out as stored, with the index's sums,
+    so the reader finds it; a short file is still EIO."""
+    data = os.urandom(2 * MESSAGE + 100)
+    bid = put(store, data)
+    corrupt = bytearray(data)
+    corrupt[MESSAGE + 70_000] ^= 1
+    with open(store.block_path(bid), "r+b") as f:
+        f.write(corrupt)
+        f.flush()
+        os.fsync(f.fileno())
+    _, chunks = store.read_chunks(bid, transient=True, verify=False)
+    pieces = [(bytes(d), list(sums)) for _, d, sums in chunks]
+    assert b"".join(d for d, _ in pieces) == bytes(corrupt)
+    assert [s for _, ss in pieces for s in ss] == chunk_checksums(data)      # the index's, not the file's
+    assert store.checksum_failures == 0
+    os.truncate(store.block_path(bid), MESSAGE + 4096)
+    with pytest.raises(CisternError) as e:
+        list(store.read_chunks(bid, transient=True, verify=False)[1])
+    assert e.value.errno == errno.EIO and "short" in e.value.message
+
+
 def test_a_short_block_file_fails_a_transient_read_with_eio(store):
     data = os.urandom(2 * MESSAGE + 100)
     bid = put(store, data)

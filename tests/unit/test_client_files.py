@@ -471,9 +471,12 @@ class FakeBlocks:
         self.data: dict[tuple, bytes] = {}     # (address, block id) -> bytes
         self.down: set = set()
         self.reads = []
+        self.node_verifies = []
 
-    def read_block(self, address, block_id, offset=0, length=None, *, checksum=None, timeout_s=None):
+    def read_block(self, address, block_id, offset=0, length=None, *, checksum=None, timeout_s=None,
+                   node_verifies=True):
         self.reads.append(address)
+        self.node_verifies.append(node_verifies)
         if address in self.down:
             raise CisternError(errno.EAGAIN, f"{address}: UNAVAILABLE")
         if (address, block_id) not in self.data:
@@ -483,8 +486,8 @@ class FakeBlocks:
             raise CisternError(errno.EBADMSG, f"{address}: sub-chunk 0 arrived corrupt")
         return data if length is None else data[offset:offset + length]
 
-    def read_pieces(self, address, block_id, *, checksum=None, timeout_s=None):
-        return self.read_block(address, block_id), checksum, []
+    def read_pieces(self, address, block_id, *, checksum=None, timeout_s=None, node_verifies=True):
+        return self.read_block(address, block_id, node_verifies=node_verifies), checksum, []
 
     def write_block_results(self, targets, block_id, data, checksum=None, timeout_s=None):
         out = []
@@ -554,6 +557,18 @@ def test_a_read_fails_over_past_a_dead_node_and_a_corrupt_replica_and_reports_on
         blocks.reads.clear()
     path.close()
     assert (bid, "n2") in nodes.reports and all(n != "n1" for _, n in nodes.reports)
+
+
+def test_reads_ask_the_node_not_to_check_the_bytes_the_client_checks_and_reports():
+    path, nodes, blocks = make_path()
+    bid = b"\x03" * 16
+    for h in ("h1", "h2", "h3"):
+        blocks.data[(h, bid)] = b"good data"
+    block = [bid, 9, b"", ["n1", "n2", "n3"]]
+    assert path.read(block) == b"good data" and path.read(block, 2, 3) == b"od "
+    assert bytes(path.read_whole(block)) == b"good data"
+    assert blocks.node_verifies == [False, False, False]
+    path.close()
 
 
 def test_a_read_with_no_good_replica_is_eio():
