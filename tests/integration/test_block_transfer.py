@@ -58,15 +58,22 @@ def test_reads_over_the_transfer_port_return_what_grpc_returns(cluster):
             assert fast_err.value.message == grpc_err.value.message
 
 
+def corrupt_on_n2(cluster, client, at: int) -> tuple[bytes, bytes]:
+    """A 40-sub-chunk block written to both nodes, two bytes at ``at``
+    flipped in n2's file: (block id, the bytes written)."""
+    block_id, data = os.urandom(16), os.urandom(40 * CHUNK)
+    client.write_block(cluster.addresses, block_id, data)
+    name = block_id.hex()
+    with open(os.path.join(cluster.nodes[1]["data"], "blocks", name[:2], name), "r+b") as f:
+        f.seek(at)
+        f.write(b"\x00\xff")
+    return block_id, data
+
+
 def test_a_corrupt_block_fails_over_the_transfer_port_and_is_quarantined(cluster):
     n1, n2 = cluster.addresses
-    block_id, data = os.urandom(16), os.urandom(40 * CHUNK)
     with BlockClient() as client:
-        client.write_block([n1, n2], block_id, data)
-        name = block_id.hex()
-        with open(os.path.join(cluster.nodes[1]["data"], "blocks", name[:2], name), "r+b") as f:
-            f.seek(20 * CHUNK + 1)
-            f.write(b"\x00\xff")
+        block_id, data = corrupt_on_n2(cluster, client, 20 * CHUNK + 1)
         with pytest.raises(CisternError) as e:
             client.read_pieces(n2, block_id)
         assert e.value.errno == errno.EIO and "sub-chunk 20" in e.value.message
@@ -84,14 +91,9 @@ def test_a_reader_that_verifies_gets_unchecked_bytes_and_the_node_keeps_the_bloc
     node neither counts nor quarantines it (the leader's healing replaces
     it once told); a default read still fails on the node, which
     quarantines it."""
-    n1, n2 = cluster.addresses
-    block_id, data = os.urandom(16), os.urandom(40 * CHUNK)
+    n2 = cluster.addresses[1]
     with BlockClient() as client:
-        client.write_block([n1, n2], block_id, data)
-        name = block_id.hex()
-        with open(os.path.join(cluster.nodes[1]["data"], "blocks", name[:2], name), "r+b") as f:
-            f.seek(33 * CHUNK + 7)
-            f.write(b"\x00\xff")
+        block_id, data = corrupt_on_n2(cluster, client, 33 * CHUNK + 7)
         failures = client.stat(n2)["checksum_failures"]
         for read in (lambda: client.read_pieces(n2, block_id, node_verifies=False),
                      lambda: client.read_block(n2, block_id, 33 * CHUNK, 10, node_verifies=False)):
