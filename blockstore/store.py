@@ -59,6 +59,7 @@ import lmdb
 import xxhash
 
 from cistern.blockstore import limits
+from cistern.core.durable import fsync_dir
 from cistern.core.errors import CisternError
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ class BlockStore:
         os.makedirs(directory, exist_ok=True)
         os.rename(tmp_path, path)
         if self.sync:
-            _fsync_dir(directory)
+            fsync_dir(directory)
         final = BlockInfo(info.block_id, info.length, info.checksum, info.chunk_checksums,
                           STATE_FINAL, info.created_s)
         with self.env.begin(write=True, db=self.db) as txn:
@@ -927,14 +928,6 @@ def _write_all(fd: int, view: memoryview) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:

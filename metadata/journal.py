@@ -46,7 +46,9 @@ import struct
 
 import xxhash
 
-__all__ = ["RecordLog", "CorruptLog", "fsync_dir"]
+from cistern.core.durable import replace_durably
+
+__all__ = ["RecordLog", "CorruptLog"]
 
 MAGIC = b"CSTNWAL1"
 header_bytes = 4096
@@ -79,15 +81,6 @@ def _write_zeros(fd: int, start: int, end: int) -> None:
     zeros = bytes(min(_WRITE_CHUNK, max(0, end - start)))
     while start < end:
         start += os.pwrite(fd, memoryview(zeros)[:end - start], start)
-
-
-def fsync_dir(path: str) -> None:
-    """fsync a directory: a rename or create in it is durable once this returns."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RecordLog:
@@ -127,8 +120,7 @@ class RecordLog:
             os.pwrite(fd, data, 0)
             _write_zeros(fd, end, zeroed_to)
             os.fsync(fd)
-            os.replace(tmp, path)
-            fsync_dir(os.path.dirname(path) or ".")
+            replace_durably(tmp, path)
         except BaseException:
             os.close(fd)
             raise

@@ -266,9 +266,10 @@ from pysyncobj.monotonic import monotonic as _raft_monotonic   # pysyncobj's clo
 from pysyncobj.pickle import dumps as _pysyncobj_dumps
 from pysyncobj.transport import TCPTransport
 
+from cistern.core.durable import fsync_dir, replace_durably
 from cistern.core.errors import CisternError, NotLeader
 from cistern.metadata import limits, model, store
-from cistern.metadata.journal import RecordLog, fsync_dir
+from cistern.metadata.journal import RecordLog
 from cistern.metadata import sessions as sessions_mod
 
 log = logging.getLogger(__name__)
@@ -473,8 +474,7 @@ class _DurableMetaStorer(MetaStorer):
             f.write(_pysyncobj_dumps(meta))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(os.path.dirname(path) or ".")
+        replace_durably(tmp, path)
 
 
 class _DurableJournal(Journal):
@@ -509,7 +509,7 @@ class _DurableJournal(Journal):
             # (A log beside it was made from it: the rename that created the
             # log is synced before the old file goes.)
             os.remove(legacy_path)
-            fsync_dir(os.path.dirname(legacy_path) or ".")
+            fsync_dir(os.path.dirname(legacy_path))
         self._log = RecordLog(log_path, durable=durable)
         self._meta_storer = (_DurableMetaStorer if durable else MetaStorer)(meta_path)
         self._meta = self._meta_storer.getMeta()
@@ -1774,8 +1774,7 @@ class Replica:
                 log.info("replica %s: own snapshot superseded by an installed one", self.node_id)
                 job.state = SERIALIZER_STATE.FAILED
                 return
-            os.replace(partial, self._dump_path)
-            fsync_dir(self._raft_dir)
+            replace_durably(partial, self._dump_path)
             log.info("replica %s: snapshot at applied index %d written", self.node_id, header["applied"])
             job.state = SERIALIZER_STATE.SUCCESS
         except Exception:
