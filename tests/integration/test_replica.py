@@ -852,6 +852,29 @@ def test_a_lone_write_is_applied_on_the_leader_while_the_followers_sync_and_show
     g.converge()
 
 
+def test_the_leader_syncs_its_own_log_before_it_applies_an_entry_ahead(group):
+    # Its flush must join the disk's queue beside the followers' (with
+    # them, not behind them): the apply-ahead waits until the sync returned.
+    g = group().start_all()
+    leader = g.leader()
+    log = leader._node._cistern_journal._log
+    unsynced_writes_at_prepare = []
+    real_prepare = leader._prepare_next
+
+    def prepare():
+        if leader._prepared is None and leader._unapplied:
+            unsynced_writes_at_prepare.append(log._gen - log._synced_gen)
+        real_prepare()
+
+    leader._prepare_next = prepare
+    cid = os.urandom(16)
+    for seq in range(1, 11):
+        assert incr(leader, cid, seq, b"order").result(5) == seq
+    assert unsynced_writes_at_prepare, "nothing was applied ahead"
+    assert not any(unsynced_writes_at_prepare), unsynced_writes_at_prepare
+    g.converge()
+
+
 def test_an_entry_prepared_under_a_wrong_guess_is_aborted_and_the_real_one_applied(group):
     # Should the oldest unapplied batch not be the next entry, the prepared
     # transaction is aborted at that index: the state is the log's alone.
