@@ -3,3 +3,5 @@ supervisor (``cistern up``), and the wiring of each process.
 
 May import: every cistern package.
 """
+
+import cistern.core  # noqa: F401  first: it sets gRPC's I/O model before grpc is imported (core/grpc_env.py)

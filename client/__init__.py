@@ -27,6 +27,7 @@ Public surface:
   metadata backend for unit tests.
 """
 
+import cistern.core  # noqa: F401  first: it sets gRPC's I/O model before grpc is imported (core/grpc_env.py)
 from cistern.metadata.model import TIME_NOW
 
 from .api import Client, DirEntry, Futures, connect

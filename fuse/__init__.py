@@ -10,3 +10,5 @@ fusepy``, only in operations.py and mount.py). This folder is
 ``cistern.fuse``; it never shadows fusepy's top-level ``fuse`` module
 because the repository root is never put on sys.path.
 """
+
+import cistern.core  # noqa: F401  first: it sets gRPC's I/O model before grpc is imported (core/grpc_env.py)

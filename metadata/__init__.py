@@ -10,3 +10,5 @@ metadata client), ``server`` (one metad process).
 May import: cistern.core, pysyncobj (replica.py only), grpc, lmdb, msgpack,
 xxhash, prometheus_client. Never the scheduler or any other role.
 """
+
+import cistern.core  # noqa: F401  first: it sets gRPC's I/O model before grpc is imported (core/grpc_env.py)

@@ -15,3 +15,5 @@ leader's Raft log, agents beside the storage nodes, and the framework SDK.
 
 May import: cistern.core, cistern.metadata, cistern.blockstore, cistern.client.
 """
+
+import cistern.core  # noqa: F401  first: it sets gRPC's I/O model before grpc is imported (core/grpc_env.py)
