@@ -23,7 +23,7 @@ FIRST_IMPORTS = [
 
 
 def run(code: str, **env_changes) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != grpc_env.ENV_VAR}
+    env = {k: v for k, v in os.environ.items() if k not in (grpc_env.ENV_VAR, grpc_env.BACKUP_POLL_VAR)}
     for key, value in env_changes.items():
         if value is None:
             env.pop(key, None)
@@ -42,6 +42,17 @@ def test_importing_any_cistern_package_first_chooses_iomgr_before_grpc_is_import
     assert done.stdout.strip() == grpc_env.IOMGR
 
 
+def test_iomgr_comes_with_a_backup_poller_far_below_grpcs_five_seconds_unless_one_is_set():
+    show = "import os, cistern.metadata.client; print(os.environ.get('GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS'))"
+    done = run(show)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == int(grpc_env.BACKUP_POLL_MS) <= 100
+    done = run(show, GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS="1000")
+    assert done.stdout.strip() == "1000"
+    done = run(show, GRPC_EXPERIMENTS="")   # gRPC's defaults chosen: nothing of ours
+    assert done.stdout.strip() == "None"
+
+
 def test_a_choice_already_in_the_environment_is_kept_even_an_empty_one():
     for preset in ("", "-event_engine_client"):
         done = run("import os, cistern.metadata.client; print(repr(os.environ['GRPC_EXPERIMENTS']))",
@@ -56,7 +67,8 @@ def test_a_process_that_imported_grpc_first_is_left_alone():
     assert done.stdout.strip() == "None"
     environ, modules = {}, {"grpc": object()}
     assert grpc_env.apply(environ, modules) is False and environ == {}
-    assert grpc_env.apply(environ, {}) is True and environ == {grpc_env.ENV_VAR: grpc_env.IOMGR}
+    assert grpc_env.apply(environ, {}) is True
+    assert environ == {grpc_env.ENV_VAR: grpc_env.IOMGR, grpc_env.BACKUP_POLL_VAR: grpc_env.BACKUP_POLL_MS}
 
 
 def test_the_installed_grpc_knows_the_experiments_and_still_serves():
