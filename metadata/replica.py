@@ -645,9 +645,8 @@ class _RaftNode(SyncObj):
         before it), so a leader that applied first joined the disk's queue
         last and its own flush, not the followers', decided the commit
         (traced here: leader fdatasync 0.8-1.2 ms against the followers'
-        0.25-0.5). Lone creates, four interleaved pairs: p50 1.56 against
-        1.70 ms. And pysyncobj advances the commit
-        index only at the start of a tick: when a majority (counting this
+        0.25-0.5; figures in ARCHITECTURE). And pysyncobj advances the
+        commit index only at the start of a tick: when a majority (counting this
         leader) already holds the next entry -- always so for a lone member
         -- nothing would wake the poll, and the entry would wait out the
         tick period. Wake it instead (once per commit index, so an entry of
@@ -1595,9 +1594,9 @@ class Replica:
 
     def _prepare_next(self) -> None:
         """Leader, tick thread, after its own sync and just before the
-        poll for the followers' answers: apply the oldest batch this leader submitted and pysyncobj
-        has not applied yet in a write transaction that stays open
-        (``_prepared``), while the followers fsync. Its commit then only
+        poll for the followers' answers: apply the oldest batch this leader
+        submitted and pysyncobj has not applied yet in a write transaction
+        that stays open (``_prepared``), while the followers fsync. Its commit then only
         commits that transaction (``_apply_committed``); nothing is visible
         to readers before. Only when every committed entry is applied: the
         entry would be the next applied, on top of exactly this LMDB state.
