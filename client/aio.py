@@ -98,11 +98,20 @@ class AsyncClient:
     chown = _coroutine(Plans.chown)
     lchown = _coroutine(Plans.lchown)
     utime = _coroutine(Plans.utime)
-    truncate = _coroutine(Plans.truncate)
     setxattr = _coroutine(Plans.setxattr)
     removexattr = _coroutine(Plans.removexattr)
     txn = _coroutine(Plans.txn)
     open = _coroutine(Plans.open)
+
+    async def truncate(self, path, length) -> None:
+        """``Client.truncate``. A grow that would bring back the tail of a
+        block a shrink kept runs the blocking data path in a worker thread
+        (``asyncio.to_thread``); every other size change is one awaited
+        metadata operation."""
+        if await self._run(Plans.grow_reveals_tail(self, path, length)):
+            await asyncio.to_thread(self.client._truncate_through_data, path, length)
+        else:
+            await self._run(Plans.truncate(self, path, length))
 
     async def scandir(self, path="/") -> list:
         """``Client.scandir`` as a list of ``DirEntry`` (see the module

@@ -51,6 +51,7 @@ import functools
 import io
 import os
 import stat as stat_module
+import threading
 from concurrent.futures import Future
 
 from cistern.core import cluster as cluster_module
@@ -292,18 +293,19 @@ class Client:
         rewrites the block's visible bytes first (so it needs read permission
         too, unlike truncate(2)). Every other size change is one metadata
         operation. Durable on a majority when it returns."""
-        if isinstance(length, int) and self._grow_would_reveal_a_tail(path, length):
-            with self.open(path, "r+b") as f:
-                f.truncate(length)
+        if self._grow_reveals_tail(path, length):
+            self._truncate_through_data(path, length)
             return
         self._truncate_metadata(path, length)
 
-    def _grow_would_reveal_a_tail(self, path, length: int) -> bool:
-        try:
-            attr, layout, _ = self.layout(path)
-        except OSError:
-            return False  # not a readable regular file: the metadata call reports the error
-        return length > attr.size and sum(block[1] for block in layout) > attr.size
+    _grow_reveals_tail = _blocking(Plans.grow_reveals_tail)
+
+    def _truncate_through_data(self, path, length: int) -> None:
+        """The grow ``truncate`` hands to the data path (also the futures
+        and asyncio faces', on a thread): the file object rewrites the kept
+        block's visible bytes, then commits the new size."""
+        with self.open(path, "r+b") as f:
+            f.truncate(length)
 
     def open(self, path, mode="r", buffering=-1, encoding=None, errors=None, newline=None, *,
              replication: int | None = None, block_size: int | None = None):
@@ -650,10 +652,49 @@ class Futures:
     chown = _future_face(Plans.chown)
     lchown = _future_face(Plans.lchown)
     utime = _future_face(Plans.utime)
-    truncate = _future_face(Plans.truncate)
     setxattr = _future_face(Plans.setxattr)
     removexattr = _future_face(Plans.removexattr)
     txn = _future_face(Plans.txn)
+
+    def truncate(self, path, length) -> Future:
+        """Returns a concurrent.futures.Future of ``Client.truncate``. A
+        grow that would bring back the tail of a block a shrink kept runs
+        the blocking data path on a thread of its own; every other size
+        change is one metadata operation, driven by reply callbacks."""
+        out: Future = Future()
+        out.set_running_or_notify_cancel()
+
+        def decided(check: Future) -> None:
+            error = check.exception()
+            if error is not None:
+                out.set_exception(error)
+            elif check.result():
+                threading.Thread(target=_settle, args=(out, self.client._truncate_through_data, path, length),
+                                 name="cistern-truncate", daemon=True).start()
+            else:
+                _chain(self._start(Plans.truncate(self, path, length)), out)
+
+        self._start(Plans.grow_reveals_tail(self, path, length)).add_done_callback(decided)
+        return out
+
+
+def _settle(out: Future, function, *args) -> None:
+    """Runs ``function(*args)`` and puts its result or exception in ``out``."""
+    try:
+        out.set_result(function(*args))
+    except BaseException as e:
+        out.set_exception(e)
+
+
+def _chain(source: Future, out: Future) -> None:
+    """``out`` gets ``source``'s result or exception when it has one."""
+    def copy(done: Future) -> None:
+        error = done.exception()
+        if error is not None:
+            out.set_exception(error)
+        else:
+            out.set_result(done.result())
+    source.add_done_callback(copy)
 
 
 def _outcome(call: Call, future: Future):

@@ -441,6 +441,21 @@ class Plans:
             raise to_oserror(errno.EINVAL, "", t.given)
         yield from _setattr(t, {"size": int(length)}, True)
 
+    def grow_reveals_tail(self, path, length) -> bool:
+        """Whether ``truncate(path, length)`` must take the data path: it
+        grows a file whose last block reaches past its size (a shrink that
+        ends inside a block keeps the block whole, the size hiding its
+        tail), so a metadata-only grow would bring that tail back instead
+        of zeros. False when ``length`` is no int or ``path`` is not a
+        readable regular file: the metadata truncate reports the error."""
+        if not isinstance(length, int):
+            return False
+        try:
+            attr, layout, _ = yield from Plans.layout(self, path)
+        except OSError:
+            return False
+        return length > attr.size and sum(block[1] for block in layout) > attr.size
+
     def setxattr(self, path, attribute, value, flags=0, *, follow_symlinks=True) -> None:
         """``os.setxattr``: ``flags`` 0, XATTR_CREATE (EEXIST if set) or
         XATTR_REPLACE (ENODATA if not). Errors: E2BIG, ERANGE, ENOSPC."""

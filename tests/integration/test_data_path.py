@@ -9,6 +9,7 @@ writer's lease keeps its file for the lease TTL)."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import os
@@ -268,6 +269,28 @@ def test_a_file_shrunk_then_grown_reads_zeros_past_the_cut(client):
     client.truncate("/regrow", 5000)
     assert client.read_file("/regrow") == data[:100] + bytes(4900)
     assert client.stat("/regrow").st_size == 5000
+
+
+@pytest.mark.parametrize("face", ["futures", "aio"])
+def test_the_futures_and_asyncio_faces_grow_a_shrunk_file_with_zeros_too(client, face):
+    if face == "futures":
+        truncate = lambda path, n: client.futures.truncate(path, n).result(timeout=WAIT_S)  # noqa: E731
+    else:
+        truncate = lambda path, n: asyncio.run(client.aio.truncate(path, n))  # noqa: E731
+    path = f"/regrow-{face}"
+    data = os.urandom(BLOCK + 1000)
+    client.write_file(path, data)
+    truncate(path, 100)                 # metadata only: the first block stays whole
+    truncate(path, 5000)                # through the data path: the old tail must not come back
+    assert client.read_file(path) == data[:100] + bytes(4900)
+    truncate(path, 9000)                # nothing hidden any more: metadata only
+    assert client.read_file(path) == data[:100] + bytes(8900)
+    assert client.stat(path).st_size == 9000
+    with pytest.raises(FileNotFoundError):
+        truncate("/regrow-missing", 10)
+    with pytest.raises(OSError) as e:
+        truncate(path, -1)
+    assert e.value.errno == errno.EINVAL
 
 
 def test_a_flipped_byte_on_one_replica_is_read_around_and_reported(client, cluster):
