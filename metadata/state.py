@@ -46,6 +46,8 @@ Contract:
   position in the whole namespace (the ``blocks`` index) and a freed id is
   never taken back (EINVAL). Blocks that leave a layout are recorded in
   ``freed_blocks`` (with their node ids) for the garbage collector.
+  COMMIT_WRITE records the writer's replica lists only for blocks new to
+  the file; a kept block keeps its recorded list.
 * Block bookkeeping for the storage-node monitor (root only, EPERM
   otherwise): UPDATE_REPLICAS edits replica lists by delta (ids no longer in
   a layout are skipped, so a stale update is harmless), NODE_LOST removes a
@@ -1345,7 +1347,16 @@ class Namespace:
         self._held_lease(t, now, ino, lease_id)
         node = self._inode(t, ino)
         old = self._layout(t, ino)
-        old_ids = {b[0] for b in old}
+        # A block the file keeps keeps the replica list recorded here: the
+        # writer's copy dates from its open, and the leader may have
+        # re-replicated or trimmed the block (UPDATE_REPLICAS, NODE_LOST)
+        # since. Only blocks new to the file take the writer's list.
+        recorded = {b[0]: b[3] for b in old}
+        for block in layout:
+            nodes = recorded.get(block[0])
+            if nodes is not None:
+                block[3] = list(nodes)
+        old_ids = recorded.keys()
         new_ids = {b[0] for b in layout}
         for bid in new_ids - old_ids:
             if t.get(bid, db=self._blocks) is not None or t.get(bid, db=self._freed) is not None:

@@ -72,6 +72,20 @@ def test_update_replicas_adds_and_drops_by_delta_and_skips_unknown_blocks(h):
     assert a
 
 
+def test_a_writer_with_an_old_layout_does_not_undo_replica_changes_to_blocks_it_keeps(h):
+    ino = h.ok(Op.CREATE, b"/a", 0o644, True).ino
+    _, lease = h.ok(Op.OPEN_LEASE, b"/a", b"writer")
+    first = [[bid(1), 10, b"c", ["n1", "n2", "n3"]]]
+    h.ok(Op.COMMIT_WRITE, ino, lease, first, 10, TIME_NOW)
+    # Meanwhile the leader moves block 1 off n3 and loses n1.
+    assert h.ok(Op.UPDATE_REPLICAS, [[bid(1), ["n4"], ["n3"]]]) == 1
+    h.ok(Op.NODE_LOST, "n1", 0, 10)
+    # The writer appends a block, sending block 1 with the lists it knew.
+    appended = first + [[bid(2), 5, b"d", ["n1", "n5"]]]
+    h.ok(Op.COMMIT_WRITE, ino, lease, appended, 15, TIME_NOW)
+    assert scan(h)[0][0][2] == [[bid(1), 10, ["n2", "n4"]], [bid(2), 5, ["n1", "n5"]]]
+
+
 def test_update_replicas_caps_the_list_at_block_replicas_max(h):
     write_file(h, b"/a", [(1, 10, [])])
     many = [f"n{i}" for i in range(limits.block_replicas_max)]
