@@ -23,11 +23,15 @@ Result
     and a one-line message on failure. A failed write changed nothing.
 
 Raft entry (built by the replica, applied by every replica)
-    msgpack ``[time_ns, [[client_id, seq, acked_below, code, args_bytes], ...]]``.
+    msgpack ``[time_ns, [[client_id, seq, acked_below, code, args_bytes], ...], version]``.
     ``time_ns`` is the leader's clock when it built the entry: the only clock
     the state machine sees. ``client_id`` (16 bytes, or b"" for internal ops)
     and ``seq`` make a retried write apply once; every seq below
     ``acked_below`` has its reply in the client's hands and may be forgotten.
+    ``version`` is the ``STATE_MACHINE_VERSION`` of the leader that built
+    the entry (entries without it are version 1). It says what applying the
+    entry means: a replica applies an older version's entry as that version
+    did, and refuses a newer one (see replica.py, Versions).
 """
 
 from __future__ import annotations
@@ -46,6 +50,16 @@ KIND_REG = stat.S_IFREG
 KIND_LNK = stat.S_IFLNK
 
 ROOT_INO = 1
+
+# What applying an entry means, for every state machine on the log (the
+# namespace, the node monitor's bookkeeping, the scheduler). Raise it with
+# any change to what an operation writes or returns, and keep the old
+# behaviour for entries of older versions (``entry_version``): replicas of
+# one group may apply the same entry with different code during an upgrade.
+#   1: entries before versions were recorded.
+#   2: COMMIT_WRITE keeps the recorded replica lists of the blocks the file
+#      keeps (version 1 wrote back the writer's lists).
+STATE_MACHINE_VERSION = 2
 
 
 class Op(enum.IntEnum):

@@ -41,7 +41,7 @@ Group commit
     in-flight slot (a submitter, or the completion of an earlier entry) packs
     every queued operation (up to ``batch_ops_max`` / ``batch_bytes_max``)
     into ONE Raft entry, msgpack ``[time_ns, [[client_id, seq, acked_below, code,
-    args_bytes], ...]]`` (``model.py``), copying the client's argument bytes
+    args_bytes], ...], version]`` (``model.py``), copying the client's argument bytes
     unparsed. Up to ``batches_in_flight_max`` entries are in flight at once,
     so throughput is not one batch per round trip; under load each entry
     carries what arrived while the previous ones were replicating.
@@ -194,6 +194,24 @@ Snapshots (log compaction)
     derived state. The import runs on the tick thread (heartbeats pause for
     its duration; installs are rare).
 
+Versions (replicas running different code)
+    The digest covers entries, not the state they produce, so two replicas
+    whose code applies an entry differently would diverge unseen. So every
+    entry carries the ``model.STATE_MACHINE_VERSION`` of the leader that
+    built it (entries without one are version 1), and before applying it a
+    replica hands that version to its machines (their ``entry_version``
+    attribute, where they have one): an entry means what its version says,
+    whatever the applying code. A replica whose code is older than an
+    entry's version refuses it before writing anything: its tick thread
+    stops, ``status()["failed"]`` says why, ``on_failure(message)`` is
+    called (``server.py`` then stops the metad, which exits with that
+    message), and the entry stays in the log for a newer cistern to apply.
+    The ``replica`` database records the newest version applied
+    (``KEY_VERSION``); ``start()`` refuses (ENOTSUP) a store that newer code
+    wrote, and a snapshot whose header names a newer version is refused
+    before it is imported. So upgrade a group one replica at a time in any
+    order: an old member stops at the first new entry, not diverging.
+
 Divergence: "truncating already-applied log entries ... may have diverged"
     Finding (pysyncobj 0.3.17 ``syncobj.py``, ``__onMessageReceived``): a
     follower truncates its log after ``prevLogIdx`` whenever it holds more
@@ -277,6 +295,7 @@ log = logging.getLogger(__name__)
 DB_REPLICA = b"replica"
 KEY_APPLIED = b"applied"
 KEY_DIGEST = b"digest"
+KEY_VERSION = b"version"              # u64: the newest entry version applied (absent: 1)
 KEY_RING = b"ring:"                  # + u16: [index, xxh3_64(entry)] of recent entries
 DIGEST_ZERO = b"\0" * 16
 recent_entry_hashes_max = 4096       # entries whose hash is kept to check a replayed entry
@@ -976,6 +995,14 @@ class Replica:
         self._dump_path = os.path.join(self._raft_dir, "snapshot")
         self._node: _RaftNode | None = None
         self._applied = (0, DIGEST_ZERO)          # (index, digest), replaced atomically
+        self._state_version = 1                   # the newest entry version applied (KEY_VERSION)
+        self._entry_version = model.STATE_MACHINE_VERSION   # what the machines were last told
+        self._versioned = [m for _, m in self._routes if hasattr(m, "entry_version")]
+        for machine in self._versioned:
+            machine.entry_version = self._entry_version
+        self.failed: str | None = None            # why this replica stopped applying (Versions)
+        self._refusal: str | None = None          # a snapshot refused inside pysyncobj's tick
+        self.on_failure = None                    # called once with that message (tick thread)
         self.snapshot_generation = 0
         self._snapshot: _SnapshotJob | None = None
         self._startup_dump = False
@@ -1092,8 +1119,16 @@ class Replica:
                 machine.bootstrap(txn)
             raw_index = txn.get(KEY_APPLIED, db=self._db)
             digest = txn.get(KEY_DIGEST, db=self._db) or DIGEST_ZERO
+            self._state_version = self._stored_version(txn)
         self._applied = (_U64.unpack(raw_index)[0] if raw_index else 0, bytes(digest))
         self._m.applied_index.labels(self._label).set(self._applied[0])
+        if self._state_version > model.STATE_MACHINE_VERSION:
+            raise CisternError(errno.ENOTSUP, _newer_message(
+                f"the state in {self.store.path} was written by", self._state_version))
+
+    def _stored_version(self, txn) -> int:
+        raw = txn.get(KEY_VERSION, db=self._db)
+        return _U64.unpack(raw)[0] if raw else 1
 
     # -- the public surface ----------------------------------------------
 
@@ -1233,6 +1268,9 @@ class Replica:
             "last_log_index": node.last_log_index() if node is not None else 0,
             "first_log_index": node.first_log_index() if node is not None else 0,
             "digest": digest.hex(),
+            "state_machine_version": model.STATE_MACHINE_VERSION,
+            "state_version": self._state_version,
+            "failed": self.failed,
             "members": members,
             "batches": self.batches,
             "entries_applied": self.entries_applied,
@@ -1261,6 +1299,11 @@ class Replica:
                     self._start_read_round()
                 node.doTick(period)
                 self.ticks += 1
+                if self._refusal is not None:
+                    raise NewerStateMachine(self._refusal)
+            except NewerStateMachine as e:
+                self._stop_applying(str(e))
+                break
             except Exception:
                 log.exception("replica %s: pysyncobj tick failed; retrying", self.node_id)
                 time.sleep(period)
@@ -1270,6 +1313,18 @@ class Replica:
                 self._update_gauges()
         # LMDB's writer lock belongs to the thread that took it: this one.
         self._drop_prepared()
+
+    def _stop_applying(self, message: str) -> None:
+        """Tick thread, on an entry or snapshot of a newer state machine: stop
+        taking part (ticks end here; the group goes on without this member,
+        or waits for a majority of newer ones) and say why."""
+        self.failed = message
+        log.critical("replica %s: %s", self.node_id, message)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(message)
+            except Exception:
+                log.exception("replica %s: on_failure raised", self.node_id)
 
     def _update_gauges(self) -> None:
         node, label = self._node, self._label
@@ -1329,8 +1384,8 @@ class Replica:
             self._finish(batch, exc=NotLeader(self.leader_rpc_address()))
             return
         header = msgpack.Packer(use_bin_type=True)
-        entry = b"".join([header.pack_array_header(2), header.pack(time.time_ns()),
-                          header.pack_array_header(len(batch.ops)), *batch.ops])
+        entry = b"".join([header.pack_array_header(3), header.pack(time.time_ns()),
+                          header.pack_array_header(len(batch.ops)), *batch.ops, _ENTRY_VERSION])
         self.batches += 1
         self._hot.batch_ops.observe(len(batch.ops))
         batch.entry = entry
@@ -1555,6 +1610,8 @@ class Replica:
                 prepared.txn.abort()
             try:
                 txn, outcome = self._apply_in_new_txn(index, entry)
+            except NewerStateMachine:
+                raise
             except BaseException:
                 log.critical("replica %s: cannot apply entry %d (LMDB failure); stalling", self.node_id,
                              index, exc_info=True)
@@ -1562,9 +1619,11 @@ class Replica:
         if outcome is None:
             txn.abort()
             return None
-        results, digest, n_ops, codes = outcome
+        results, digest, n_ops, codes, version = outcome
         txn.commit()
         self._applied = (index, digest)
+        if version > self._state_version:
+            self._state_version = version
         self.entries_applied += 1
         hot = self._hot
         hot.applied_index.set(index)
@@ -1636,7 +1695,15 @@ class Replica:
             self._check_replayed(txn, index, entry)
             return None
         prev = txn.get(KEY_DIGEST, db=db) or DIGEST_ZERO
-        time_ns, ops = self._decode_entry(index, entry)
+        time_ns, ops, version = self._decode_entry(index, entry)
+        if version != self._entry_version:
+            if version > model.STATE_MACHINE_VERSION:
+                raise NewerStateMachine(_newer_message(f"log entry {index} was written by", version))
+            for machine in self._versioned:
+                machine.entry_version = version
+            self._entry_version = version
+        if version > self._state_version:
+            txn.put(KEY_VERSION, _U64.pack(version), db=db)
         table = sessions_mod.SessionTable(sessions_mod.LmdbKV(txn, db), self._ttl_ns)
         table.expire(time_ns)
         results = []
@@ -1649,20 +1716,24 @@ class Replica:
         txn.put(KEY_DIGEST, digest, db=db)
         txn.put(KEY_RING + struct.pack(">H", index % recent_entry_hashes_max),
                 _RING.pack(index, xxhash.xxh3_64_intdigest(entry)), db=db)
-        return results, digest, len(ops), codes
+        return results, digest, len(ops), codes, version
 
     def _decode_entry(self, index: int, entry: bytes):
+        """``(time_ns, ops, version)``; version 1 for entries written before
+        versions were recorded (two items)."""
         try:
-            time_ns, ops = msgpack.unpackb(entry, raw=False)
-            if not isinstance(time_ns, int) or not isinstance(ops, list):
+            decoded = msgpack.unpackb(entry, raw=False)
+            time_ns, ops, version = decoded if len(decoded) == 3 else (*decoded, 1)
+            if (not isinstance(time_ns, int) or not isinstance(ops, list) or type(version) is not int
+                    or version < 1):
                 raise ValueError("bad entry shape")
-            return time_ns, ops
+            return time_ns, ops, version
         except Exception:
             # Every replica holds the same bytes, so every replica skips the
             # same way: the index and digest still advance.
             log.critical("replica %s: entry %d is not a valid batch; applying it as empty",
                          self.node_id, index)
-            return 0, []
+            return 0, [], self._entry_version
 
     def _apply_op(self, txn, table, time_ns: int, position: int, op, poisoned: bool, nested: bool,
                   codes) -> tuple:
@@ -1746,6 +1817,7 @@ class Replica:
                 "cluster": sorted(getattr(n, "address", str(n)) for n in cluster),
                 "applied": _U64.unpack(raw)[0] if raw else 0,
                 "digest": bytes(txn.get(KEY_DIGEST, db=self._db) or DIGEST_ZERO),
+                "version": self._stored_version(txn),
             }
         except BaseException:
             txn.abort()
@@ -1801,6 +1873,12 @@ class Replica:
         the dump's state; return what pysyncobj serialized with it."""
         startup, self._startup_dump = self._startup_dump, False
         header = read_snapshot_header(path)
+        if header.get("version", 1) > model.STATE_MACHINE_VERSION:
+            # pysyncobj swallows what a deserializer raises: the tick loop
+            # stops on the refusal recorded here.
+            self._refusal = _newer_message(
+                f"the snapshot at applied index {header['applied']} was written by", header["version"])
+            raise NewerStateMachine(self._refusal)
         local_index, local_digest = self._applied
         if startup and local_index >= header["applied"]:
             if local_index == header["applied"] and local_digest != header["digest"]:
@@ -1838,6 +1916,7 @@ class Replica:
                     wtxn.cursor(ddb).putmulti(stxn.cursor(sdb).iternext(), dupdata=dup, append=not dup)
                 raw = wtxn.get(KEY_APPLIED, db=self._db)
                 digest = bytes(wtxn.get(KEY_DIGEST, db=self._db) or DIGEST_ZERO)
+                self._state_version = self._stored_version(wtxn)
         finally:
             src.close()
         self._applied = (_U64.unpack(raw)[0] if raw else 0, digest)
@@ -1850,6 +1929,18 @@ class Replica:
         self._m.applied_index.labels(self._label).set(self._applied[0])
         log.warning("replica %s: installed snapshot at applied index %d in %.2fs", self.node_id,
                     self._applied[0], time.monotonic() - started)
+
+
+class NewerStateMachine(Exception):
+    """An entry or snapshot needs a newer state machine than this code's."""
+
+
+def _newer_message(what: str, version: int) -> str:
+    return (f"{what} state-machine version {version}, and this cistern applies versions up to "
+            f"{model.STATE_MACHINE_VERSION}: run a cistern at least as new as the group's newest member")
+
+
+_ENTRY_VERSION = msgpack.packb(model.STATE_MACHINE_VERSION)   # the last item of every entry built here
 
 
 class _MachineFault(Exception):

@@ -98,6 +98,7 @@ class MetaServer:
         self._metrics = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self.failure: str | None = None   # why the replica stopped applying; run_forever raises it
 
     def start(self) -> None:
         """Open the store, start the replica, then serve RPCs and metrics.
@@ -126,6 +127,7 @@ class MetaServer:
             self.replica = Replica(self.node_id, self.raft_address, members,
                                    self.data_dir, self._machines(),
                                    rpc_addresses=rpc_addresses, conf=conf)
+            self.replica.on_failure = self._replica_failed
             self.replica.start()
             self.service = MetadataService(self.replica, registry=self.registry)
             self._grpc = grpc.server(ThreadPoolExecutor(grpc_workers_max, thread_name_prefix="metad-rpc"),
@@ -189,6 +191,16 @@ class MetaServer:
                 self.store = None
             self._stopped.set()
 
+    def _replica_failed(self, message: str) -> None:
+        """The replica met an entry or snapshot of a newer state machine
+        (replica.py, Versions) and stopped applying: a metad that cannot
+        apply its log stops, and ``run_forever`` raises the reason."""
+        self.failure = message
+        threading.Thread(target=self.stop, name=f"metad-{self.node_id}-stop", daemon=True).start()
+
     def run_forever(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop cleanly. Main thread only."""
+        """Serve until SIGTERM or SIGINT, then stop cleanly. Main thread only.
+        Raises CisternError(ENOTSUP) when the replica stopped applying."""
         procs.serve_until_signalled(f"metad {self.node_id}", self._stopped, self.stop)
+        if self.failure is not None:
+            raise CisternError(errno.ENOTSUP, self.failure)

@@ -47,7 +47,8 @@ Contract:
   never taken back (EINVAL). Blocks that leave a layout are recorded in
   ``freed_blocks`` (with their node ids) for the garbage collector.
   COMMIT_WRITE records the writer's replica lists only for blocks new to
-  the file; a kept block keeps its recorded list.
+  the file; a kept block keeps its recorded list (since state-machine
+  version 2: entries of version 1 apply as before, ``entry_version``).
 * Block bookkeeping for the storage-node monitor (root only, EPERM
   otherwise): UPDATE_REPLICAS edits replica lists by delta (ids no longer in
   a layout are skipped, so a stale update is harmless), NODE_LOST removes a
@@ -476,9 +477,13 @@ def _xattr_permission(node, cred, prefix: bytes, write: bool) -> None:
 
 class Namespace:
     """The namespace state machine over a ``store.Store``. Holds no state of
-    its own besides database handles: everything lives in the transaction."""
+    its own besides database handles (everything lives in the transaction)
+    and ``entry_version``: the ``model.STATE_MACHINE_VERSION`` of the entry
+    being applied, set by the replica; operations whose meaning changed
+    apply as that version did."""
 
     def __init__(self, st: "store.Store"):
+        self.entry_version = model.STATE_MACHINE_VERSION
         self._store = st
         self._env = st.env
         self._inodes = st.db(store.DB_INODES)
@@ -1351,11 +1356,13 @@ class Namespace:
         # writer's copy dates from its open, and the leader may have
         # re-replicated or trimmed the block (UPDATE_REPLICAS, NODE_LOST)
         # since. Only blocks new to the file take the writer's list.
+        # (Version 1 entries wrote the writer's lists back.)
         recorded = {b[0]: b[3] for b in old}
-        for block in layout:
-            nodes = recorded.get(block[0])
-            if nodes is not None:
-                block[3] = list(nodes)
+        if self.entry_version >= 2:
+            for block in layout:
+                nodes = recorded.get(block[0])
+                if nodes is not None:
+                    block[3] = list(nodes)
         old_ids = recorded.keys()
         new_ids = {b[0] for b in layout}
         for bid in new_ids - old_ids:

@@ -25,7 +25,7 @@ from cistern.core.errors import CisternError, NotLeader
 from cistern.core.ports import free_port
 from cistern.metadata import model
 from cistern.metadata.model import Op
-from cistern.metadata.replica import Replica, ReplicaConf, read_snapshot_header
+from cistern.metadata.replica import KEY_VERSION, Replica, ReplicaConf, read_snapshot_header
 from cistern.metadata.state import Namespace
 from cistern.metadata.store import Store
 
@@ -47,6 +47,8 @@ class Counters:
     def __init__(self, store: Store):
         self.store = store
         self._db = store.db(b"counters")
+        self.entry_version = None     # set by the replica before each entry
+        self.versions = {}            # key -> entry_version its last INCR saw
 
     def bootstrap(self, txn):
         pass
@@ -60,6 +62,7 @@ class Counters:
             raw = txn.get(key, db=self._db)
             count = (_U64.unpack(raw)[0] if raw else 0) + 1
             txn.put(key, _U64.pack(count), db=self._db)
+            self.versions[key] = self.entry_version
             return 0, "", count
         if code == PUT:
             key, value = args[1], args[2]
@@ -912,3 +915,105 @@ def test_an_entry_prepared_under_a_wrong_guess_is_aborted_and_the_real_one_appli
 def msgpack_entry(code: int, key: bytes) -> bytes:
     """A Raft entry as Replica._submit builds it: [time_ns, [op, ...]]."""
     return model.pack([time.time_ns(), [[os.urandom(16), 1, 0, code, model.encode_args(CRED, key)]]])
+
+
+# -- state-machine versions --------------------------------------------------------
+
+V = model.STATE_MACHINE_VERSION
+
+
+def machine(replica) -> Counters:
+    return replica._routes[0][1]
+
+
+def wait_for(what, timeout_s=15.0):
+    deadline = time.monotonic() + timeout_s
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_entries_carry_the_leaders_version_and_an_old_two_item_entry_applies_as_its_version(group):
+    g = group().start_all()
+    leader = g.leader()
+    assert incr(leader, os.urandom(16), 1, b"new").result(5) == 1
+    leader._node.apply_entry(msgpack_entry(INCR, b"old"))      # [time_ns, ops]: version 1
+    wait_for(lambda: get(leader, b"old") == 1)
+    assert incr(leader, os.urandom(16), 1, b"new").result(5) == 2
+    g.converge()
+    for replica in g.running():
+        assert machine(replica).versions == {b"probe": V, b"new": V, b"old": 1}
+        assert replica.status()["state_version"] == replica.status()["state_machine_version"] == V
+
+
+def test_an_entry_of_a_newer_state_machine_stops_every_replica_before_it_applies(group, caplog):
+    g = group().start_all()
+    leader = g.leader()
+    assert incr(leader, os.urandom(16), 1, b"k").result(5) == 1
+    before = g.converge()[0]["applied_index"]
+    failures = []
+    for replica in g.running():
+        replica.on_failure = lambda message, r=replica: failures.append((r.node_id, message))
+    newer = model.pack([time.time_ns(), [[os.urandom(16), 1, 0, INCR, model.encode_args(CRED, b"k")]], V + 1])
+    leader._node.apply_entry(newer)
+    # The leader applies first and stops. A follower that learnt the commit
+    # stops too; the others elect a leader, which commits the entry and stops.
+    wait_for(lambda: len(failures) >= 2)
+    failed = dict(failures)
+    assert leader.node_id in failed
+    for replica in g.running():
+        status = replica.status()
+        assert status["failed"] == failed.get(replica.node_id)
+        assert status["applied_index"] == before
+        assert machine(replica).versions == {b"probe": V, b"k": V}
+        with replica.store.env.begin() as txn:
+            assert _U64.unpack(txn.get(b"k", db=machine(replica)._db))[0] == 1
+    for message in failed.values():
+        assert f"log entry {before + 1} was written by state-machine version {V + 1}" in message
+        assert f"applies versions up to {V}" in message
+    assert len({r.status()["digest"] for r in g.running()}) == 1
+    assert "LMDB failure" not in caplog.text
+    # A failed replica's tick thread is gone: it no longer takes part.
+    assert not any(t.name.endswith("-tick") and t.is_alive()
+                   for r in g.running() if r.node_id in failed for t in r._threads)
+
+
+def test_a_store_written_by_a_newer_state_machine_is_refused_at_start(group):
+    g = group().start_all()
+    incr(g.leader(), os.urandom(16), 1, b"k").result(5)
+    g.converge()
+    g.stop(0)
+    data = os.path.join(g.dir, "m0")
+    store = Store(os.path.join(data, "state"), sync=False, map_size_bytes=1 << 30)
+    try:
+        with store.env.begin(write=True) as txn:
+            txn.put(KEY_VERSION, _U64.pack(V + 1), db=store.db(b"replica"))
+        replica = Replica("m0", g.addrs[0], {f"m{j}": a for j, a in enumerate(g.addrs) if j}, data,
+                          {"namespace": Counters(store)}, rpc_addresses=g.rpc,
+                          conf=ReplicaConf(registry=CollectorRegistry()))
+        with pytest.raises(CisternError) as raised:
+            replica.start()
+        assert raised.value.errno == errno.ENOTSUP
+        assert f"written by state-machine version {V + 1}" in raised.value.message
+        assert replica._node is None      # nothing was started
+    finally:
+        store.close()
+
+
+def test_a_snapshot_of_a_newer_state_machine_is_refused_before_it_is_imported(group):
+    g = group(log_compaction_min_entries=50, log_compaction_min_time_s=3600).start_all()
+    leader = g.leader()
+    leader._stored_version = lambda txn: V + 1      # its snapshots now name a newer version
+    lagging = next(i for i, r in enumerate(g.replicas) if r is not leader)
+    g.stop(lagging)
+    cid = os.urandom(16)
+    for seq in range(200):
+        incr(leader, cid, seq, b"s").result(5)
+    wait_for(lambda: leader.status()["first_log_index"] > 2, 20)
+    header = read_snapshot_header(os.path.join(g.dir, f"m{g.replicas.index(leader)}", "raft", "snapshot"))
+    assert header["version"] == V + 1
+    replica = g.start(lagging)
+    wait_for(lambda: replica.status()["failed"] is not None, 20)
+    assert "the snapshot at applied index" in replica.status()["failed"]
+    assert replica.status()["snapshot_generation"] == 0, "the snapshot was imported"
+    assert replica.status()["applied_index"] < header["applied"]

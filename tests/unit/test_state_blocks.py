@@ -72,7 +72,7 @@ def test_update_replicas_adds_and_drops_by_delta_and_skips_unknown_blocks(h):
     assert a
 
 
-def test_a_writer_with_an_old_layout_does_not_undo_replica_changes_to_blocks_it_keeps(h):
+def _append_with_an_old_layout(h):
     ino = h.ok(Op.CREATE, b"/a", 0o644, True).ino
     _, lease = h.ok(Op.OPEN_LEASE, b"/a", b"writer")
     first = [[bid(1), 10, b"c", ["n1", "n2", "n3"]]]
@@ -83,7 +83,19 @@ def test_a_writer_with_an_old_layout_does_not_undo_replica_changes_to_blocks_it_
     # The writer appends a block, sending block 1 with the lists it knew.
     appended = first + [[bid(2), 5, b"d", ["n1", "n5"]]]
     h.ok(Op.COMMIT_WRITE, ino, lease, appended, 15, TIME_NOW)
-    assert scan(h)[0][0][2] == [[bid(1), 10, ["n2", "n4"]], [bid(2), 5, ["n1", "n5"]]]
+    return scan(h)[0][0][2]
+
+
+def test_a_writer_with_an_old_layout_does_not_undo_replica_changes_to_blocks_it_keeps(h):
+    assert h.ns.entry_version == model.STATE_MACHINE_VERSION == 2
+    assert _append_with_an_old_layout(h) == [[bid(1), 10, ["n2", "n4"]], [bid(2), 5, ["n1", "n5"]]]
+
+
+def test_a_version_1_entry_commits_as_version_1_did_writing_the_writers_lists_back(h):
+    # A replica of a group being upgraded applies an old leader's entry as
+    # the old code would, or its state would differ from the old replicas'.
+    h.ns.entry_version = 1
+    assert _append_with_an_old_layout(h) == [[bid(1), 10, ["n1", "n2", "n3"]], [bid(2), 5, ["n1", "n5"]]]
 
 
 def test_update_replicas_caps_the_list_at_block_replicas_max(h):
