@@ -1000,8 +1000,7 @@ class Replica:
         self._versioned = [m for _, m in self._routes if hasattr(m, "entry_version")]
         for machine in self._versioned:
             machine.entry_version = self._entry_version
-        self.failed: str | None = None            # why this replica stopped applying (Versions)
-        self._refusal: str | None = None          # a snapshot refused inside pysyncobj's tick
+        self.failed: str | None = None            # why this replica stops applying (Versions)
         self.on_failure = None                    # called once with that message (tick thread)
         self.snapshot_generation = 0
         self._snapshot: _SnapshotJob | None = None
@@ -1299,14 +1298,14 @@ class Replica:
                     self._start_read_round()
                 node.doTick(period)
                 self.ticks += 1
-                if self._refusal is not None:
-                    raise NewerStateMachine(self._refusal)
             except NewerStateMachine as e:
-                self._stop_applying(str(e))
-                break
+                self.failed = str(e)
             except Exception:
                 log.exception("replica %s: pysyncobj tick failed; retrying", self.node_id)
                 time.sleep(period)
+            if self.failed is not None:
+                self._stop_applying()
+                break
             now = time.monotonic()
             if now - last_metrics > 0.25:
                 last_metrics = now
@@ -1314,15 +1313,15 @@ class Replica:
         # LMDB's writer lock belongs to the thread that took it: this one.
         self._drop_prepared()
 
-    def _stop_applying(self, message: str) -> None:
-        """Tick thread, on an entry or snapshot of a newer state machine: stop
-        taking part (ticks end here; the group goes on without this member,
-        or waits for a majority of newer ones) and say why."""
-        self.failed = message
-        log.critical("replica %s: %s", self.node_id, message)
+    def _stop_applying(self) -> None:
+        """Tick thread, once ``failed`` says why (an entry or snapshot of a
+        newer state machine): stop taking part (ticks end here; the group
+        goes on without this member, or waits for a majority of newer ones)
+        and tell ``on_failure``."""
+        log.critical("replica %s: %s", self.node_id, self.failed)
         if self.on_failure is not None:
             try:
-                self.on_failure(message)
+                self.on_failure(self.failed)
             except Exception:
                 log.exception("replica %s: on_failure raised", self.node_id)
 
@@ -1875,10 +1874,10 @@ class Replica:
         header = read_snapshot_header(path)
         if header.get("version", 1) > model.STATE_MACHINE_VERSION:
             # pysyncobj swallows what a deserializer raises: the tick loop
-            # stops on the refusal recorded here.
-            self._refusal = _newer_message(
+            # stops on the reason recorded here.
+            self.failed = _newer_message(
                 f"the snapshot at applied index {header['applied']} was written by", header["version"])
-            raise NewerStateMachine(self._refusal)
+            raise NewerStateMachine(self.failed)
         local_index, local_digest = self._applied
         if startup and local_index >= header["applied"]:
             if local_index == header["applied"] and local_digest != header["digest"]:
